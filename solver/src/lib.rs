@@ -1,0 +1,16 @@
+//! kiln's solver: the op DAG that frontends produce and workers execute.
+//!
+//! A build is a [`Definition`]: a set of [`Vertex`]es, each an [`Op`] plus the digests of the
+//! vertices it reads. A vertex's digest is the sha256 of a canonical encoding of its op and its
+//! inputs' digests, so identical work is one vertex wherever it appears.
+
+mod dag;
+mod op;
+mod platform;
+
+pub use dag::{DagError, Definition, DefinitionBuilder, Vertex, VertexMeta};
+pub use op::{
+    ChownOpt, CopyAction, ExecOp, FileAction, FileOp, MergeOp, MkdirAction, MkfileAction, Mount,
+    MountKind, NetworkMode, Op, SecurityMode, Sharing, SourceOp, SymlinkAction,
+};
+pub use platform::{Platform, PlatformError};

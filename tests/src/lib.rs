@@ -1,0 +1,66 @@
+//! Helpers shared by kiln's integration tests: locating the built `kiln` binary and the
+//! conformance data, and running commands with clear failure messages.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The `kiln` binary built in the same target directory as the running test.
+///
+/// Test executables live in `target/<profile>/deps/`; the binary is two levels up. The test
+/// command (`scripts/test`) builds it before running the tests.
+pub fn kiln_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let bin = profile_dir.join("kiln");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first with `cargo build -p kiln` (scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A `kiln` command ready to take arguments.
+pub fn kiln() -> Command {
+    Command::new(kiln_bin())
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// `../shared/conformance/<sub>` beside the repository, where the public test data lives.
+pub fn conformance_dir(sub: &str) -> PathBuf {
+    let dir = repo_root().join("../shared/conformance").join(sub);
+    assert!(
+        dir.is_dir(),
+        "conformance data {} is missing",
+        dir.display()
+    );
+    dir
+}
+
+/// Runs `cmd` and returns its output, panicking with both streams if the exit status is not
+/// what `expect_success` says.
+pub fn run(cmd: &mut Command, expect_success: bool) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    if out.status.success() != expect_success {
+        panic!(
+            "{cmd:?} exited with {} (expected {}):\n--- stdout\n{}\n--- stderr\n{}",
+            out.status,
+            if expect_success { "success" } else { "failure" },
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
