@@ -319,6 +319,12 @@ impl<'a, E: ShellEnv + ?Sized> WordState<'a, E> {
                 }
                 continue;
             }
+            if ch == '<' {
+                let tmp = self.process_possible_heredoc();
+                result.push_str(&tmp);
+                words.add_raw_string(&mut self.words_buf, &tmp);
+                continue;
+            }
             self.next();
             if ch == self.lex.escape {
                 if self.raw_escapes {
@@ -422,6 +428,22 @@ impl<'a, E: ShellEnv + ?Sized> WordState<'a, E> {
     }
 
     /// `$NAME`, `${NAME}` and `${NAME<op>word}`; the cursor is on the `$`.
+    /// `<<` and the whitespace after it stay one raw piece of the word, so that `<< EOF`
+    /// lexes as the single heredoc word `<< EOF` (the heredoc parser drops the space).
+    fn process_possible_heredoc(&mut self) -> String {
+        self.next();
+        if self.peek() != Some('<') {
+            return "<".to_string();
+        }
+        self.next();
+        let mut result = String::from("<<");
+        while let Some(ch) = self.peek().filter(|&c| is_space(c)) {
+            result.push(ch);
+            self.next();
+        }
+        result
+    }
+
     fn process_dollar(&mut self) -> Result<String, String> {
         self.next();
 

@@ -240,6 +240,14 @@ fn shellish() -> impl Strategy<Value = String> {
     prop::collection::vec(piece, 0..40).prop_map(|v| v.concat())
 }
 
+#[test]
+fn heredoc_operator_keeps_following_space_in_the_word() {
+    let lex = Lexer::new('\\');
+    assert_eq!(words(&lex, "cat <<  EOF x"), vec!["cat", "<<  EOF", "x"]);
+    assert_eq!(words(&lex, "a < b <<-E"), vec!["a", "<", "b", "<<-E"]);
+    assert_eq!(word(&lex, "x << y"), "x << y");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
