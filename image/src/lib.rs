@@ -1,0 +1,9 @@
+//! Image formats kiln reads and writes.
+//!
+//! [`Image`] is the image configuration JSON (the blob a manifest's `config` points at), in the
+//! Docker flavour that OCI tools also read: kiln keeps Docker's `Healthcheck`, `OnBuild`,
+//! `Shell` and `ArgsEscaped`, which `oci-spec`'s type drops.
+
+mod config;
+
+pub use config::{ContainerConfig, Empty, HealthConfig, History, Image, RootFs};
