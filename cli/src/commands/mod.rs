@@ -1,0 +1,65 @@
+//! One module per `kiln` subcommand, plus what they share.
+
+pub mod debug;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// A failure to report to the user: already formatted, ending in a newline.
+pub struct Failure(String);
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Failure {
+    /// A one-line error message.
+    pub fn msg(message: impl fmt::Display) -> Self {
+        Failure(format!("error: {message}\n"))
+    }
+
+    /// A frontend error, rendered with a snippet of the Dockerfile.
+    pub fn frontend(err: &kiln_frontend::Error, dockerfile: &Dockerfile) -> Self {
+        Failure(err.render(&dockerfile.display_name, &dockerfile.bytes))
+    }
+}
+
+/// A Dockerfile read from disk (or stdin for `-`), with the name to show in errors.
+pub struct Dockerfile {
+    /// What to call the file in messages.
+    pub display_name: String,
+    /// Its bytes.
+    pub bytes: Vec<u8>,
+}
+
+impl Dockerfile {
+    /// Reads `path`, or standard input when `path` is `-`.
+    pub fn read(path: &Path) -> Result<Self, Failure> {
+        if path == Path::new("-") {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)
+                .map_err(|e| Failure::msg(format!("cannot read the Dockerfile from stdin: {e}")))?;
+            return Ok(Dockerfile {
+                display_name: "Dockerfile".into(),
+                bytes,
+            });
+        }
+        let bytes = std::fs::read(path)
+            .map_err(|e| Failure::msg(format!("cannot read Dockerfile {}: {e}", path.display())))?;
+        let display_name = path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        Ok(Dockerfile {
+            display_name,
+            bytes,
+        })
+    }
+}
+
+/// The `-f` default: `Dockerfile` in the current directory.
+pub fn default_dockerfile() -> PathBuf {
+    PathBuf::from("Dockerfile")
+}
