@@ -1,0 +1,154 @@
+//! kiln's benchmark harness.
+//!
+//! `cargo run --release -p kiln-bench -- [BENCH…] [--runs N]` runs the named benchmarks (all
+//! when none is named) and prints one table row per figure: median, min and max over N runs.
+//!
+//! Benchmarks:
+//! - `parse`: parse a generated 10,000-line Dockerfile in-process (target: < 50 ms), and
+//!   end-to-end with `kiln debug parse` when the `kiln` binary sits beside this one.
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+fn main() -> ExitCode {
+    let mut runs = 21;
+    let mut benches = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--runs" => match args.next().and_then(|n| n.parse().ok()) {
+                Some(n) if n > 0 => runs = n,
+                _ => return usage("--runs takes a positive number"),
+            },
+            "parse" => benches.push(arg),
+            "-h" | "--help" => return usage(""),
+            other => return usage(&format!("unknown benchmark {other:?}")),
+        }
+    }
+    if benches.is_empty() {
+        benches.push("parse".to_string());
+    }
+    println!(
+        "{:<44} {:>10} {:>10} {:>10}  runs",
+        "benchmark", "median", "min", "max"
+    );
+    for bench in benches {
+        if bench == "parse" {
+            bench_parse(runs);
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn usage(problem: &str) -> ExitCode {
+    if !problem.is_empty() {
+        eprintln!("error: {problem}");
+    }
+    eprintln!("usage: kiln-bench [parse] [--runs N]");
+    if problem.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    }
+}
+
+/// Times `f` `runs` times and prints median, min and max.
+fn report(name: &str, runs: usize, mut f: impl FnMut()) {
+    let mut times: Vec<Duration> = (0..runs)
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed()
+        })
+        .collect();
+    times.sort();
+    let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1e3);
+    println!(
+        "{name:<44} {:>10} {:>10} {:>10}  {runs}",
+        ms(times[runs / 2]),
+        ms(times[0]),
+        ms(times[runs - 1])
+    );
+}
+
+/// A Dockerfile of exactly `lines` lines mixing every construct the parser handles:
+/// continuations, comments, heredocs, JSON and shell forms, flags, ENV/LABEL pairs.
+fn generated_dockerfile(lines: usize) -> String {
+    const BLOCK: &[&str] = &[
+        "# a comment about the next stage",
+        "FROM busybox:1.36 AS stage",
+        "ARG VERSION=1.2.3",
+        "ENV PATH=/usr/local/bin:$PATH APP_HOME=\"/srv/app dir\" MODE=prod",
+        "LABEL org.opencontainers.image.version=\"${VERSION}\" maintainer=kiln",
+        "WORKDIR /srv/app",
+        "COPY --chown=1000:1000 --chmod=0644 src/ ./src/",
+        "RUN --mount=type=cache,target=/var/cache/apk apk add --no-cache \\",
+        "      curl \\",
+        "      git",
+        "RUN <<EOF",
+        "set -e",
+        "echo building $VERSION > /version",
+        "EOF",
+        "COPY <<conf /etc/app.conf",
+        "listen = 8080",
+        "conf",
+        "HEALTHCHECK --interval=30s --timeout=3s CMD [\"wget\", \"-q\", \"localhost:8080\"]",
+        "EXPOSE 8080/tcp",
+        "CMD [\"/srv/app/run\", \"--port\", \"8080\"]",
+    ];
+    let mut out = String::new();
+    for i in 0..lines {
+        out.push_str(BLOCK[i % BLOCK.len()]);
+        out.push('\n');
+    }
+    // Do not end inside a continuation or heredoc.
+    let tail = lines % BLOCK.len();
+    if (8..10).contains(&tail) {
+        out.push_str("      done\n");
+    } else if (11..14).contains(&tail) {
+        out.push_str("EOF\n");
+    } else if (15..17).contains(&tail) {
+        out.push_str("conf\n");
+    }
+    out
+}
+
+fn bench_parse(runs: usize) {
+    let source = generated_dockerfile(10_000);
+    let nodes = kiln_frontend::parser::parse(source.as_bytes())
+        .expect("benchmark Dockerfile parses")
+        .nodes
+        .len();
+    report(
+        &format!("parse 10,000 lines ({nodes} instructions)"),
+        runs,
+        || {
+            let doc = kiln_frontend::parser::parse(source.as_bytes()).unwrap();
+            std::hint::black_box(doc);
+        },
+    );
+
+    let Some(kiln) = sibling_kiln() else {
+        println!(
+            "(skipped `kiln debug parse`: no kiln binary beside kiln-bench; build it with cargo build --release -p kiln)"
+        );
+        return;
+    };
+    let path = std::env::temp_dir().join(format!("kiln-bench-{}.Dockerfile", std::process::id()));
+    std::fs::write(&path, &source).expect("write benchmark Dockerfile");
+    report("kiln debug parse, 10,000 lines (process)", runs, || {
+        let out = Command::new(&kiln)
+            .args(["debug", "parse", "-f"])
+            .arg(&path)
+            .output()
+            .expect("run kiln");
+        assert!(out.status.success(), "kiln debug parse failed");
+    });
+    let _ = std::fs::remove_file(path);
+}
+
+fn sibling_kiln() -> Option<PathBuf> {
+    let bin = std::env::current_exe().ok()?.with_file_name("kiln");
+    bin.exists().then_some(bin)
+}
