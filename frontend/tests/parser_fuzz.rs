@@ -44,8 +44,20 @@ fn document() -> impl Strategy<Value = String> {
     .prop_map(|parts| parts.into_iter().map(|(f, sep)| f + sep).collect())
 }
 
+/// 4,000 cases by default; `PROPTEST_CASES=N` runs longer (e.g. in release mode for a soak).
+fn config() -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4000);
+    ProptestConfig {
+        cases,
+        ..ProptestConfig::default()
+    }
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 4000, ..ProptestConfig::default() })]
+    #![proptest_config(config())]
 
     #[test]
     fn never_panics_and_lines_are_ordered(src in document()) {
