@@ -6,6 +6,7 @@
 //! into a [`kiln_solver::Definition`].
 
 pub mod error;
+pub mod instructions;
 pub mod parser;
 pub mod shell;
 
