@@ -55,6 +55,10 @@ pub struct VertexMeta {
     pub location: Option<(usize, usize)>,
     /// Run even when a cache entry exists (`--no-cache`, `--no-cache-filter`).
     pub ignore_cache: bool,
+    /// Proxy variables (`HTTP_PROXY=…`) added to an exec's environment; like BuildKit, they
+    /// are not part of the digest or the cache key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub proxy_env: Vec<String>,
 }
 
 /// Why a DAG is invalid.

@@ -242,8 +242,11 @@ pub struct CopyAction {
     pub create_dest_path: bool,
     /// Extract local tar archives (ADD).
     pub unpack_archives: bool,
-    /// Keep the source's parent directories (`--parents`).
+    /// Keep the source's parent directories (`--parents`): with patterns, only paths below
+    /// `src` matching them are copied, keeping their path relative to `src`.
     pub parents: bool,
+    /// Patterns relative to `src` that select what is copied (`--parents`); empty: all.
+    pub include_patterns: Vec<String>,
     /// Patterns excluded from the copy (`--exclude`).
     pub exclude_patterns: Vec<String>,
 }

@@ -1,0 +1,404 @@
+//! Lowering: typed stages to an op DAG plus the image config of the target stage
+//! (BuildKit's `dockerfile2llb`).
+//!
+//! Stages are lowered on demand starting from the target, so a stage that the target does not
+//! reach (through `FROM`, `COPY --from` or `RUN --mount=from=`) is never lowered. Identical ops
+//! in different stages become one vertex because vertices are content-addressed.
+
+mod args;
+mod copy;
+mod history;
+mod mount;
+mod run;
+mod stage;
+
+use std::collections::BTreeMap;
+
+use kiln_cache::Digest;
+use kiln_image::Image;
+use kiln_solver::{Definition, DefinitionBuilder, Op, Platform, SourceOp, VertexMeta};
+
+use crate::error::{Error, Location, Result};
+use crate::instructions::Dockerfile;
+
+pub use args::{BUILTIN_ARGS, PROXY_ARGS};
+
+/// What a build asks of the frontend.
+#[derive(Clone, Debug)]
+pub struct BuildOptions {
+    /// The stage to build; the last stage when `None`.
+    pub target: Option<String>,
+    /// `--build-arg` values.
+    pub build_args: BTreeMap<String, String>,
+    /// The platform the image is for (`TARGETPLATFORM`).
+    pub target_platform: Platform,
+    /// The platform the build runs on (`BUILDPLATFORM`).
+    pub build_platform: Platform,
+    /// `.dockerignore` patterns of the build context.
+    pub context_excludes: Vec<String>,
+    /// `--no-cache`: every vertex ignores the cache.
+    pub no_cache: bool,
+    /// `--no-cache-filter`: stages whose vertices ignore the cache.
+    pub no_cache_stages: Vec<String>,
+    /// `--label` values added to the image config.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        let host = Platform::host();
+        BuildOptions {
+            target: None,
+            build_args: BTreeMap::new(),
+            target_platform: host.clone(),
+            build_platform: host,
+            context_excludes: Vec::new(),
+            no_cache: false,
+            no_cache_stages: Vec::new(),
+            labels: BTreeMap::new(),
+        }
+    }
+}
+
+/// Looks up base images' configs while lowering (`FROM` needs a base's Env, WorkingDir, User,
+/// Shell and ONBUILD triggers to lower what follows).
+pub trait ImageResolver {
+    /// The config of `reference` for `platform`, or an error that names the cause.
+    fn resolve_config(&self, reference: &str, platform: &Platform) -> Result<Image, String>;
+}
+
+/// A resolver for when no image store is at hand (`kiln debug graph`): every base image has
+/// an empty config, so only what the Dockerfile itself sets is known.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EmptyConfigs;
+
+impl ImageResolver for EmptyConfigs {
+    fn resolve_config(&self, _reference: &str, _platform: &Platform) -> Result<Image, String> {
+        Ok(Image::default())
+    }
+}
+
+/// The result of lowering: the DAG and the image config of the target stage.
+#[derive(Clone, Debug)]
+pub struct Lowered {
+    /// The validated op DAG; its root is the target stage's filesystem (`None` for a target
+    /// that is `FROM scratch` with no filesystem change).
+    pub definition: Definition,
+    /// The image config for the target stage (without `rootfs`, which the exporter fills).
+    pub image: Image,
+    /// Non-fatal findings, e.g. build args that nothing used.
+    pub warnings: Vec<String>,
+}
+
+/// Lowers `dockerfile` for one target platform.
+pub fn lower(
+    dockerfile: &Dockerfile,
+    options: &BuildOptions,
+    resolver: &dyn ImageResolver,
+) -> Result<Lowered> {
+    let mut lowerer = Lowerer::new(dockerfile, options, resolver)?;
+    let target = lowerer.target_index()?;
+    lowerer.stage(target)?;
+    let done = match std::mem::take(&mut lowerer.stages[target]) {
+        StageSlot::Done(done) => done,
+        _ => unreachable!("stage() leaves the target lowered"),
+    };
+    let mut warnings = lowerer.warnings;
+    let unused: Vec<&String> = options
+        .build_args
+        .keys()
+        .filter(|k| !lowerer.used_args.contains(*k) && !PROXY_ARGS.contains(&k.as_str()))
+        .collect();
+    if !unused.is_empty() {
+        let names: Vec<&str> = unused.iter().map(|s| s.as_str()).collect();
+        warnings.push(format!(
+            "one or more build args were not consumed: [{}]",
+            names.join(" ")
+        ));
+    }
+    let definition = lowerer
+        .builder
+        .finish(done.state)
+        .map_err(|e| Error::new(format!("internal error: invalid build graph: {e}")))?;
+    let mut image = done.image;
+    for (k, v) in &options.labels {
+        image.config.labels.insert(k.clone(), v.clone());
+    }
+    Ok(Lowered {
+        definition,
+        image,
+        warnings,
+    })
+}
+
+/// A lowered stage: its filesystem vertex and image config.
+#[derive(Clone, Debug)]
+struct StageResult {
+    /// The stage's filesystem; `None` is an empty filesystem.
+    state: Option<Digest>,
+    /// The stage's image config.
+    image: Image,
+    /// The stage's platform.
+    platform: Platform,
+}
+
+/// Lowering progress of one stage, for on-demand lowering and cycle detection.
+#[derive(Clone, Debug, Default)]
+enum StageSlot {
+    #[default]
+    Pending,
+    InProgress,
+    Done(Box<StageResult>),
+}
+
+/// Shared lowering state across stages.
+struct Lowerer<'a> {
+    dockerfile: &'a Dockerfile,
+    options: &'a BuildOptions,
+    resolver: &'a dyn ImageResolver,
+    builder: DefinitionBuilder,
+    stages: Vec<StageSlot>,
+    /// Global ARG values (meta args and the built-in platform args).
+    global_args: Vec<(String, Option<String>)>,
+    /// Build args some ARG declared.
+    used_args: std::collections::BTreeSet<String>,
+    /// The build context source vertex, once something reads it.
+    context: Option<Digest>,
+    warnings: Vec<String>,
+}
+
+/// Where `COPY --from` or `RUN --mount=from=` reads.
+enum Source {
+    /// Another stage's filesystem (`None`: empty).
+    Stage(Option<Digest>),
+    /// An image's filesystem.
+    Image(Digest),
+}
+
+impl<'a> Lowerer<'a> {
+    fn new(
+        dockerfile: &'a Dockerfile,
+        options: &'a BuildOptions,
+        resolver: &'a dyn ImageResolver,
+    ) -> Result<Self> {
+        let mut lowerer = Lowerer {
+            dockerfile,
+            options,
+            resolver,
+            builder: DefinitionBuilder::new(),
+            stages: vec![StageSlot::Pending; dockerfile.stages.len()],
+            global_args: Vec::new(),
+            used_args: Default::default(),
+            context: None,
+            warnings: Vec::new(),
+        };
+        lowerer.global_args = lowerer.evaluate_meta_args()?;
+        Ok(lowerer)
+    }
+
+    /// The index of the stage to build.
+    fn target_index(&self) -> Result<usize> {
+        let stages = &self.dockerfile.stages;
+        let Some(target) = &self.options.target else {
+            return Ok(stages.len() - 1);
+        };
+        let lower = target.to_lowercase();
+        stages
+            .iter()
+            .position(|s| s.name.as_deref() == Some(lower.as_str()))
+            .ok_or_else(|| {
+                let names: Vec<&str> = stages.iter().filter_map(|s| s.name.as_deref()).collect();
+                Error::new(format!(
+                    "target stage {target:?} could not be found (stages: {})",
+                    if names.is_empty() {
+                        "none named".to_string()
+                    } else {
+                        names.join(", ")
+                    }
+                ))
+            })
+    }
+
+    /// Lowers stage `index` unless it already is, and returns its result.
+    fn stage(&mut self, index: usize) -> Result<StageResult> {
+        match &self.stages[index] {
+            StageSlot::Done(done) => return Ok((**done).clone()),
+            StageSlot::InProgress => {
+                let stage = &self.dockerfile.stages[index];
+                return Err(Error::at(
+                    format!(
+                        "circular dependency detected on stage: {}",
+                        stage_display_name(stage.name.as_deref(), index)
+                    ),
+                    stage.location,
+                ));
+            }
+            StageSlot::Pending => {}
+        }
+        self.stages[index] = StageSlot::InProgress;
+        let result = stage::lower_stage(self, index)?;
+        self.stages[index] = StageSlot::Done(Box::new(result.clone()));
+        Ok(result)
+    }
+
+    /// The stage whose (lower-cased) name is `name`, if any.
+    fn stage_named(&self, name: &str) -> Option<usize> {
+        let lower = name.to_lowercase();
+        self.dockerfile
+            .stages
+            .iter()
+            .position(|s| s.name.as_deref() == Some(lower.as_str()))
+    }
+
+    /// Resolves a `--from=` value of the stage `current`: a stage name, a stage index, or an
+    /// image reference.
+    fn source(
+        &mut self,
+        value: &str,
+        current: usize,
+        platform: &Platform,
+        location: Location,
+    ) -> Result<Source> {
+        if value.is_empty() {
+            return Err(Error::at("--from requires a stage name or image", location));
+        }
+        let index = match value.parse::<usize>() {
+            Ok(i) if i < self.dockerfile.stages.len() => Some(i),
+            Ok(i) => {
+                return Err(Error::at(
+                    format!(
+                        "invalid from flag value {value}: stage index {i} does not exist (the Dockerfile has {} stages)",
+                        self.dockerfile.stages.len()
+                    ),
+                    location,
+                ));
+            }
+            Err(_) => self.stage_named(value),
+        };
+        if let Some(i) = index {
+            if i == current {
+                return Err(Error::at(
+                    format!("invalid from flag value {value}: a stage cannot copy from itself"),
+                    location,
+                ));
+            }
+            return Ok(Source::Stage(self.stage(i)?.state));
+        }
+        if !looks_like_image_reference(value) {
+            return Err(Error::at(
+                format!(
+                    "invalid from flag value {value:?}: no build stage is named so, and it is not a valid image reference"
+                ),
+                location,
+            ));
+        }
+        let description = format!("[internal] load metadata for {value}");
+        Ok(Source::Image(self.image_source(
+            value,
+            platform,
+            location,
+            description,
+        )))
+    }
+
+    /// The source vertex of an image.
+    fn image_source(
+        &mut self,
+        reference: &str,
+        platform: &Platform,
+        location: Location,
+        description: String,
+    ) -> Digest {
+        let op = Op::Source(SourceOp::Image {
+            reference: reference.to_string(),
+            platform: platform.clone(),
+        });
+        let meta = VertexMeta {
+            description,
+            location: Some((location.start_line, location.end_line)),
+            ..VertexMeta::default()
+        };
+        self.builder.add(op, Vec::new(), meta)
+    }
+
+    /// The build context's source vertex.
+    fn context(&mut self) -> Digest {
+        if let Some(d) = self.context {
+            return d;
+        }
+        let op = Op::Source(SourceOp::Local {
+            name: "context".into(),
+            exclude_patterns: self.options.context_excludes.clone(),
+        });
+        let meta = VertexMeta {
+            description: "[internal] load build context".into(),
+            ..VertexMeta::default()
+        };
+        let d = self.builder.add(op, Vec::new(), meta);
+        self.context = Some(d);
+        d
+    }
+}
+
+/// BuildKit's name for a stage in step names: its `AS` name, else `stage-N`.
+fn stage_display_name(name: Option<&str>, index: usize) -> String {
+    name.map_or_else(|| format!("stage-{index}"), str::to_string)
+}
+
+/// A light check of Docker's reference grammar: lower-case path components of
+/// `[a-z0-9._-]`, an optional `host[:port]/`, `:tag` and `@algo:hex`.
+fn looks_like_image_reference(value: &str) -> bool {
+    let (name, digest) = match value.split_once('@') {
+        Some((n, d)) => (n, Some(d)),
+        None => (value, None),
+    };
+    if let Some(d) = digest {
+        let ok = d.split_once(':').is_some_and(|(algo, hex)| {
+            !algo.is_empty() && hex.len() >= 32 && hex.bytes().all(|b| b.is_ascii_hexdigit())
+        });
+        if !ok {
+            return false;
+        }
+    }
+    let last_slash = name.rfind('/').map_or(0, |i| i + 1);
+    let (path, tag) = match name[last_slash..].rfind(':') {
+        Some(i) => (&name[..last_slash + i], Some(&name[last_slash + i + 1..])),
+        None => (name, None),
+    };
+    if let Some(tag) = tag {
+        let valid = !tag.is_empty()
+            && tag.len() <= 128
+            && !tag.starts_with(['.', '-'])
+            && tag
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        if !valid {
+            return false;
+        }
+    }
+    let mut components = path.split('/').peekable();
+    let mut first = true;
+    while let Some(c) = components.next() {
+        let is_host =
+            first && components.peek().is_some() && (c.contains(['.', ':']) || c == "localhost");
+        first = false;
+        let valid = if is_host {
+            !c.is_empty()
+                && c.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        } else {
+            !c.is_empty()
+                && c.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+                && c.as_bytes()[0].is_ascii_alphanumeric()
+                && c.as_bytes()[c.len() - 1].is_ascii_alphanumeric()
+        };
+        if !valid {
+            return false;
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,286 @@
+//! RUN: an exec op over the stage's filesystem, with heredocs and `--mount`s.
+
+use kiln_cache::Digest;
+use kiln_solver::{
+    ExecOp, FileAction, FileOp, MkfileAction, Mount, MountKind, NetworkMode, Op, SecurityMode,
+};
+
+use super::mount::{MountType, parse_mount};
+use super::stage::{StageState, join_path};
+use super::{Lowerer, Source};
+use crate::error::{Error, Result};
+use crate::instructions::{Instruction, RunInstruction};
+use crate::parser::{Heredoc, parse_heredoc};
+
+/// Where heredoc scripts with a shebang are mounted.
+const PIPES_DIR: &str = "/dev/pipes";
+
+/// Collects a vertex's inputs, giving each distinct digest one index.
+#[derive(Default)]
+pub(super) struct Inputs {
+    digests: Vec<Digest>,
+}
+
+impl Inputs {
+    /// The index of `digest`, adding it if new.
+    pub fn index(&mut self, digest: Digest) -> usize {
+        match self.digests.iter().position(|d| *d == digest) {
+            Some(i) => i,
+            None => {
+                self.digests.push(digest);
+                self.digests.len() - 1
+            }
+        }
+    }
+
+    /// The digests, in index order.
+    pub fn into_digests(self) -> Vec<Digest> {
+        self.digests
+    }
+}
+
+/// Lowers `RUN` into an exec op whose root mount becomes the stage's filesystem.
+pub(super) fn lower_run(
+    lowerer: &mut Lowerer<'_>,
+    st: &mut StageState,
+    instruction: &Instruction,
+    run: &RunInstruction,
+) -> Result<()> {
+    let loc = instruction.location;
+    let mut inputs = Inputs::default();
+    let mut mounts = vec![Mount {
+        target: "/".into(),
+        input: st.state.map(|d| inputs.index(d)),
+        source: "/".into(),
+        readonly: false,
+        kind: MountKind::Layer,
+    }];
+    let mut command = run.command.clone();
+    if !command.files.is_empty() {
+        let script = heredoc_script(&command.args, &command.files[0])
+            .filter(|_| command.files.len() == 1 && command.prepend_shell);
+        match script {
+            Some(Script::Shebang { name, data }) => {
+                let op = Op::File(FileOp {
+                    base: None,
+                    actions: vec![FileAction::Mkfile(MkfileAction {
+                        path: format!("/{name}"),
+                        mode: 0o755,
+                        data,
+                        chown: None,
+                    })],
+                });
+                let mut meta = st.meta(instruction);
+                meta.description = "[internal] preparing inline document".into();
+                let file = lowerer.builder.add(op, Vec::new(), meta);
+                mounts.push(Mount {
+                    target: PIPES_DIR.into(),
+                    input: Some(inputs.index(file)),
+                    source: "/".into(),
+                    readonly: true,
+                    kind: MountKind::Bind,
+                });
+                command.args = vec![format!("{PIPES_DIR}/{name}")];
+                command.prepend_shell = false;
+            }
+            Some(Script::Inline(data)) => command.args = vec![data],
+            None => {
+                let mut full = command.args.join(" ");
+                for file in &command.files {
+                    full.push('\n');
+                    full.push_str(&file.data);
+                    full.push_str(&file.name);
+                }
+                command.args = vec![full];
+            }
+        }
+    }
+    let args = st.argv(&command);
+    let workdir = st.workdir();
+
+    for (n, raw) in run.mounts.iter().enumerate() {
+        let spec = parse_mount(raw).map_err(|e| Error::at(e, loc))?;
+        let expand = |v: &Option<String>| st.expand_opt(v.as_deref(), loc);
+        let target = expand(&spec.target)?.map(|t| join_path(&workdir, &t));
+        let source_path = expand(&spec.source)?;
+        let from = expand(&spec.from)?;
+        let id = expand(&spec.id)?;
+        let input = match (&spec.kind, &from) {
+            (MountType::Bind | MountType::Cache, Some(from)) => {
+                let platform = st.platform.clone();
+                match lowerer.source(from, st.index, &platform, loc)? {
+                    Source::Stage(state) => state.map(|d| inputs.index(d)),
+                    Source::Image(d) => Some(inputs.index(d)),
+                }
+            }
+            (MountType::Bind, None) => Some(inputs.index(lowerer.context())),
+            _ => None,
+        };
+        let source = join_path("/", source_path.as_deref().unwrap_or("/"));
+        let (target, kind) = match spec.kind {
+            MountType::Bind => (target.expect("checked by parse_mount"), MountKind::Bind),
+            MountType::Cache => {
+                let target = target.expect("checked by parse_mount");
+                let kind = MountKind::Cache {
+                    id: id.clone().unwrap_or_else(|| target.clone()),
+                    sharing: spec.sharing,
+                    uid: spec.uid.unwrap_or(0),
+                    gid: spec.gid.unwrap_or(0),
+                    mode: spec.mode.unwrap_or(0o755),
+                };
+                (target, kind)
+            }
+            MountType::Tmpfs => (
+                target.expect("checked by parse_mount"),
+                MountKind::Tmpfs { size: spec.size },
+            ),
+            MountType::Secret => {
+                let id = id.or(source_path.clone()).or_else(|| {
+                    target
+                        .as_deref()
+                        .map(|t| t.rsplit('/').next().unwrap_or(t).to_string())
+                });
+                let Some(id) = id.filter(|i| !i.is_empty()) else {
+                    return Err(Error::at(
+                        "secret mount requires an id or a target (--mount=type=secret,id=NAME)",
+                        loc,
+                    ));
+                };
+                let target = target.unwrap_or_else(|| format!("/run/secrets/{id}"));
+                let kind = MountKind::Secret {
+                    id,
+                    required: spec.required,
+                    env: st.expand_opt(spec.env.as_deref(), loc)?.unwrap_or_default(),
+                    mode: spec.mode.unwrap_or(0o400),
+                    uid: spec.uid.unwrap_or(0),
+                    gid: spec.gid.unwrap_or(0),
+                };
+                (target, kind)
+            }
+            MountType::Ssh => {
+                let target = target.unwrap_or_else(|| format!("/run/buildkit/ssh_agent.{n}"));
+                let kind = MountKind::Ssh {
+                    id: id.unwrap_or_else(|| "default".into()),
+                    required: spec.required,
+                    mode: spec.mode.unwrap_or(0o600),
+                    uid: spec.uid.unwrap_or(0),
+                    gid: spec.gid.unwrap_or(0),
+                };
+                (target, kind)
+            }
+        };
+        mounts.push(Mount {
+            target,
+            input,
+            source,
+            readonly: spec.readonly,
+            kind,
+        });
+    }
+
+    let network = match run
+        .network
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None | Some("default") | Some("sandbox") => NetworkMode::Default,
+        Some("none") => NetworkMode::None,
+        Some("host") => NetworkMode::Host,
+        Some(other) => {
+            return Err(Error::at(
+                format!("unsupported network mode {other:?}"),
+                loc,
+            ));
+        }
+    };
+    let security = match run
+        .security
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None | Some("sandbox") => SecurityMode::Sandbox,
+        Some("insecure") => SecurityMode::Insecure,
+        Some(other) => {
+            return Err(Error::at(
+                format!("unsupported security mode {other:?}"),
+                loc,
+            ));
+        }
+    };
+    let env: Vec<String> = st.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let op = Op::Exec(ExecOp {
+        args: args.clone(),
+        env,
+        cwd: workdir,
+        user: st.image.config.user.clone(),
+        network,
+        security,
+        mounts,
+        platform: st.platform.clone(),
+    });
+    let mut meta = st.meta(instruction);
+    meta.proxy_env = lowerer.proxy_env();
+    st.state = Some(lowerer.builder.add(op, inputs.into_digests(), meta));
+    let message = format!("RUN {}", run_command_string(&args, st));
+    super::history::commit(&mut st.image, message, true, true);
+    Ok(())
+}
+
+/// How a RUN whose command is only a heredoc runs.
+enum Script {
+    /// A script with `#!`: written to a file and executed.
+    Shebang { name: String, data: String },
+    /// Passed to the shell as the command.
+    Inline(String),
+}
+
+/// For `RUN <<EOF` (the command is the heredoc word alone), how the body runs.
+fn heredoc_script(args: &[String], file: &crate::instructions::InlineFile) -> Option<Script> {
+    let [only] = args else { return None };
+    parse_heredoc(only).ok().flatten()?;
+    let data = Heredoc {
+        name: file.name.clone(),
+        file_descriptor: 0,
+        expand: true,
+        chomp: file.chomp,
+        content: file.data.clone(),
+    }
+    .chomped_content();
+    Some(if file.data.starts_with("#!") {
+        Script::Shebang {
+            name: file.name.clone(),
+            data,
+        }
+    } else {
+        Script::Inline(data)
+    })
+}
+
+/// BuildKit's history text for RUN: `|N K=V … argv` when the stage declared ARGs.
+fn run_command_string(args: &[String], st: &StageState) -> String {
+    let declared: Vec<String> = st
+        .build_args
+        .iter()
+        .filter(|(_, v)| v.is_some())
+        .map(|(k, _)| {
+            let v = st
+                .env
+                .iter()
+                .find(|(ek, _)| ek == k)
+                .map_or("", |(_, v)| v.as_str());
+            format!("{k}={v}")
+        })
+        .collect();
+    if declared.is_empty() {
+        args.join(" ")
+    } else {
+        format!(
+            "|{} {} {}",
+            declared.len(),
+            declared.join(" "),
+            args.join(" ")
+        )
+    }
+}

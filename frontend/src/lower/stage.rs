@@ -1,0 +1,522 @@
+//! Lowering one stage: its base, then each instruction in order, keeping the stage's
+//! filesystem vertex, image config and ARG/ENV state.
+
+use kiln_cache::Digest;
+use kiln_image::{Empty, Image};
+use kiln_solver::{FileAction, FileOp, MkdirAction, Op, Platform, VertexMeta};
+
+use super::args::{set, valued};
+use super::history::{commit, plain_list, quoted_list, set_map};
+use super::{Lowerer, StageResult, looks_like_image_reference, stage_display_name};
+use crate::error::{Error, Location, Result};
+use crate::instructions::{CommandLine, Instruction, InstructionKind, Stage};
+use crate::parser::parse;
+use crate::shell::Lexer;
+
+/// The default `PATH` of a Linux container, as Docker sets it when an image has none.
+pub(super) const DEFAULT_PATH: &str =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The state of a stage while its instructions are lowered.
+pub(super) struct StageState {
+    /// Stage index in the Dockerfile.
+    pub index: usize,
+    /// `AS` name or `stage-N`, for step names.
+    pub name: String,
+    /// The filesystem so far; `None` is empty (scratch).
+    pub state: Option<Digest>,
+    /// The image config so far.
+    pub image: Image,
+    /// The stage's platform.
+    pub platform: Platform,
+    /// The environment RUN sees and expansion uses: the config's Env plus ARG values.
+    pub env: Vec<(String, String)>,
+    /// ARGs declared in the stage, with their values.
+    pub build_args: Vec<(String, Option<String>)>,
+    /// CMD was set in this stage (ENTRYPOINT then keeps it).
+    pub cmd_set: bool,
+    /// 1-based number of the instruction being lowered (FROM is 1).
+    pub step: usize,
+    /// Instructions in the stage, FROM included.
+    pub total: usize,
+    /// Vertices of this stage bypass the cache.
+    pub ignore_cache: bool,
+    /// The Dockerfile's escape character.
+    pub escape: char,
+}
+
+impl StageState {
+    /// Expands variables in one word with the stage's environment.
+    pub fn expand(&self, word: &str, location: Location) -> Result<String> {
+        Lexer::new(self.escape)
+            .process_word(word, &self.env)
+            .map_err(|e| Error::at(e.message, location))
+    }
+
+    /// Expands an optional flag value.
+    pub fn expand_opt(&self, word: Option<&str>, location: Location) -> Result<Option<String>> {
+        word.map(|w| self.expand(w, location)).transpose()
+    }
+
+    /// Metadata for a vertex made by the current instruction.
+    pub fn meta(&self, instruction: &Instruction) -> VertexMeta {
+        VertexMeta {
+            description: format!(
+                "[{} {}/{}] {}",
+                self.name,
+                self.step,
+                self.total,
+                uppercase_keyword(&instruction.original)
+            ),
+            location: Some((
+                instruction.location.start_line,
+                instruction.location.end_line,
+            )),
+            ignore_cache: self.ignore_cache,
+            proxy_env: Vec::new(),
+        }
+    }
+
+    /// The working directory, `/` when unset.
+    pub fn workdir(&self) -> String {
+        match self.image.config.working_dir.as_str() {
+            "" => "/".to_string(),
+            wd => wd.to_string(),
+        }
+    }
+
+    /// The shell for shell-form commands.
+    pub fn shell(&self) -> Vec<String> {
+        self.image
+            .config
+            .shell
+            .clone()
+            .unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()])
+    }
+
+    /// A command line as argv: shell form is wrapped in the stage's SHELL.
+    pub fn argv(&self, command: &CommandLine) -> Vec<String> {
+        if command.prepend_shell {
+            let mut args = self.shell();
+            args.extend(command.args.iter().cloned());
+            args
+        } else {
+            command.args.clone()
+        }
+    }
+
+    /// Sets an environment variable in the config and in the state.
+    fn set_env(&mut self, key: &str, value: &str) {
+        let entry = format!("{key}={value}");
+        let env = &mut self.image.config.env;
+        match env
+            .iter_mut()
+            .find(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) == key)
+        {
+            Some(existing) => *existing = entry,
+            None => env.push(entry),
+        }
+        set(&mut self.env, key, value.to_string());
+    }
+}
+
+/// `run echo hi` → `RUN echo hi`, as BuildKit names steps.
+fn uppercase_keyword(original: &str) -> String {
+    match original.split_once(char::is_whitespace) {
+        Some((k, rest)) => format!("{} {rest}", k.to_uppercase()),
+        None => original.to_uppercase(),
+    }
+}
+
+/// Lowers stage `index` (its base first).
+pub(super) fn lower_stage(lowerer: &mut Lowerer<'_>, index: usize) -> Result<StageResult> {
+    let stage: &Stage = &lowerer.dockerfile.stages[index];
+    let location = stage.location;
+    let name = stage_display_name(stage.name.as_deref(), index);
+    let total = stage.instructions.len() + 1;
+    let global_env = valued(&lowerer.global_args);
+    let lexer = Lexer::new(lowerer.dockerfile.escape);
+    let expand_global = |word: &str| {
+        lexer
+            .process_word_with_matches(word, &global_env)
+            .map_err(|e| Error::at(e.message, location))
+    };
+
+    let base = expand_global(&stage.base)?;
+    for var in &base.unmatched {
+        lowerer.warnings.push(format!(
+            "line {}: FROM {} uses ARG {var}, which has no value in the global scope",
+            location.start_line, stage.base
+        ));
+    }
+    let base = base.result;
+    if base.is_empty() {
+        return Err(Error::at(
+            format!("base name ({}) should not be blank", stage.base),
+            location,
+        ));
+    }
+    let explicit_platform = match &stage.platform {
+        Some(p) => {
+            let expanded = expand_global(p)?.result;
+            let parsed: Platform = expanded
+                .parse()
+                .map_err(|e: kiln_solver::PlatformError| Error::at(e.to_string(), location))?;
+            Some(parsed.normalized())
+        }
+        None => None,
+    };
+
+    let (state, mut image, platform) = if base.eq_ignore_ascii_case("scratch") {
+        let platform = explicit_platform.unwrap_or_else(|| lowerer.options.target_platform.clone());
+        (None, Image::default(), platform)
+    } else if let Some(j) = lowerer.stage_named(&base).filter(|&j| j < index) {
+        let parent = lowerer.stage(j)?;
+        let platform = explicit_platform.unwrap_or(parent.platform);
+        (parent.state, parent.image, platform)
+    } else {
+        if !looks_like_image_reference(&base) {
+            return Err(Error::at(
+                format!(
+                    "invalid reference format: {base:?} is neither a build stage nor a valid image reference"
+                ),
+                location,
+            ));
+        }
+        let platform = explicit_platform.unwrap_or_else(|| lowerer.options.target_platform.clone());
+        let description = format!("[{name} 1/{total}] FROM {base}");
+        let digest = lowerer.image_source(&base, &platform, location, description);
+        let image = lowerer
+            .resolver
+            .resolve_config(&base, &platform)
+            .map_err(|e| Error::at(e, location))?;
+        (Some(digest), image, platform)
+    };
+    image.architecture = platform.architecture.clone();
+    image.os = platform.os.clone();
+    image.variant = (!platform.variant.is_empty()).then(|| platform.variant.clone());
+    image.created = None;
+    if !image.config.env.iter().any(|e| e.starts_with("PATH=")) {
+        image.config.env.push(format!("PATH={DEFAULT_PATH}"));
+    }
+    let env = image
+        .config
+        .env
+        .iter()
+        .map(|e| match e.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (e.clone(), String::new()),
+        })
+        .collect();
+    let options = lowerer.options;
+    let ignore_cache = options.no_cache
+        || stage.name.as_ref().is_some_and(|n| {
+            options
+                .no_cache_stages
+                .iter()
+                .any(|f| f.eq_ignore_ascii_case(n))
+        });
+    let triggers = std::mem::take(&mut image.config.on_build);
+    let mut st = StageState {
+        index,
+        name,
+        state,
+        image,
+        platform,
+        env,
+        build_args: Vec::new(),
+        cmd_set: false,
+        step: 1,
+        total,
+        ignore_cache,
+        escape: lowerer.dockerfile.escape,
+    };
+
+    for trigger in &triggers {
+        for instruction in onbuild_instructions(trigger, location)? {
+            dispatch(lowerer, &mut st, &instruction)?;
+        }
+    }
+    let instructions = &lowerer.dockerfile.stages[index].instructions;
+    for instruction in instructions {
+        st.step += 1;
+        dispatch(lowerer, &mut st, instruction)?;
+    }
+    Ok(StageResult {
+        state: st.state,
+        image: st.image,
+        platform: st.platform,
+    })
+}
+
+/// Parses a base image's ONBUILD trigger into instructions placed at the FROM line.
+fn onbuild_instructions(trigger: &str, from: Location) -> Result<Vec<Instruction>> {
+    let at = |e: Error| Error::at(format!("ONBUILD trigger {trigger:?}: {}", e.message), from);
+    let doc = parse(trigger.as_bytes()).map_err(at)?;
+    doc.nodes
+        .iter()
+        .map(|node| {
+            if matches!(node.keyword.as_str(), "from" | "maintainer" | "onbuild") {
+                return Err(Error::at(
+                    format!(
+                        "{} isn't allowed as an ONBUILD trigger",
+                        node.keyword.to_uppercase()
+                    ),
+                    from,
+                ));
+            }
+            let mut instruction = Instruction::from_node(node).map_err(at)?;
+            instruction.location = from;
+            Ok(instruction)
+        })
+        .collect()
+}
+
+/// Lowers one instruction into the stage.
+fn dispatch(
+    lowerer: &mut Lowerer<'_>,
+    st: &mut StageState,
+    instruction: &Instruction,
+) -> Result<()> {
+    let loc = instruction.location;
+    match &instruction.kind {
+        InstructionKind::Env(pairs) => {
+            let mut expanded = Vec::new();
+            for kv in pairs {
+                expanded.push((st.expand(&kv.key, loc)?, st.expand(&kv.value, loc)?));
+            }
+            let mut message = "ENV".to_string();
+            for (k, v) in &expanded {
+                st.set_env(k, v);
+                message.push_str(&format!(" {k}={v}"));
+            }
+            commit(&mut st.image, message, false, false);
+        }
+        InstructionKind::Maintainer(name) => {
+            st.image.author = Some(name.clone());
+            commit(&mut st.image, format!("MAINTAINER {name}"), false, false);
+        }
+        InstructionKind::Label(pairs) => {
+            let mut message = "LABEL".to_string();
+            for kv in pairs {
+                let (k, v) = (st.expand(&kv.key, loc)?, st.expand(&kv.value, loc)?);
+                message.push_str(&format!(" {k}={v}"));
+                st.image.config.labels.insert(k, v);
+            }
+            commit(&mut st.image, message, false, false);
+        }
+        InstructionKind::Add(add) => super::copy::lower_add(lowerer, st, instruction, add)?,
+        InstructionKind::Copy(copy) => super::copy::lower_copy(lowerer, st, instruction, copy)?,
+        InstructionKind::Onbuild(expression) => {
+            st.image.config.on_build.push(expression.clone());
+            commit(&mut st.image, format!("ONBUILD {expression}"), false, false);
+        }
+        InstructionKind::Workdir(path) => {
+            let path = st.expand(path, loc)?;
+            let wd = join_path(&st.workdir(), &path);
+            st.image.config.working_dir = wd.clone();
+            let layer = wd != "/";
+            if layer {
+                let chown = parse_chown(&st.image.config.user);
+                let op = Op::File(FileOp {
+                    base: st.state.map(|_| 0),
+                    actions: vec![FileAction::Mkdir(MkdirAction {
+                        path: wd.clone(),
+                        mode: 0o755,
+                        make_parents: true,
+                        chown,
+                    })],
+                });
+                let inputs = st.state.into_iter().collect();
+                st.state = Some(lowerer.builder.add(op, inputs, st.meta(instruction)));
+            }
+            commit(&mut st.image, format!("WORKDIR {wd}"), layer, false);
+        }
+        InstructionKind::Run(run) => super::run::lower_run(lowerer, st, instruction, run)?,
+        InstructionKind::Cmd(command) => {
+            let args = st.argv(command);
+            commit(
+                &mut st.image,
+                format!("CMD {}", quoted_list(&args)),
+                false,
+                false,
+            );
+            st.image.config.cmd = Some(args);
+            st.image.config.args_escaped = true;
+            st.cmd_set = true;
+        }
+        InstructionKind::Entrypoint(command) => {
+            let args = st.argv(command);
+            st.image.config.entrypoint = (!args.is_empty()).then_some(args);
+            if !st.cmd_set {
+                st.image.config.cmd = None;
+            }
+            let message = format!("ENTRYPOINT {}", quoted_list(&command.args));
+            commit(&mut st.image, message, false, false);
+        }
+        InstructionKind::Healthcheck(health) => {
+            st.image.config.healthcheck = Some(health.clone());
+            let message = format!("HEALTHCHECK {}", quoted_list(&health.test));
+            commit(&mut st.image, message, false, false);
+        }
+        InstructionKind::Expose(ports) => {
+            for port in ports {
+                let port = st.expand(port, loc)?;
+                for spec in expose_ports(&port).map_err(|e| Error::at(e, loc))? {
+                    st.image.config.exposed_ports.insert(spec, Empty {});
+                }
+            }
+            let message = format!("EXPOSE {}", set_map(st.image.config.exposed_ports.keys()));
+            commit(&mut st.image, message, false, false);
+        }
+        InstructionKind::User(user) => {
+            let user = st.expand(user, loc)?;
+            commit(&mut st.image, format!("USER {user}"), false, false);
+            st.image.config.user = user;
+        }
+        InstructionKind::Volume(volumes) => {
+            let mut expanded = Vec::new();
+            for v in volumes {
+                let v = st.expand(v, loc)?;
+                if v.is_empty() {
+                    return Err(Error::at(
+                        "VOLUME specified can not be an empty string",
+                        loc,
+                    ));
+                }
+                st.image.config.volumes.insert(v.clone(), Empty {});
+                expanded.push(v);
+            }
+            commit(
+                &mut st.image,
+                format!("VOLUME {}", plain_list(&expanded)),
+                false,
+                false,
+            );
+        }
+        InstructionKind::StopSignal(signal) => {
+            let signal = st.expand(signal, loc)?;
+            check_signal(&signal).map_err(|e| Error::at(e, loc))?;
+            commit(&mut st.image, format!("STOPSIGNAL {signal}"), false, false);
+            st.image.config.stop_signal = signal;
+        }
+        InstructionKind::Arg(decls) => {
+            let mut parts = Vec::new();
+            for decl in decls {
+                let default = st.expand_opt(decl.default.as_deref(), loc)?;
+                let value = lowerer.stage_arg_value(&decl.name, default);
+                if let Some(v) = &value {
+                    set(&mut st.env, &decl.name, v.clone());
+                }
+                parts.push(match &value {
+                    Some(v) => format!("{}={v}", decl.name),
+                    None => decl.name.clone(),
+                });
+                set(&mut st.build_args, &decl.name, value);
+            }
+            commit(
+                &mut st.image,
+                format!("ARG {}", parts.join(" ")),
+                false,
+                false,
+            );
+        }
+        InstructionKind::Shell(shell) => {
+            st.image.config.shell = Some(shell.clone());
+            commit(
+                &mut st.image,
+                format!("SHELL {}", plain_list(shell)),
+                false,
+                false,
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `path.Join(base, p)` for relative `p`, `path.Clean(p)` for absolute `p`.
+pub(super) fn join_path(base: &str, p: &str) -> String {
+    let joined = if p.starts_with('/') {
+        p.to_string()
+    } else {
+        format!("{base}/{p}")
+    };
+    clean_path(&joined)
+}
+
+/// Go's `path.Clean` for absolute paths.
+pub(super) fn clean_path(p: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in p.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            other => parts.push(other),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
+/// `user[:group]` as a chown option; `None` for root by default.
+pub(super) fn parse_chown(spec: &str) -> Option<kiln_solver::ChownOpt> {
+    if spec.is_empty() {
+        return None;
+    }
+    let (user, group) = match spec.split_once(':') {
+        Some((u, g)) => (u.to_string(), Some(g.to_string())),
+        None => (spec.to_string(), None),
+    };
+    Some(kiln_solver::ChownOpt { user, group })
+}
+
+/// Docker's `nat.ParsePortSpecs` for EXPOSE: `80`, `80/udp`, `8000-8002/tcp`.
+fn expose_ports(spec: &str) -> Result<Vec<String>, String> {
+    let (range, proto) = match spec.split_once('/') {
+        Some((r, p)) => (r, p.to_ascii_lowercase()),
+        None => (spec, "tcp".to_string()),
+    };
+    if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
+        return Err(format!("invalid proto: {proto}"));
+    }
+    let parse = |s: &str| {
+        s.parse::<u16>()
+            .map_err(|_| format!("invalid containerPort: {range}"))
+    };
+    let (start, end) = match range.split_once('-') {
+        Some((a, b)) => (parse(a)?, parse(b)?),
+        None => (parse(range)?, parse(range)?),
+    };
+    if end < start {
+        return Err(format!(
+            "invalid range specified for container port: {range}"
+        ));
+    }
+    Ok((start..=end).map(|p| format!("{p}/{proto}")).collect())
+}
+
+/// Docker's `signal.ParseSignal`: a number or a known name, with or without `SIG`.
+fn check_signal(signal: &str) -> Result<(), String> {
+    const NAMES: &[&str] = &[
+        "ABRT", "ALRM", "BUS", "CHLD", "CLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT",
+        "KILL", "PIPE", "POLL", "PROF", "PWR", "QUIT", "SEGV", "STKFLT", "STOP", "SYS", "TERM",
+        "TRAP", "TSTP", "TTIN", "TTOU", "URG", "USR1", "USR2", "VTALRM", "WINCH", "XCPU", "XFSZ",
+    ];
+    if signal.parse::<u32>().is_ok_and(|n| n > 0) {
+        return Ok(());
+    }
+    let upper = signal.to_uppercase();
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+    let rt = name
+        .strip_prefix("RTMIN")
+        .or_else(|| name.strip_prefix("RTMAX"))
+        .is_some_and(|rest| {
+            rest.is_empty() || rest.starts_with(['+', '-']) && rest[1..].parse::<u8>().is_ok()
+        });
+    if NAMES.contains(&name) || rt {
+        Ok(())
+    } else {
+        Err(format!("Invalid signal: {signal}"))
+    }
+}

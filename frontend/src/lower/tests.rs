@@ -1,0 +1,502 @@
+use std::collections::BTreeMap;
+
+use kiln_image::Image;
+use kiln_solver::{ExecOp, FileAction, MountKind, NetworkMode, Op, Platform, SourceOp, Vertex};
+
+use super::*;
+use crate::instructions::Dockerfile;
+use crate::parser::parse;
+
+fn try_lower_with(
+    src: &str,
+    options: &BuildOptions,
+    resolver: &dyn ImageResolver,
+) -> Result<Lowered> {
+    let doc = parse(src.as_bytes())?;
+    lower(&Dockerfile::from_document(&doc)?, options, resolver)
+}
+
+fn options() -> BuildOptions {
+    BuildOptions {
+        target_platform: "linux/arm64".parse().unwrap(),
+        build_platform: "linux/amd64".parse().unwrap(),
+        ..BuildOptions::default()
+    }
+}
+
+fn lower_src(src: &str) -> Lowered {
+    try_lower_with(src, &options(), &EmptyConfigs).unwrap()
+}
+
+fn lower_err(src: &str) -> String {
+    try_lower_with(src, &options(), &EmptyConfigs)
+        .unwrap_err()
+        .to_string()
+}
+
+fn vertices(l: &Lowered) -> Vec<&Vertex> {
+    let d = &l.definition;
+    d.topological_order()
+        .iter()
+        .map(|k| d.vertex(k).unwrap())
+        .collect()
+}
+
+fn execs(l: &Lowered) -> Vec<ExecOp> {
+    vertices(l)
+        .into_iter()
+        .filter_map(|v| match &v.op {
+            Op::Exec(e) => Some(e.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn root(l: &Lowered) -> &Vertex {
+    l.definition.vertex(&l.definition.root().unwrap()).unwrap()
+}
+
+const MULTI: &str = "\
+FROM busybox AS base
+RUN echo shared
+
+FROM busybox AS a
+RUN echo shared
+RUN echo a
+
+FROM busybox AS unused
+RUN echo never
+
+FROM base AS final
+COPY --from=a /a /a
+RUN echo final
+";
+
+#[test]
+fn shared_vertices_once_and_target_pruning() {
+    let l = lower_src(MULTI);
+    let images = vertices(&l)
+        .iter()
+        .filter(|v| matches!(v.op, Op::Source(SourceOp::Image { .. })))
+        .count();
+    assert_eq!(images, 1, "FROM busybox in three stages is one vertex");
+    let shared = execs(&l)
+        .iter()
+        .filter(|e| e.args.last().unwrap() == "echo shared")
+        .count();
+    assert_eq!(shared, 1, "the same RUN on the same base is one vertex");
+    assert!(
+        execs(&l)
+            .iter()
+            .all(|e| e.args.last().unwrap() != "echo never")
+    );
+    // image, shared RUN, echo a, copy, echo final
+    assert_eq!(l.definition.len(), 5);
+
+    let mut o = options();
+    o.target = Some("A".into());
+    let l = try_lower_with(MULTI, &o, &EmptyConfigs).unwrap();
+    assert_eq!(l.definition.len(), 3);
+    let Op::Exec(e) = &root(&l).op else { panic!() };
+    assert_eq!(e.args, ["/bin/sh", "-c", "echo a"]);
+
+    o.target = Some("nope".into());
+    let e = try_lower_with(MULTI, &o, &EmptyConfigs)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("target stage \"nope\" could not be found"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unreached_stage_errors_do_not_matter() {
+    let l = lower_src("FROM busybox AS broken\nCOPY --from=broken a b\nFROM busybox\nRUN true\n");
+    assert_eq!(l.definition.len(), 2);
+}
+
+#[test]
+fn changing_a_run_changes_only_it_and_dependents() {
+    let before = lower_src(MULTI);
+    let after = lower_src(&MULTI.replace("echo a", "echo A"));
+    let keys = |l: &Lowered| l.definition.topological_order().to_vec();
+    let (b, a) = (keys(&before), keys(&after));
+    let kept: Vec<_> = b.iter().filter(|d| a.contains(d)).collect();
+    // The image source and the shared RUN survive; echo a, the COPY reading it and the
+    // final RUN after the COPY change.
+    assert_eq!(kept.len(), 2);
+    assert_eq!(b.len(), a.len());
+}
+
+#[test]
+fn args_scope_like_buildkit() {
+    let src = "\
+ARG TAG=1.0
+ARG BASE=busybox:${TAG}
+FROM $BASE
+ARG TAG
+ARG TARGETARCH
+ARG LOCAL=x-${TAG}
+ENV E=$LOCAL
+RUN echo $TAG $TARGETARCH
+";
+    let l = lower_src(src);
+    let image = vertices(&l)
+        .iter()
+        .find_map(|v| match &v.op {
+            Op::Source(SourceOp::Image {
+                reference,
+                platform,
+            }) => Some((reference.clone(), platform.clone())),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(image.0, "busybox:1.0");
+    assert_eq!(image.1, "linux/arm64".parse::<Platform>().unwrap());
+    let run = &execs(&l)[0];
+    assert!(run.env.contains(&"TAG=1.0".to_string()), "{:?}", run.env);
+    assert!(run.env.contains(&"TARGETARCH=arm64".to_string()));
+    assert!(run.env.contains(&"E=x-1.0".to_string()));
+    assert_eq!(
+        l.image.config.env,
+        [
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "E=x-1.0"
+        ]
+    );
+    let history: Vec<&str> = l
+        .image
+        .history
+        .iter()
+        .map(|h| h.created_by.as_str())
+        .collect();
+    assert_eq!(
+        history.last().unwrap(),
+        &"RUN |3 TAG=1.0 TARGETARCH=arm64 LOCAL=x-1.0 /bin/sh -c echo $TAG $TARGETARCH # buildkit"
+    );
+
+    let mut o = options();
+    o.build_args = BTreeMap::from([
+        ("TAG".to_string(), "2.0".to_string()),
+        ("UNUSED".to_string(), "1".to_string()),
+        ("http_proxy".to_string(), "http://proxy:3128".to_string()),
+    ]);
+    let l2 = try_lower_with(src, &o, &EmptyConfigs).unwrap();
+    let run2 = &execs(&l2)[0];
+    assert!(run2.env.contains(&"TAG=2.0".to_string()));
+    assert!(
+        !run2.env.iter().any(|e| e.starts_with("http_proxy")),
+        "proxies are not in the op"
+    );
+    let meta = l2
+        .definition
+        .meta(&l2.definition.topological_order()[1])
+        .unwrap();
+    assert_eq!(meta.proxy_env, ["http_proxy=http://proxy:3128"]);
+    assert_eq!(
+        l2.warnings,
+        ["one or more build args were not consumed: [UNUSED]"]
+    );
+
+    // An ARG not re-declared in the stage is not visible there.
+    let l3 = lower_src("ARG V=1\nFROM busybox\nRUN echo $V\n");
+    assert!(!execs(&l3)[0].env.iter().any(|e| e.starts_with("V=")));
+}
+
+#[test]
+fn proxy_args_do_not_change_digests() {
+    let mut o = options();
+    let plain = try_lower_with("FROM busybox\nRUN true\n", &o, &EmptyConfigs).unwrap();
+    o.build_args.insert("HTTPS_PROXY".into(), "http://p".into());
+    let proxied = try_lower_with("FROM busybox\nRUN true\n", &o, &EmptyConfigs).unwrap();
+    assert_eq!(plain.definition.root(), proxied.definition.root());
+}
+
+#[test]
+fn image_config_instructions() {
+    let l = lower_src(
+        "FROM scratch\nCMD [\"run\"]\nENTRYPOINT [\"/app\"]\nWORKDIR app\nUSER nobody:nogroup\nLABEL a=b \"c d\"=e\n\
+         EXPOSE 80 53/udp 8000-8001\nVOLUME /data\nSTOPSIGNAL SIGINT\nSHELL [\"/bin/bash\", \"-c\"]\n\
+         HEALTHCHECK --interval=5s CMD true\nONBUILD RUN echo child\nMAINTAINER me\n",
+    );
+    let c = &l.image.config;
+    assert_eq!(
+        c.cmd.as_deref(),
+        Some(&["run".to_string()][..]),
+        "CMD set in the stage survives ENTRYPOINT"
+    );
+    assert_eq!(c.entrypoint.as_deref(), Some(&["/app".to_string()][..]));
+    assert!(c.args_escaped);
+    assert_eq!(c.working_dir, "/app");
+    assert_eq!(c.user, "nobody:nogroup");
+    assert_eq!(c.labels["c d"], "e");
+    let ports: Vec<&String> = c.exposed_ports.keys().collect();
+    assert_eq!(ports, ["53/udp", "80/tcp", "8000/tcp", "8001/tcp"]);
+    assert!(c.volumes.contains_key("/data"));
+    assert_eq!(c.stop_signal, "SIGINT");
+    assert_eq!(
+        c.shell.as_deref(),
+        Some(&["/bin/bash".to_string(), "-c".to_string()][..])
+    );
+    assert_eq!(c.healthcheck.as_ref().unwrap().interval, 5_000_000_000);
+    assert_eq!(c.on_build, ["RUN echo child"]);
+    assert_eq!(l.image.author.as_deref(), Some("me"));
+    assert_eq!(
+        (l.image.os.as_str(), l.image.architecture.as_str()),
+        ("linux", "arm64")
+    );
+    let history: Vec<(&str, bool)> = l
+        .image
+        .history
+        .iter()
+        .map(|h| (h.created_by.as_str(), h.empty_layer))
+        .collect();
+    assert_eq!(history[0], ("CMD [\"run\"]", true));
+    assert_eq!(history[2], ("WORKDIR /app", false));
+    assert_eq!(
+        history[5].0,
+        "EXPOSE map[53/udp:{} 80/tcp:{} 8000/tcp:{} 8001/tcp:{}]"
+    );
+    // WORKDIR made the directory, owned by nobody (USER came later, so root here).
+    let Op::File(f) = &root(&l).op else { panic!() };
+    let FileAction::Mkdir(m) = &f.actions[0] else {
+        panic!()
+    };
+    assert_eq!(
+        (m.path.as_str(), m.make_parents, m.chown.is_none()),
+        ("/app", true, true)
+    );
+
+    // An inherited CMD is dropped by ENTRYPOINT.
+    let l = lower_src("FROM scratch AS a\nCMD [\"x\"]\nFROM a\nENTRYPOINT top -b\n");
+    assert_eq!(l.image.config.cmd, None);
+    assert_eq!(
+        l.image.config.entrypoint.as_deref(),
+        Some(&["/bin/sh".to_string(), "-c".into(), "top -b".into()][..])
+    );
+}
+
+struct OnbuildImage;
+impl ImageResolver for OnbuildImage {
+    fn resolve_config(&self, reference: &str, _: &Platform) -> Result<Image, String> {
+        if reference == "missing" {
+            return Err("image \"missing\" is not in the local store".into());
+        }
+        let mut image = Image::default();
+        image.config.env = vec!["PATH=/bin".into(), "LANG=C".into()];
+        image.config.working_dir = "/srv".into();
+        image.config.on_build = vec!["RUN echo triggered".into()];
+        image.config.cmd = Some(vec!["sh".into()]);
+        Ok(image)
+    }
+}
+
+#[test]
+fn base_image_config_and_onbuild_triggers() {
+    let l = try_lower_with("FROM base\nRUN echo mine\n", &options(), &OnbuildImage).unwrap();
+    let runs = execs(&l);
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[0].args.last().unwrap(), "echo triggered");
+    assert_eq!(runs[0].cwd, "/srv");
+    assert_eq!(runs[0].env, ["PATH=/bin", "LANG=C"]);
+    assert!(
+        l.image.config.on_build.is_empty(),
+        "triggers run once, not inherited"
+    );
+    assert_eq!(l.image.config.cmd.as_deref(), Some(&["sh".to_string()][..]));
+    let e = try_lower_with("FROM missing\n", &options(), &OnbuildImage).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "dockerfile parse error on line 1: image \"missing\" is not in the local store"
+    );
+}
+
+#[test]
+fn run_heredocs_mounts_and_modes() {
+    let l = lower_src("FROM busybox\nRUN <<EOF\necho one\necho two\nEOF\n");
+    assert_eq!(execs(&l)[0].args, ["/bin/sh", "-c", "echo one\necho two\n"]);
+
+    let l = lower_src("FROM busybox\nRUN <<-EOF\n\t#!/bin/sh\n\techo hi\n\tEOF\n");
+    let run = &execs(&l)[0];
+    assert_eq!(
+        run.args,
+        ["/bin/sh", "-c", "#!/bin/sh\necho hi\n"],
+        "BuildKit checks the raw body for #!, so a tab-indented shebang runs inline"
+    );
+
+    let l = lower_src("FROM busybox\nRUN <<EOF\n#!/usr/bin/env python3\nprint(1)\nEOF\n");
+    let run = &execs(&l)[0];
+    assert_eq!(run.args, ["/dev/pipes/EOF"]);
+    assert_eq!(run.mounts[1].target, "/dev/pipes");
+    assert!(run.mounts[1].readonly);
+
+    let l = lower_src("FROM busybox\nRUN cat <<A <<B\na\nA\nb\nB\n");
+    assert_eq!(execs(&l)[0].args[2], "cat <<A <<B\na\nA\nb\nB");
+
+    let l = lower_src(
+        "FROM busybox AS deps\nRUN true\nFROM busybox\nWORKDIR /w\n\
+         RUN --network=none --mount=type=cache,target=.cache --mount=type=bind,from=deps,source=/x,target=/deps \
+         --mount=type=secret,id=tok --mount=type=bind,target=/ctx --mount=type=tmpfs,target=/tmp make\n",
+    );
+    let run = execs(&l).pop().unwrap();
+    assert_eq!(run.network, NetworkMode::None);
+    assert_eq!(run.cwd, "/w");
+    let kinds: Vec<(&str, &MountKind)> = run
+        .mounts
+        .iter()
+        .map(|m| (m.target.as_str(), &m.kind))
+        .collect();
+    assert_eq!(kinds[1].0, "/w/.cache");
+    assert!(matches!(kinds[1].1, MountKind::Cache { id, .. } if id == "/w/.cache"));
+    assert_eq!(run.mounts[2].source, "/x");
+    assert!(run.mounts[2].input.is_some());
+    assert_eq!(kinds[3].0, "/run/secrets/tok");
+    assert!(matches!(
+        vertices(&l)[0].op,
+        Op::Source(SourceOp::Image { .. }) | Op::Source(SourceOp::Local { .. })
+    ));
+    assert!(matches!(kinds[5].1, MountKind::Tmpfs { .. }));
+
+    assert!(
+        lower_err("FROM busybox\nRUN --network=bridge true\n")
+            .contains("unsupported network mode \"bridge\"")
+    );
+    assert!(
+        lower_err("FROM busybox\nRUN --mount=type=cache true\n").contains("target is required")
+    );
+}
+
+#[test]
+fn copy_forms() {
+    let l = lower_src(
+        "FROM busybox AS build\nRUN make\nFROM busybox\nWORKDIR /app\n\
+         COPY --from=build --chown=app:app --chmod=0644 /out/bin ./\n",
+    );
+    let Op::File(f) = &root(&l).op else { panic!() };
+    let FileAction::Copy(c) = &f.actions[0] else {
+        panic!()
+    };
+    assert_eq!((c.src.as_str(), c.dest.as_str()), ("/out/bin", "/app/"));
+    assert_eq!(c.chown.as_ref().unwrap().group.as_deref(), Some("app"));
+    assert_eq!(c.chmod.as_deref(), Some("0644"));
+    assert!(c.follow_symlinks && c.allow_wildcard && c.create_dest_path && !c.unpack_archives);
+
+    // Numeric --from, --link (a merge), heredoc sources, --parents and --exclude.
+    let l = lower_src(
+        "FROM busybox\nRUN a\nFROM busybox\nCOPY --from=0 --link /x /x\nCOPY --parents --exclude=*.md src/./pkg/** <<EOF /dst/\nhi $HOME\nEOF\n",
+    );
+    let order = l.definition.topological_order();
+    let merge = order
+        .iter()
+        .map(|d| l.definition.vertex(d).unwrap())
+        .find(|v| matches!(v.op, Op::Merge(_)))
+        .expect("COPY --link merges a layer");
+    assert_eq!(merge.inputs.len(), 2);
+    let Op::File(f) = &root(&l).op else { panic!() };
+    let FileAction::Copy(parents) = &f.actions[0] else {
+        panic!()
+    };
+    assert_eq!(
+        (parents.src.as_str(), parents.include_patterns.as_slice()),
+        ("/src", &["pkg/**".to_string()][..])
+    );
+    assert!(parents.parents);
+    assert_eq!(parents.exclude_patterns, ["*.md"]);
+    let FileAction::Copy(heredoc) = &f.actions[1] else {
+        panic!()
+    };
+    assert_eq!(heredoc.src, "/EOF");
+
+    let l = lower_src("FROM busybox\nADD https://example.com/a/file.tgz /x/\nADD local.tar /y/\n");
+    let http = vertices(&l)
+        .into_iter()
+        .find_map(|v| match &v.op {
+            Op::Source(SourceOp::Http { filename, .. }) => Some(filename.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(http, "file.tgz");
+    let Op::File(f) = &root(&l).op else { panic!() };
+    let FileAction::Copy(c) = &f.actions[0] else {
+        panic!()
+    };
+    assert!(c.unpack_archives, "ADD extracts local archives");
+}
+
+#[test]
+fn copy_errors() {
+    assert!(
+        lower_err("FROM busybox AS a\nCOPY --from=a x y\n").contains("cannot copy from itself")
+    );
+    assert!(
+        lower_err("FROM busybox\nCOPY --from=7 x y\n").contains("stage index 7 does not exist")
+    );
+    assert!(
+        lower_err("FROM busybox\nCOPY --from=Not_A_Ref! x y\n")
+            .contains("no build stage is named so")
+    );
+    assert!(
+        lower_err("FROM busybox\nCOPY a b /dest\n")
+            .contains("must be a directory and end with a /")
+    );
+    assert!(
+        lower_err("FROM busybox\nCOPY https://x/y /z\n").contains("source can't be a URL for COPY")
+    );
+    assert!(
+        lower_err("FROM busybox\nADD --checksum=sha256:00 a /z\n")
+            .contains("checksum can't be specified for non-HTTP(S) sources")
+    );
+    assert!(
+        lower_err("FROM busybox\nADD --checksum=md5:00 https://x/y /z\n")
+            .contains("invalid checksum")
+    );
+    assert!(
+        lower_err("FROM busybox\nCOPY --chmod=999 a /z\n")
+            .contains("invalid chmod parameter: '999'")
+    );
+    assert!(
+        lower_err("FROM busybox AS a\nCOPY --from=b x y\nFROM busybox AS b\nCOPY --from=a x y\n")
+            .contains("circular dependency detected on stage: b")
+    );
+    // --from naming an image is an image source, like Docker.
+    let l = lower_src("FROM busybox\nCOPY --from=alpine:3.19 /etc/os-release /\n");
+    assert!(vertices(&l).iter().any(|v| matches!(&v.op, Op::Source(SourceOp::Image { reference, .. }) if reference == "alpine:3.19")));
+}
+
+#[test]
+fn from_errors_and_platforms() {
+    assert!(lower_err("FROM $NOPE\n").contains("base name ($NOPE) should not be blank"));
+    assert!(lower_err("FROM --platform=linux/??? busybox\n").contains("invalid platform"));
+    let l = lower_src("FROM --platform=$BUILDPLATFORM busybox AS b\nRUN true\nFROM b\nRUN x\n");
+    assert!(
+        execs(&l)
+            .iter()
+            .all(|e| e.platform == "linux/amd64".parse().unwrap())
+    );
+    assert_eq!(l.image.architecture, "amd64");
+    assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+}
+
+#[test]
+fn no_cache_filter_marks_only_that_stage() {
+    let mut o = options();
+    o.no_cache_stages = vec!["b".into()];
+    let l = try_lower_with(
+        "FROM busybox AS a\nRUN one\nFROM a AS b\nRUN two\n",
+        &o,
+        &EmptyConfigs,
+    )
+    .unwrap();
+    let flags: Vec<(String, bool)> = l
+        .definition
+        .topological_order()
+        .iter()
+        .map(|d| {
+            let m = l.definition.meta(d).unwrap();
+            (m.description.clone(), m.ignore_cache)
+        })
+        .collect();
+    assert_eq!(flags.iter().filter(|(_, i)| *i).count(), 1, "{flags:?}");
+    assert!(flags.iter().any(|(d, i)| d == "[b 2/2] RUN two" && *i));
+}
