@@ -1,7 +1,9 @@
-//! Property tests: the parser never panics and its line ranges stay consistent, whatever the
-//! input. Inputs are built from Dockerfile-shaped fragments so that they reach deep into the
+//! Property tests: the parser, instruction typing and lowering never panic and line ranges
+//! stay consistent, whatever the input. Inputs are built from Dockerfile-shaped fragments so that they reach deep into the
 //! parser (continuations, heredocs, directives, JSON, flags) rather than failing early.
 
+use kiln_frontend::instructions::Dockerfile;
+use kiln_frontend::lower::{BuildOptions, EmptyConfigs, lower};
 use kiln_frontend::parser;
 use proptest::prelude::*;
 
@@ -27,6 +29,16 @@ fn fragment() -> impl Strategy<Value = String> {
         Just("HEALTHCHECK --interval=5s CMD true".to_string()),
         Just("RUN --mount=type=cache,target=/x \"--q\" -- y".to_string()),
         Just("COPY --from=\"a\\".to_string()),
+        Just("ARG V=${X:-busybox}".to_string()),
+        Just("FROM $V AS st".to_string()),
+        Just("FROM st".to_string()),
+        Just("COPY --from=st --link --chmod=0755 a* /d/".to_string()),
+        Just("COPY --from=0 --parents x/./y /z".to_string()),
+        Just("ADD --checksum=sha256:0 https://x/y /".to_string()),
+        Just("RUN --mount=type=bind,from=st,target=x --network=none echo $V".to_string()),
+        Just("WORKDIR ${V#b}/w".to_string()),
+        Just("EXPOSE 80-7/udp".to_string()),
+        Just("STOPSIGNAL RTMIN+3".to_string()),
         Just("\u{feff}\r".to_string()),
         "[ -~]{0,30}",
         "\\PC{0,12}",
@@ -71,6 +83,9 @@ proptest! {
                 previous_end = node.end_line;
             }
             let _ = doc.dump();
+            if let Ok(stages) = Dockerfile::from_document(&doc) {
+                let _ = lower(&stages, &BuildOptions::default(), &EmptyConfigs);
+            }
         }
     }
 

@@ -2,6 +2,7 @@
 
 pub mod debug;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -62,4 +63,28 @@ impl Dockerfile {
 /// The `-f` default: `Dockerfile` in the current directory.
 pub fn default_dockerfile() -> PathBuf {
     PathBuf::from("Dockerfile")
+}
+
+/// `--build-arg` values: `KEY=VALUE`, or `KEY` alone to take the value from the environment
+/// (skipped when unset, as docker does).
+pub fn parse_build_args(raw: &[String]) -> Result<BTreeMap<String, String>, Failure> {
+    let mut args = BTreeMap::new();
+    for arg in raw {
+        match arg.split_once('=') {
+            Some(("", _)) => {
+                return Err(Failure::msg(format!(
+                    "invalid --build-arg {arg:?}: the name is empty"
+                )));
+            }
+            Some((k, v)) => {
+                args.insert(k.to_string(), v.to_string());
+            }
+            None => {
+                if let Ok(v) = std::env::var(arg) {
+                    args.insert(arg.clone(), v);
+                }
+            }
+        }
+    }
+    Ok(args)
 }
