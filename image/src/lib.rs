@@ -5,5 +5,7 @@
 //! `Shell` and `ArgsEscaped`, which `oci-spec`'s type drops.
 
 mod config;
+mod reference;
 
 pub use config::{ContainerConfig, Empty, HealthConfig, History, Image, RootFs};
+pub use reference::{DOCKER_HUB, Reference, ReferenceError};

@@ -345,59 +345,9 @@ fn stage_display_name(name: Option<&str>, index: usize) -> String {
     name.map_or_else(|| format!("stage-{index}"), str::to_string)
 }
 
-/// A light check of Docker's reference grammar: lower-case path components of
-/// `[a-z0-9._-]`, an optional `host[:port]/`, `:tag` and `@algo:hex`.
+/// Whether `value` parses as an image reference (Docker's grammar).
 fn looks_like_image_reference(value: &str) -> bool {
-    let (name, digest) = match value.split_once('@') {
-        Some((n, d)) => (n, Some(d)),
-        None => (value, None),
-    };
-    if let Some(d) = digest {
-        let ok = d.split_once(':').is_some_and(|(algo, hex)| {
-            !algo.is_empty() && hex.len() >= 32 && hex.bytes().all(|b| b.is_ascii_hexdigit())
-        });
-        if !ok {
-            return false;
-        }
-    }
-    let last_slash = name.rfind('/').map_or(0, |i| i + 1);
-    let (path, tag) = match name[last_slash..].rfind(':') {
-        Some(i) => (&name[..last_slash + i], Some(&name[last_slash + i + 1..])),
-        None => (name, None),
-    };
-    if let Some(tag) = tag {
-        let valid = !tag.is_empty()
-            && tag.len() <= 128
-            && !tag.starts_with(['.', '-'])
-            && tag
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-        if !valid {
-            return false;
-        }
-    }
-    let mut components = path.split('/').peekable();
-    let mut first = true;
-    while let Some(c) = components.next() {
-        let is_host =
-            first && components.peek().is_some() && (c.contains(['.', ':']) || c == "localhost");
-        first = false;
-        let valid = if is_host {
-            !c.is_empty()
-                && c.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
-        } else {
-            !c.is_empty()
-                && c.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
-                && c.as_bytes()[0].is_ascii_alphanumeric()
-                && c.as_bytes()[c.len() - 1].is_ascii_alphanumeric()
-        };
-        if !valid {
-            return false;
-        }
-    }
-    true
+    kiln_image::Reference::parse_normalized(value).is_ok()
 }
 
 #[cfg(test)]
