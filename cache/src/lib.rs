@@ -1,8 +1,12 @@
 //! kiln's storage layer: content-addressed blobs, the cache index and the image store.
 //!
-//! Today it holds the [`Digest`] type every other crate uses to name content; the stores
-//! themselves arrive with the local build engine.
+//! It holds the [`Digest`] type every other crate uses to name content, the
+//! [`ContentStore`] of blobs and the [`ImageStore`] of names.
 
+mod content;
 mod digest;
+mod images;
 
+pub use content::{BlobWriter, ContentError, ContentStore};
 pub use digest::{Digest, DigestError};
+pub use images::{ImageRecord, ImageStore, ImageStoreError};

@@ -59,13 +59,17 @@ impl Reference {
         }
         let (domain, path) = split_domain(name);
         if path.chars().any(|c| c.is_ascii_uppercase()) {
-            return Err(err(Some(&format!("repository name ({path}) must be lowercase"))));
+            return Err(err(Some(&format!(
+                "repository name ({path}) must be lowercase"
+            ))));
         }
         if !valid_domain(&domain) || !path.split('/').all(valid_path_component) {
             return Err(err(None));
         }
         if domain.len() + 1 + path.len() > 255 {
-            return Err(err(Some("repository name must not be more than 255 characters")));
+            return Err(err(Some(
+                "repository name must not be more than 255 characters",
+            )));
         }
         let tag = match (tag, digest) {
             (Some(t), _) => Some(t.to_string()),
@@ -171,7 +175,9 @@ fn valid_domain(domain: &str) -> bool {
     !host.is_empty()
         && host.split('.').all(|label| {
             !label.is_empty()
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })
@@ -217,7 +223,9 @@ fn valid_digest(d: &str) -> bool {
     d.split_once(':').is_some_and(|(algo, hex)| {
         !algo.is_empty()
             && algo.as_bytes()[0].is_ascii_alphabetic()
-            && algo.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_+.".contains(&b))
+            && algo
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_+.".contains(&b))
             && hex.len() >= 32
             && hex.bytes().all(|b| b.is_ascii_hexdigit())
     })
@@ -235,14 +243,26 @@ mod tests {
     fn normalises_like_docker() {
         assert_eq!(norm("busybox"), "docker.io/library/busybox:latest");
         assert_eq!(norm("user/app:1.0"), "docker.io/user/app:1.0");
-        assert_eq!(norm("index.docker.io/library/alpine"), "docker.io/library/alpine:latest");
+        assert_eq!(
+            norm("index.docker.io/library/alpine"),
+            "docker.io/library/alpine:latest"
+        );
         assert_eq!(norm("localhost/app"), "localhost/app:latest");
         assert_eq!(norm("127.0.0.1:5000/ns/app:v2"), "127.0.0.1:5000/ns/app:v2");
         let pinned = format!("busybox@sha256:{}", "a".repeat(64));
-        assert_eq!(norm(&pinned), format!("docker.io/library/busybox@sha256:{}", "a".repeat(64)));
+        assert_eq!(
+            norm(&pinned),
+            format!("docker.io/library/busybox@sha256:{}", "a".repeat(64))
+        );
         let both = format!("busybox:1@sha256:{}", "b".repeat(64));
-        assert_eq!(norm(&both), format!("docker.io/library/busybox:1@sha256:{}", "b".repeat(64)));
-        assert_eq!(Reference::parse_normalized("busybox").unwrap().familiar(), "busybox:latest");
+        assert_eq!(
+            norm(&both),
+            format!("docker.io/library/busybox:1@sha256:{}", "b".repeat(64))
+        );
+        assert_eq!(
+            Reference::parse_normalized("busybox").unwrap().familiar(),
+            "busybox:latest"
+        );
         assert_eq!(
             Reference::parse_normalized("[::1]:5000/a").unwrap().domain,
             "[::1]:5000"
@@ -253,13 +273,25 @@ mod tests {
     #[test]
     fn rejects_malformed() {
         for bad in [
-            "", "Busybox", "a//b", "a:", ":tag", "a@sha256:abc", "-a", "a-", "a..b", "a/b:-x",
-            "host:port/a", "a b",
+            "",
+            "Busybox",
+            "a//b",
+            "a:",
+            ":tag",
+            "a@sha256:abc",
+            "-a",
+            "a-",
+            "a..b",
+            "a/b:-x",
+            "host:port/a",
+            "a b",
         ] {
             assert!(Reference::parse_normalized(bad).is_err(), "{bad}");
         }
         assert_eq!(
-            Reference::parse_normalized("Busybox").unwrap_err().to_string(),
+            Reference::parse_normalized("Busybox")
+                .unwrap_err()
+                .to_string(),
             "invalid reference format: repository name (library/Busybox) must be lowercase: \"Busybox\""
         );
     }

@@ -1,0 +1,281 @@
+//! The content store: blobs (layers, configs, manifests) as files named by their sha256
+//! under `blobs/sha256/`, written through a temporary file and renamed into place only once
+//! their digest checks out, so a crash never leaves a partial blob under a real name.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sha2::{Digest as _, Sha256};
+
+use crate::Digest;
+
+/// Errors of the content store.
+#[derive(Debug, thiserror::Error)]
+pub enum ContentError {
+    /// A filesystem operation failed.
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// Written content does not have the digest it was announced with.
+    #[error("content digest mismatch: expected {expected}, got {actual}")]
+    Mismatch {
+        /// The announced digest.
+        expected: Digest,
+        /// The digest of what was written.
+        actual: Digest,
+    },
+    /// The store holds no blob with this digest.
+    #[error("blob {0} is not in the content store")]
+    NotFound(Digest),
+}
+
+fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ContentError + 'a {
+    move |source| ContentError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Blobs by digest, in a directory.
+#[derive(Clone, Debug)]
+pub struct ContentStore {
+    root: PathBuf,
+}
+
+/// Distinguishes concurrent ingests of one process.
+static INGEST_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl ContentStore {
+    /// Opens (creating if needed) the store rooted at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, ContentError> {
+        let root = root.into();
+        for dir in [root.join("blobs/sha256"), root.join("ingest")] {
+            fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
+        }
+        Ok(ContentStore { root })
+    }
+
+    /// Where the blob `digest` lives (whether or not it exists).
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(digest.hex())
+    }
+
+    /// Whether the blob is present.
+    pub fn contains(&self, digest: &Digest) -> bool {
+        self.blob_path(digest).is_file()
+    }
+
+    /// The blob's size in bytes.
+    pub fn size(&self, digest: &Digest) -> Result<u64, ContentError> {
+        match fs::metadata(self.blob_path(digest)) {
+            Ok(m) => Ok(m.len()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(ContentError::NotFound(*digest)),
+            Err(e) => Err(io_err("cannot stat", &self.blob_path(digest))(e)),
+        }
+    }
+
+    /// Opens the blob for reading.
+    pub fn open_blob(&self, digest: &Digest) -> Result<File, ContentError> {
+        let path = self.blob_path(digest);
+        File::open(&path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => ContentError::NotFound(*digest),
+            _ => io_err("cannot open", &path)(e),
+        })
+    }
+
+    /// Reads a whole blob (for small ones: configs, manifests).
+    pub fn read(&self, digest: &Digest) -> Result<Vec<u8>, ContentError> {
+        let mut data = Vec::new();
+        let path = self.blob_path(digest);
+        self.open_blob(digest)?
+            .read_to_end(&mut data)
+            .map_err(io_err("cannot read", &path))?;
+        Ok(data)
+    }
+
+    /// Stores `data` and returns its digest.
+    pub fn put(&self, data: &[u8]) -> Result<Digest, ContentError> {
+        let digest = Digest::of(data);
+        if self.contains(&digest) {
+            return Ok(digest);
+        }
+        let mut w = self.writer()?;
+        w.write_all(data).map_err(io_err("cannot write", &w.temp))?;
+        Ok(w.commit(Some(digest))?.0)
+    }
+
+    /// A writer for a new blob; [`BlobWriter::commit`] moves it into place.
+    pub fn writer(&self) -> Result<BlobWriter, ContentError> {
+        let n = INGEST_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let temp = self
+            .root
+            .join("ingest")
+            .join(format!("{}-{n}", std::process::id()));
+        let file = File::create(&temp).map_err(io_err("cannot create", &temp))?;
+        Ok(BlobWriter {
+            store: self.clone(),
+            file: Some(file),
+            temp,
+            hasher: Sha256::new(),
+            size: 0,
+        })
+    }
+
+    /// Removes a blob (a missing blob is not an error).
+    pub fn remove(&self, digest: &Digest) -> Result<(), ContentError> {
+        let path = self.blob_path(digest);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("cannot remove", &path)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every blob with its size.
+    pub fn list(&self) -> Result<Vec<(Digest, u64)>, ContentError> {
+        let dir = self.root.join("blobs/sha256");
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io_err("cannot list", &dir))? {
+            let entry = entry.map_err(io_err("cannot list", &dir))?;
+            let name = entry.file_name();
+            let Ok(digest) = format!("sha256:{}", name.to_string_lossy()).parse::<Digest>() else {
+                continue;
+            };
+            let len = entry
+                .metadata()
+                .map_err(io_err("cannot stat", &entry.path()))?
+                .len();
+            out.push((digest, len));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Deletes leftovers of interrupted writes by processes that are gone.
+    pub fn clean_ingest(&self) -> Result<usize, ContentError> {
+        let dir = self.root.join("ingest");
+        let mut removed = 0;
+        for entry in fs::read_dir(&dir)
+            .map_err(io_err("cannot list", &dir))?
+            .flatten()
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let pid = name.split('-').next().and_then(|p| p.parse::<u32>().ok());
+            let alive = pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
+            if !alive && fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// A blob being written: hashes what passes through, and lands atomically on commit. Dropped
+/// without commit, it deletes its temporary file.
+pub struct BlobWriter {
+    store: ContentStore,
+    file: Option<File>,
+    temp: PathBuf,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl Write for BlobWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self
+            .file
+            .as_mut()
+            .expect("file is present until commit")
+            .write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.as_mut().map_or(Ok(()), |f| f.flush())
+    }
+}
+
+impl BlobWriter {
+    /// Bytes written so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Finishes the blob: checks it against `expected` (if given), syncs it and renames it into
+    /// place. Returns its digest and size.
+    pub fn commit(mut self, expected: Option<Digest>) -> Result<(Digest, u64), ContentError> {
+        let file = self.file.take().expect("commit runs once");
+        let actual = Digest::from_bytes(std::mem::take(&mut self.hasher).finalize().into());
+        if let Some(expected) = expected
+            && expected != actual
+        {
+            return Err(ContentError::Mismatch { expected, actual });
+        }
+        file.sync_all().map_err(io_err("cannot sync", &self.temp))?;
+        drop(file);
+        let dest = self.store.blob_path(&actual);
+        fs::rename(&self.temp, &dest).map_err(io_err("cannot store", &dest))?;
+        Ok((actual, self.size))
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        if self.file.is_some() || self.temp.exists() {
+            let _ = fs::remove_file(&self.temp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_read_list_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ContentStore::open(dir.path()).unwrap();
+        let d = store.put(b"hello").unwrap();
+        assert_eq!(d, Digest::of(b"hello"));
+        assert_eq!(store.read(&d).unwrap(), b"hello");
+        assert_eq!(store.size(&d).unwrap(), 5);
+        assert_eq!(store.list().unwrap(), vec![(d, 5)]);
+        store.remove(&d).unwrap();
+        assert!(matches!(store.read(&d), Err(ContentError::NotFound(_))));
+    }
+
+    #[test]
+    fn mismatched_content_never_lands() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ContentStore::open(dir.path()).unwrap();
+        let mut w = store.writer().unwrap();
+        w.write_all(b"truncated").unwrap();
+        let expected = Digest::of(b"truncated blob");
+        let err = w.commit(Some(expected)).unwrap_err();
+        assert!(matches!(err, ContentError::Mismatch { .. }), "{err}");
+        assert!(!store.contains(&expected));
+        assert!(!store.contains(&Digest::of(b"truncated")));
+        assert_eq!(fs::read_dir(dir.path().join("ingest")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn dropped_writer_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ContentStore::open(dir.path()).unwrap();
+        let mut w = store.writer().unwrap();
+        w.write_all(b"partial").unwrap();
+        drop(w);
+        assert_eq!(fs::read_dir(dir.path().join("ingest")).unwrap().count(), 0);
+        assert!(store.list().unwrap().is_empty());
+    }
+}
