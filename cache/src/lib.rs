@@ -6,7 +6,9 @@
 mod content;
 mod digest;
 mod images;
+mod state;
 
 pub use content::{BlobWriter, ContentError, ContentStore};
 pub use digest::{Digest, DigestError};
 pub use images::{ImageRecord, ImageStore, ImageStoreError};
+pub use state::StateDir;

@@ -2,14 +2,20 @@
 
 mod commands;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use kiln_cache::StateDir;
 
 /// kiln builds container images from Dockerfiles.
 #[derive(Parser)]
 #[command(name = "kiln", version, about, propagate_version = true)]
 struct Cli {
+    /// State directory: content store, snapshots, cache and image metadata
+    /// [default: $KILN_ROOT, /var/lib/kiln for root, else $XDG_DATA_HOME/kiln]
+    #[arg(long, global = true, value_name = "DIR")]
+    root: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -19,12 +25,22 @@ enum Command {
     /// Inspect how kiln reads a Dockerfile.
     #[command(subcommand)]
     Debug(commands::debug::DebugCommand),
+    /// Import an image archive (`docker save` or OCI) into the local store.
+    Load(commands::images::LoadArgs),
+    /// List the images in the local store.
+    Images,
+    /// Remove image names from the local store.
+    Rmi(commands::images::RmiArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let state = StateDir::new(cli.root.unwrap_or_else(StateDir::default_root));
     let result = match cli.command {
         Command::Debug(cmd) => commands::debug::run(cmd),
+        Command::Load(args) => commands::images::load(&state, args),
+        Command::Images => commands::images::list(&state),
+        Command::Rmi(args) => commands::images::remove(&state, args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

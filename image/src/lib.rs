@@ -4,8 +4,10 @@
 //! Docker flavour that OCI tools also read: kiln keeps Docker's `Healthcheck`, `OnBuild`,
 //! `Shell` and `ArgsEscaped`, which `oci-spec`'s type drops.
 
+mod archive;
 mod config;
 mod reference;
 
+pub use archive::{ArchiveError, ImportedImage, import_archive};
 pub use config::{ContainerConfig, Empty, HealthConfig, History, Image, RootFs};
 pub use reference::{DOCKER_HUB, Reference, ReferenceError};

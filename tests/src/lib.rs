@@ -64,3 +64,54 @@ pub fn run(cmd: &mut Command, expect_success: bool) -> Output {
     }
     out
 }
+
+/// Image archives of a minimal busybox image, made by tools kiln did not write: `umoci`
+/// builds an OCI layout around Debian's `busybox-static`, `skopeo` turns it into an OCI
+/// archive and a `docker save` archive. Both name the image `busybox:1`.
+pub struct BusyboxArchives {
+    /// `skopeo copy … oci-archive:` output.
+    pub oci: PathBuf,
+    /// `skopeo copy … docker-archive:` output.
+    pub docker: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// Builds [`BusyboxArchives`] in a fresh temporary directory.
+pub fn busybox_archives() -> BusyboxArchives {
+    for tool in ["umoci", "skopeo", "busybox"] {
+        assert!(
+            Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .output()
+                .is_ok_and(|o| o.status.success()),
+            "{tool} is missing: scripts/test installs it (apt-get install umoci skopeo busybox-static)"
+        );
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let script = r#"
+set -e
+umoci init --layout L
+umoci new --image L:busybox
+umoci unpack --image L:busybox B >/dev/null
+mkdir -p B/rootfs/bin B/rootfs/etc B/rootfs/tmp
+cp "$(command -v busybox)" B/rootfs/bin/busybox
+for a in sh echo cat ls mkdir touch id env; do ln -s busybox "B/rootfs/bin/$a"; done
+echo 'root:x:0:0:root:/root:/bin/sh' > B/rootfs/etc/passwd
+echo 'root:x:0:' > B/rootfs/etc/group
+umoci repack --image L:busybox B
+umoci config --image L:busybox --config.cmd sh --config.env PATH=/bin
+skopeo copy -q oci:L:busybox oci-archive:oci.tar:busybox:1
+skopeo copy -q oci:L:busybox docker-archive:docker.tar:busybox:1
+"#;
+    run(
+        Command::new("sh")
+            .args(["-c", script])
+            .current_dir(dir.path()),
+        true,
+    );
+    BusyboxArchives {
+        oci: dir.path().join("oci.tar"),
+        docker: dir.path().join("docker.tar"),
+        _dir: dir,
+    }
+}

@@ -1,6 +1,7 @@
 //! One module per `kiln` subcommand, plus what they share.
 
 pub mod debug;
+pub mod images;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -1,0 +1,67 @@
+//! The state directory (`kiln --root DIR`, `KILN_ROOT`): where the content store and the
+//! metadata database live.
+
+use std::path::{Path, PathBuf};
+
+use crate::{ContentError, ContentStore, ImageStore};
+
+/// kiln's state directory and the stores inside it.
+#[derive(Clone, Debug)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    /// The state directory at `root` (nothing is created until a store is opened).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        StateDir { root: root.into() }
+    }
+
+    /// The default: `$KILN_ROOT`, else `/var/lib/kiln` for root, else
+    /// `$XDG_DATA_HOME/kiln` (`~/.local/share/kiln`).
+    pub fn default_root() -> PathBuf {
+        if let Some(root) = std::env::var_os("KILN_ROOT").filter(|r| !r.is_empty()) {
+            return PathBuf::from(root);
+        }
+        if running_as_root() {
+            return PathBuf::from("/var/lib/kiln");
+        }
+        match std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+            Some(data) => PathBuf::from(data).join("kiln"),
+            None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".local/share/kiln"),
+        }
+    }
+
+    /// The directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Opens the content store (`content/`).
+    pub fn content(&self) -> Result<ContentStore, ContentError> {
+        ContentStore::open(self.root.join("content"))
+    }
+
+    /// The image store (`kiln.redb`); the directory is created when needed.
+    pub fn images(&self) -> Result<ImageStore, ContentError> {
+        std::fs::create_dir_all(&self.root).map_err(|source| ContentError::Io {
+            action: "cannot create",
+            path: self.root.clone(),
+            source,
+        })?;
+        Ok(ImageStore::new(self.root.join("kiln.redb")))
+    }
+}
+
+/// Whether the effective user is root, read from `/proc/self/status`.
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
+        })
+        .unwrap_or(false)
+}

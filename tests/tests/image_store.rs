@@ -1,0 +1,133 @@
+//! `kiln load`, `kiln images` and `kiln rmi` against archives made by umoci and skopeo.
+
+use std::fs;
+use std::process::Command;
+
+use kiln_tests::{busybox_archives, kiln, run};
+
+fn kiln_at(root: &std::path::Path) -> Command {
+    let mut cmd = kiln();
+    cmd.arg("--root").arg(root);
+    cmd
+}
+
+fn stdout(cmd: &mut Command) -> String {
+    String::from_utf8(run(cmd, true).stdout).unwrap()
+}
+
+#[test]
+fn loads_oci_and_docker_archives_and_lists_them() {
+    let archives = busybox_archives();
+    let root = tempfile::tempdir().unwrap();
+
+    let out = stdout(kiln_at(root.path()).args(["load", "-i"]).arg(&archives.oci));
+    assert_eq!(out, "Loaded image: busybox:1\n");
+    let out = stdout(
+        kiln_at(root.path())
+            .args(["load", "-t", "127.0.0.1:5000/tools/bb:v2", "-i"])
+            .arg(&archives.docker),
+    );
+    assert_eq!(
+        out,
+        "Loaded image: busybox:1\nLoaded image: 127.0.0.1:5000/tools/bb:v2\n"
+    );
+
+    let listing = stdout(kiln_at(root.path()).arg("images"));
+    let lines: Vec<&str> = listing.lines().collect();
+    assert!(lines[0].starts_with("REPOSITORY"), "{listing}");
+    assert_eq!(lines.len(), 3, "{listing}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("127.0.0.1:5000/tools/bb") && l.contains(" v2 "))
+    );
+    // Both archives carry the same config, so the image ID is the same.
+    let ids: Vec<&str> = lines[1..]
+        .iter()
+        .map(|l| l.split_whitespace().nth(2).unwrap())
+        .collect();
+    assert_eq!(ids[0], ids[1]);
+
+    // Every blob is stored under its own digest.
+    for entry in fs::read_dir(root.path().join("content/blobs/sha256")).unwrap() {
+        let path = entry.unwrap().path();
+        let sum = run(Command::new("sha256sum").arg(&path), true);
+        let hex = String::from_utf8_lossy(&sum.stdout)[..64].to_string();
+        assert_eq!(path.file_name().unwrap().to_string_lossy(), hex);
+    }
+
+    let out = stdout(kiln_at(root.path()).args(["rmi", "127.0.0.1:5000/tools/bb:v2"]));
+    assert!(
+        out.starts_with("Untagged: 127.0.0.1:5000/tools/bb:v2\n"),
+        "{out}"
+    );
+    let listing = stdout(kiln_at(root.path()).arg("images"));
+    assert_eq!(listing.lines().count(), 2, "{listing}");
+
+    let out = run(kiln_at(root.path()).args(["rmi", "nope"]), false);
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("no such image: docker.io/library/nope:latest")
+    );
+}
+
+#[test]
+fn corrupt_or_truncated_archives_fail_cleanly() {
+    let archives = busybox_archives();
+    let root = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+
+    // A blob whose content does not match its name.
+    let layout = work.path().join("layout");
+    fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
+    fs::write(
+        layout.join("blobs/sha256").join("a".repeat(64)),
+        b"not what the name says",
+    )
+    .unwrap();
+    fs::write(
+        layout.join("index.json"),
+        r#"{"schemaVersion":2,"manifests":[]}"#,
+    )
+    .unwrap();
+    let bad = work.path().join("bad.tar");
+    run(
+        Command::new("tar")
+            .arg("-C")
+            .arg(&layout)
+            .arg("-cf")
+            .arg(&bad)
+            .arg("."),
+        true,
+    );
+    let out = run(kiln_at(root.path()).args(["load", "-i"]).arg(&bad), false);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("content digest mismatch"), "{err}");
+
+    // The real archive cut in half.
+    let bytes = fs::read(&archives.docker).unwrap();
+    let cut = work.path().join("cut.tar");
+    fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let out = run(kiln_at(root.path()).args(["load", "-i"]).arg(&cut), false);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+
+    // Not an archive at all.
+    let junk = work.path().join("junk");
+    fs::write(&junk, b"hello").unwrap();
+    let out = run(kiln_at(root.path()).args(["load", "-i"]).arg(&junk), false);
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("error: "));
+
+    // Nothing was named, no blob is left half-written, and listing still works.
+    let listing = stdout(kiln_at(root.path()).arg("images"));
+    assert_eq!(listing.lines().count(), 1, "{listing}");
+    let ingest = root.path().join("content/ingest");
+    assert_eq!(fs::read_dir(ingest).unwrap().count(), 0);
+    for entry in fs::read_dir(root.path().join("content/blobs/sha256")).unwrap() {
+        let path = entry.unwrap().path();
+        let sum = run(Command::new("sha256sum").arg(&path), true);
+        assert!(
+            String::from_utf8_lossy(&sum.stdout)
+                .starts_with(&*path.file_name().unwrap().to_string_lossy())
+        );
+    }
+}
