@@ -2,11 +2,9 @@
 //! repository or a heredoc; `--link` copies onto an empty layer merged on top.
 
 use kiln_cache::Digest;
-use kiln_solver::{
-    CopyAction, FileAction, FileOp, MergeOp, MkfileAction, Op, SourceOp, VertexMeta,
-};
+use kiln_solver::{CopyAction, FileAction, FileOp, MergeOp, Op, SourceOp, VertexMeta};
 
-use super::run::Inputs;
+use super::run::{Inputs, inline_document};
 use super::stage::{StageState, clean_path, join_path, parse_chown};
 use super::{Lowerer, Source};
 use crate::error::{Error, Result};
@@ -228,18 +226,7 @@ fn lower_copy_request(
             content.data.clone()
         };
         let file = join_path("/", &content.path);
-        let op = Op::File(FileOp {
-            base: None,
-            actions: vec![FileAction::Mkfile(MkfileAction {
-                path: file.clone(),
-                mode: 0o644,
-                data,
-                chown: None,
-            })],
-        });
-        let mut meta = st.meta(instruction);
-        meta.description = "[internal] preparing inline document".into();
-        let digest = lowerer.builder.add(op, Vec::new(), meta);
+        let digest = inline_document(lowerer, st, instruction, &file, 0o644, data);
         actions.push(FileAction::Copy(base_action(inputs.index(digest), file)));
     }
     message.push_str(&format!(" {}", req.files.dest));

@@ -61,18 +61,8 @@ pub(super) fn lower_run(
             .filter(|_| command.files.len() == 1 && command.prepend_shell);
         match script {
             Some(Script::Shebang { name, data }) => {
-                let op = Op::File(FileOp {
-                    base: None,
-                    actions: vec![FileAction::Mkfile(MkfileAction {
-                        path: format!("/{name}"),
-                        mode: 0o755,
-                        data,
-                        chown: None,
-                    })],
-                });
-                let mut meta = st.meta(instruction);
-                meta.description = "[internal] preparing inline document".into();
-                let file = lowerer.builder.add(op, Vec::new(), meta);
+                let path = format!("/{name}");
+                let file = inline_document(lowerer, st, instruction, &path, 0o755, data);
                 mounts.push(Mount {
                     target: PIPES_DIR.into(),
                     input: Some(inputs.index(file)),
@@ -226,6 +216,29 @@ pub(super) fn lower_run(
     let message = format!("RUN {}", run_command_string(&args, st));
     super::history::commit(&mut st.image, message, true, true);
     Ok(())
+}
+
+/// A vertex holding one file made from a heredoc, on an empty filesystem.
+pub(super) fn inline_document(
+    lowerer: &mut Lowerer<'_>,
+    st: &StageState,
+    instruction: &Instruction,
+    path: &str,
+    mode: u32,
+    data: String,
+) -> Digest {
+    let op = Op::File(FileOp {
+        base: None,
+        actions: vec![FileAction::Mkfile(MkfileAction {
+            path: path.to_string(),
+            mode,
+            data,
+            chown: None,
+        })],
+    });
+    let mut meta = st.meta(instruction);
+    meta.description = "[internal] preparing inline document".into();
+    lowerer.builder.add(op, Vec::new(), meta)
 }
 
 /// How a RUN whose command is only a heredoc runs.
