@@ -40,7 +40,7 @@ pub fn glob_match(pattern: &str, name: &str) -> Result<bool, PatternError> {
             while i < name.len() && name[i] != SEPARATOR {
                 if let Some(t) = match_chunk(chunk, &name[i + 1..]).map_err(|()| bad())? {
                     // The last chunk must use up the whole name.
-                    if !(pattern.is_empty() && !t.is_empty()) {
+                    if !pattern.is_empty() || t.is_empty() {
                         name = t;
                         continue 'chunks;
                     }
@@ -88,11 +88,7 @@ fn scan_chunk(mut pattern: &[u8]) -> (bool, &[u8], &[u8]) {
     let mut i = 0;
     while i < pattern.len() {
         match pattern[i] {
-            b'\\' => {
-                if i + 1 < pattern.len() {
-                    i += 1;
-                }
-            }
+            b'\\' if i + 1 < pattern.len() => i += 1,
             b'[' => in_range = true,
             b']' => in_range = false,
             b'*' if !in_range => break,
