@@ -1,0 +1,259 @@
+//! Unpacking an OCI layer tar into a directory in overlayfs format, safely:
+//! no entry can write outside the directory, whatever its name, link target
+//! or the symlinks that earlier entries created.
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt, lchown, symlink};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use filetime::FileTime;
+use flate2::read::GzDecoder;
+use rustix::fs::{CWD, FileType, Mode, makedev, mknodat};
+use tar::EntryType;
+
+use super::{OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, PAX_XATTR_PREFIX, WHITEOUT_PREFIX};
+
+/// What [`apply_layer`] unpacked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApplyStats {
+    /// Entries in the tar (PAX headers not counted).
+    pub entries: u64,
+    /// Bytes of file content written.
+    pub bytes: u64,
+}
+
+/// Unpacks a layer (plain or gzip-compressed tar) into `dest`, which should
+/// be a fresh directory. OCI whiteouts become overlay whiteouts; owners,
+/// modes (including setuid/setgid), xattrs and mtimes are kept. Entries
+/// whose names contain `..`, or that would be written through a symlink, are
+/// refused.
+pub fn apply_layer(reader: impl Read, dest: &Path) -> Result<ApplyStats> {
+    let mut reader = BufReader::new(reader);
+    let magic = reader.fill_buf().context("cannot read the layer")?;
+    let stream: Box<dyn Read> = match magic {
+        [0x1f, 0x8b, ..] => Box::new(GzDecoder::new(reader)),
+        [0x28, 0xb5, 0x2f, 0xfd, ..] => bail!("zstd-compressed layers are not supported yet"),
+        _ => Box::new(reader),
+    };
+    let mut archive = tar::Archive::new(stream);
+    let mut stats = ApplyStats::default();
+    let mut dir_times = Vec::new();
+    for entry in archive.entries().context("cannot read the layer tar")? {
+        let mut entry = entry.context("corrupt layer tar")?;
+        let raw_path = entry.path_bytes().into_owned();
+        let shown = String::from_utf8_lossy(&raw_path).into_owned();
+        let applied = apply_entry(&mut entry, &raw_path, dest, &mut dir_times)
+            .with_context(|| format!("layer entry {shown:?}"))?;
+        stats.entries += 1;
+        stats.bytes += applied;
+    }
+    // Directory mtimes last: creating their children changed them.
+    for (path, mtime) in dir_times.into_iter().rev() {
+        filetime::set_symlink_file_times(&path, mtime, mtime)
+            .with_context(|| format!("cannot set the mtime of {}", path.display()))?;
+    }
+    Ok(stats)
+}
+
+/// Applies one entry; returns the bytes of content written.
+fn apply_entry<R: Read>(
+    entry: &mut tar::Entry<R>,
+    raw_path: &[u8],
+    dest: &Path,
+    dir_times: &mut Vec<(PathBuf, FileTime)>,
+) -> Result<u64> {
+    let components = sanitize(raw_path)?;
+    let Some((base, parents)) = components.split_last() else {
+        // The root itself ("./"): nothing to create.
+        return Ok(0);
+    };
+    let parent = ensure_parents(dest, parents)?;
+    if base.as_str() == OPAQUE_MARKER {
+        xattr::set(&parent, OVERLAY_OPAQUE_XATTR, b"y")
+            .context("cannot mark the directory opaque")?;
+        return Ok(0);
+    }
+    if let Some(hidden) = base.strip_prefix(WHITEOUT_PREFIX) {
+        let target = parent.join(hidden);
+        remove_existing(&target)?;
+        mknodat(
+            CWD,
+            &target,
+            FileType::CharacterDevice,
+            Mode::empty(),
+            makedev(0, 0),
+        )
+        .context("cannot create the whiteout")?;
+        return Ok(0);
+    }
+    let target = parent.join(base);
+    let header = entry.header().clone();
+    let entry_type = header.entry_type();
+    if entry_type.is_dir() {
+        match fs::symlink_metadata(&target) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                remove_existing(&target)?;
+                fs::create_dir(&target)?;
+            }
+            Err(_) => fs::create_dir(&target)?,
+        }
+    } else {
+        remove_existing(&target)?;
+    }
+    let mut written = 0;
+    match entry_type {
+        EntryType::Directory => {}
+        EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                .open(&target)
+                .context("cannot create the file")?;
+            written = io::copy(entry, &mut file).context("cannot write the file")?;
+        }
+        EntryType::Symlink => {
+            let link = entry
+                .link_name_bytes()
+                .context("symlink without a target")?;
+            let link = std::str::from_utf8(&link).context("symlink target is not UTF-8")?;
+            symlink(link, &target).context("cannot create the symlink")?;
+        }
+        EntryType::Link => {
+            let link = entry
+                .link_name_bytes()
+                .context("hard link without a target")?;
+            let source_components = sanitize(&link)?;
+            let (source_base, source_parents) = source_components
+                .split_last()
+                .context("hard link to the root")?;
+            let source = ensure_existing_dir(dest, source_parents)?.join(source_base);
+            let meta = fs::symlink_metadata(&source).with_context(|| {
+                format!(
+                    "hard link target {:?} is not in this layer",
+                    String::from_utf8_lossy(&link)
+                )
+            })?;
+            if meta.is_dir() {
+                bail!("hard link to a directory");
+            }
+            fs::hard_link(&source, &target).context("cannot create the hard link")?;
+            // A hard link shares its target's metadata; nothing more to set.
+            return Ok(0);
+        }
+        EntryType::Char | EntryType::Block | EntryType::Fifo => {
+            let kind = match entry_type {
+                EntryType::Char => FileType::CharacterDevice,
+                EntryType::Block => FileType::BlockDevice,
+                _ => FileType::Fifo,
+            };
+            let major = header.device_major()?.unwrap_or(0);
+            let minor = header.device_minor()?.unwrap_or(0);
+            mknodat(CWD, &target, kind, Mode::empty(), makedev(major, minor))
+                .context("cannot create the device node")?;
+        }
+        other => bail!("unsupported tar entry type {other:?}"),
+    }
+    let uid = header.uid()? as u32;
+    let gid = header.gid()? as u32;
+    lchown(&target, Some(uid), Some(gid)).context("cannot set the owner")?;
+    if entry_type != EntryType::Symlink {
+        // After chown, which clears setuid/setgid.
+        let mode = header.mode()? & 0o7777;
+        fs::set_permissions(&target, fs::Permissions::from_mode(mode))
+            .context("cannot set the mode")?;
+    }
+    if let Some(extensions) = entry.pax_extensions()? {
+        for record in extensions {
+            let record = record?;
+            if let Some(name) = record
+                .key()
+                .ok()
+                .and_then(|k| k.strip_prefix(PAX_XATTR_PREFIX))
+            {
+                xattr::set(&target, name, record.value_bytes())
+                    .with_context(|| format!("cannot set xattr {name}"))?;
+            }
+        }
+    }
+    let mtime = FileTime::from_unix_time(header.mtime()? as i64, 0);
+    if entry_type.is_dir() {
+        dir_times.push((target, mtime));
+    } else {
+        filetime::set_symlink_file_times(&target, mtime, mtime).context("cannot set the mtime")?;
+    }
+    Ok(written)
+}
+
+/// Splits an entry name into components, refusing `..` anywhere: a layer
+/// never needs it, and it is how hostile tars escape.
+fn sanitize(raw: &[u8]) -> Result<Vec<String>> {
+    let text = std::str::from_utf8(raw).context("entry name is not UTF-8")?;
+    let mut components = Vec::new();
+    for part in text.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => bail!("entry name contains \"..\""),
+            other => components.push(other.to_string()),
+        }
+    }
+    Ok(components)
+}
+
+/// Makes sure every parent directory exists as a real directory (never a
+/// symlink) and returns the innermost one. Missing parents are created 0755.
+fn ensure_parents(dest: &Path, parents: &[String]) -> Result<PathBuf> {
+    let mut dir = dest.to_path_buf();
+    for part in parents {
+        dir.push(part);
+        match fs::symlink_metadata(&dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(meta) if meta.file_type().is_symlink() => {
+                bail!(
+                    "parent {} is a symlink; refusing to write through it",
+                    display_in(dest, &dir)
+                )
+            }
+            Ok(_) => bail!("parent {} is not a directory", display_in(dest, &dir)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir(&dir)?;
+                fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))?;
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot stat {}", dir.display())),
+        }
+    }
+    Ok(dir)
+}
+
+/// Like [`ensure_parents`] but creates nothing: every component must be an
+/// existing real directory.
+fn ensure_existing_dir(dest: &Path, parents: &[String]) -> Result<PathBuf> {
+    let mut dir = dest.to_path_buf();
+    for part in parents {
+        dir.push(part);
+        let meta = fs::symlink_metadata(&dir)
+            .with_context(|| format!("{} does not exist in this layer", display_in(dest, &dir)))?;
+        if !meta.is_dir() {
+            bail!("{} is not a directory", display_in(dest, &dir));
+        }
+    }
+    Ok(dir)
+}
+
+/// Removes whatever is at `path` (a directory with all its contents).
+fn remove_existing(path: &Path) -> Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => fs::remove_dir_all(path)?,
+        Ok(_) => fs::remove_file(path)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}
+
+fn display_in(dest: &Path, path: &Path) -> String {
+    format!("/{}", path.strip_prefix(dest).unwrap_or(path).display())
+}

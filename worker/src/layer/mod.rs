@@ -1,0 +1,28 @@
+//! Layers: turning a snapshot's upper directory into an OCI layer tar and
+//! unpacking layer tars into directories that overlayfs can stack.
+//!
+//! On disk, kiln keeps every layer unpacked in overlayfs's own format: a
+//! deleted path is a `0:0` character device and a directory that hides what
+//! lies below it carries the `trusted.overlay.opaque=y` xattr. In a layer tar
+//! the same facts are OCI whiteouts: an empty `.wh.NAME` entry, and a
+//! `.wh..wh..opq` entry inside the directory.
+
+mod apply;
+mod write;
+
+pub use apply::{ApplyStats, apply_layer};
+pub use write::{LayerBlob, WriteOptions, store_layer, write_layer};
+
+/// Prefix of an OCI whiteout entry's file name.
+const WHITEOUT_PREFIX: &str = ".wh.";
+/// Name of the OCI entry that makes its directory opaque.
+const OPAQUE_MARKER: &str = ".wh..wh..opq";
+/// The xattr overlayfs uses to mark an opaque directory.
+const OVERLAY_OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+/// Prefix of xattrs that belong to overlayfs and never go into a layer.
+const OVERLAY_XATTR_PREFIX: &str = "trusted.overlay.";
+/// PAX record prefix for extended attributes (as written by GNU tar/Go).
+const PAX_XATTR_PREFIX: &str = "SCHILY.xattr.";
+
+#[cfg(test)]
+mod tests;

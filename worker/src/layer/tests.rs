@@ -1,0 +1,284 @@
+//! Round trips through [`write_layer`] and [`apply_layer`], and hostile tars.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, lchown, symlink};
+use std::path::Path;
+
+use rustix::fs::{CWD, FileType, Mode, makedev, mknodat};
+use tar::{EntryType, Header};
+
+use super::*;
+
+/// One line per path: type, mode, owner, size, content, link target,
+/// device, xattrs and hard-link group: everything a layer must keep.
+fn describe(root: &Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut inodes = Vec::new();
+    walk(root, root, &mut lines, &mut inodes);
+    lines
+}
+
+fn walk(root: &Path, dir: &Path, lines: &mut Vec<String>, inodes: &mut Vec<u64>) {
+    let mut entries: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        let meta = fs::symlink_metadata(&path).unwrap();
+        let rel = path.strip_prefix(root).unwrap().display().to_string();
+        let content = if meta.is_file() {
+            format!("{:?}", fs::read(&path).unwrap().len())
+        } else {
+            String::new()
+        };
+        let link = fs::read_link(&path)
+            .map(|t| t.display().to_string())
+            .unwrap_or_default();
+        let mut xattrs: Vec<_> = xattr::list(&path)
+            .unwrap()
+            .map(|n| {
+                format!(
+                    "{}={:?}",
+                    n.to_string_lossy(),
+                    xattr::get(&path, &n).unwrap()
+                )
+            })
+            .collect();
+        xattrs.sort();
+        let group = if meta.is_file() && meta.nlink() > 1 {
+            let pos = inodes
+                .iter()
+                .position(|&i| i == meta.ino())
+                .unwrap_or_else(|| {
+                    inodes.push(meta.ino());
+                    inodes.len() - 1
+                });
+            format!("link-group-{pos}")
+        } else {
+            String::new()
+        };
+        let mtime = if meta.is_dir() || meta.file_type().is_symlink() {
+            0
+        } else {
+            meta.mtime()
+        };
+        lines.push(format!(
+            "{rel} {:o} {}:{} size={content} link={link} rdev={} {xattrs:?} {group} mtime={mtime}",
+            meta.mode(),
+            meta.uid(),
+            meta.gid(),
+            meta.rdev()
+        ));
+        if meta.is_dir() {
+            walk(root, &path, lines, inodes);
+        }
+    }
+}
+
+fn round_trip(src: &Path) -> (Vec<u8>, tempfile::TempDir) {
+    let mut tar = Vec::new();
+    write_layer(src, &mut tar, WriteOptions::default()).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    apply_layer(tar.as_slice(), out.path()).unwrap();
+    (tar, out)
+}
+
+#[test]
+fn every_kind_of_entry_survives_a_round_trip() {
+    let src = tempfile::tempdir().unwrap();
+    let root = src.path();
+    fs::create_dir_all(root.join("etc/deep")).unwrap();
+    fs::write(root.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\n").unwrap();
+    fs::write(root.join("empty"), "").unwrap();
+    fs::write(root.join("setuid"), "#!/bin/sh\n").unwrap();
+    lchown(root.join("setuid"), Some(1000), Some(50)).unwrap();
+    fs::set_permissions(root.join("setuid"), fs::Permissions::from_mode(0o6755)).unwrap();
+    fs::hard_link(root.join("etc/passwd"), root.join("etc/deep/passwd-link")).unwrap();
+    symlink("../passwd", root.join("etc/deep/sym")).unwrap();
+    symlink("/nonexistent/absolute", root.join("dangling")).unwrap();
+    let long = "d".repeat(90) + "/" + &"f".repeat(120);
+    fs::create_dir(root.join("d".repeat(90))).unwrap();
+    fs::write(root.join(&long), "long").unwrap();
+    symlink("t".repeat(150), root.join("longlink")).unwrap();
+    let sparse = fs::File::create(root.join("sparse")).unwrap();
+    sparse.set_len(1 << 20).unwrap();
+    (&sparse).write_all(b"x").unwrap();
+    xattr::set(root.join("etc/passwd"), "user.kiln", b"value").unwrap();
+    mknodat(
+        CWD,
+        root.join("fifo"),
+        FileType::Fifo,
+        Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    mknodat(
+        CWD,
+        root.join("removed"),
+        FileType::CharacterDevice,
+        Mode::empty(),
+        makedev(0, 0),
+    )
+    .unwrap();
+    fs::create_dir(root.join("opaque")).unwrap();
+    fs::write(root.join("opaque/kept"), "k").unwrap();
+    xattr::set(root.join("opaque"), OVERLAY_OPAQUE_XATTR, b"y").unwrap();
+
+    let (tar, out) = round_trip(root);
+    assert_eq!(describe(out.path()), describe(root));
+
+    let names: Vec<String> = tar::Archive::new(tar.as_slice())
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect();
+    assert!(names.contains(&".wh.removed".to_string()), "{names:?}");
+    assert!(
+        names.contains(&"opaque/.wh..wh..opq".to_string()),
+        "{names:?}"
+    );
+    assert!(names.contains(&long), "long names use PAX records");
+}
+
+#[test]
+fn identical_trees_give_identical_bytes_and_epoch_clamps_mtimes() {
+    let src = tempfile::tempdir().unwrap();
+    fs::write(src.path().join("a"), "a").unwrap();
+    let mut first = Vec::new();
+    let mut second = Vec::new();
+    write_layer(src.path(), &mut first, WriteOptions::default()).unwrap();
+    write_layer(src.path(), &mut second, WriteOptions::default()).unwrap();
+    assert_eq!(first, second);
+
+    let mut clamped = Vec::new();
+    write_layer(
+        src.path(),
+        &mut clamped,
+        WriteOptions {
+            source_date_epoch: Some(1000),
+        },
+    )
+    .unwrap();
+    let mut archive = tar::Archive::new(clamped.as_slice());
+    let entry = archive.entries().unwrap().next().unwrap().unwrap();
+    assert_eq!(entry.header().mtime().unwrap(), 1000);
+}
+
+#[test]
+fn stored_layer_digests_match_its_bytes() {
+    let src = tempfile::tempdir().unwrap();
+    fs::write(src.path().join("a"), "hello").unwrap();
+    let store_dir = tempfile::tempdir().unwrap();
+    let content = kiln_cache::ContentStore::open(store_dir.path()).unwrap();
+    let blob = store_layer(src.path(), &content, WriteOptions::default()).unwrap();
+    let compressed = content.read(&blob.digest).unwrap();
+    assert_eq!(compressed.len() as u64, blob.size);
+    let mut tar = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::GzDecoder::new(compressed.as_slice()),
+        &mut tar,
+    )
+    .unwrap();
+    assert_eq!(kiln_cache::Digest::of(&tar), blob.diff_id);
+}
+
+/// A tar entry with a raw (unchecked) name.
+fn raw_entry(
+    tar: &mut tar::Builder<Vec<u8>>,
+    name: &str,
+    kind: EntryType,
+    link: &str,
+    data: &[u8],
+) {
+    let mut header = Header::new_ustar();
+    header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+    header.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+    header.set_entry_type(kind);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header.set_size(data.len() as u64);
+    header.set_cksum();
+    tar.append(&header, data).unwrap();
+}
+
+fn apply_hostile(
+    entries: &[(&str, EntryType, &str)],
+) -> (anyhow::Result<ApplyStats>, tempfile::TempDir) {
+    let mut tar = tar::Builder::new(Vec::new());
+    for (name, kind, link) in entries {
+        let data: &[u8] = if *kind == EntryType::Regular {
+            b"pwned"
+        } else {
+            b""
+        };
+        raw_entry(&mut tar, name, *kind, link, data);
+    }
+    let bytes = tar.into_inner().unwrap();
+    let sandbox = tempfile::tempdir().unwrap();
+    fs::create_dir(sandbox.path().join("layer")).unwrap();
+    let result = apply_layer(bytes.as_slice(), &sandbox.path().join("layer"));
+    (result, sandbox)
+}
+
+#[test]
+fn hostile_tars_cannot_write_outside_the_layer() {
+    let cases: Vec<Vec<(&str, EntryType, &str)>> = vec![
+        vec![("../escape", EntryType::Regular, "")],
+        vec![("a/../../escape", EntryType::Regular, "")],
+        vec![
+            ("out", EntryType::Symlink, ".."),
+            ("out/escape", EntryType::Regular, ""),
+        ],
+        vec![
+            ("out", EntryType::Symlink, "/"),
+            ("out/escape", EntryType::Regular, ""),
+        ],
+        vec![("link", EntryType::Link, "../escape")],
+        vec![
+            ("out", EntryType::Symlink, ".."),
+            ("link", EntryType::Link, "out/layer-sibling"),
+        ],
+        vec![
+            ("out", EntryType::Symlink, ".."),
+            ("out/.wh.layer-sibling", EntryType::Regular, ""),
+        ],
+    ];
+    for case in cases {
+        let (result, sandbox) = apply_hostile(&case);
+        let message = format!("{:#}", result.expect_err(&format!("{case:?} must fail")));
+        assert!(message.contains("layer entry"), "{message}");
+        let mut outside: Vec<_> = fs::read_dir(sandbox.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        outside.sort();
+        assert_eq!(outside, ["layer"], "{case:?} wrote outside the layer");
+    }
+}
+
+#[test]
+fn absolute_names_are_relative_to_the_layer() {
+    let (result, sandbox) = apply_hostile(&[("/etc/evil", EntryType::Regular, "")]);
+    result.unwrap();
+    assert_eq!(
+        fs::read(sandbox.path().join("layer/etc/evil")).unwrap(),
+        b"pwned"
+    );
+}
+
+#[test]
+fn garbage_is_an_error_not_a_panic() {
+    let out = tempfile::tempdir().unwrap();
+    assert!(apply_layer(&[0x1f, 0x8b, 1, 2, 3][..], out.path()).is_err());
+    assert!(
+        apply_layer(
+            &b"not a tar at all, just text that goes on"[..].repeat(20)[..],
+            out.path()
+        )
+        .is_err()
+    );
+}

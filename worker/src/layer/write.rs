@@ -1,0 +1,334 @@
+//! Writing a directory in overlayfs format as an OCI layer tar.
+
+use std::collections::HashMap;
+use std::fs::{self, File, Metadata};
+use std::io::{self, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use kiln_cache::{ContentStore, Digest};
+use sha2::{Digest as _, Sha256};
+use tar::{EntryType, Header};
+
+use super::{
+    OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, OVERLAY_XATTR_PREFIX, PAX_XATTR_PREFIX, WHITEOUT_PREFIX,
+};
+
+/// Media type of the gzip-compressed layers kiln writes.
+pub const LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+
+/// Choices that change the bytes of a layer.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WriteOptions {
+    /// `SOURCE_DATE_EPOCH`: timestamps later than this are clamped to it,
+    /// for reproducible layers.
+    pub source_date_epoch: Option<u64>,
+}
+
+/// A layer stored in the content store.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LayerBlob {
+    /// sha256 of the uncompressed tar (the image config's `rootfs.diff_ids`).
+    pub diff_id: Digest,
+    /// sha256 of the compressed blob.
+    pub digest: Digest,
+    /// Size of the compressed blob in bytes.
+    pub size: u64,
+    /// The blob's media type.
+    pub media_type: String,
+}
+
+/// Writes `upper` (a directory in overlayfs format) as a gzip-compressed OCI
+/// layer into `content`, hashing the tar and the blob as they stream.
+pub fn store_layer(
+    upper: &Path,
+    content: &ContentStore,
+    options: WriteOptions,
+) -> Result<LayerBlob> {
+    let blob = content.writer().context("cannot start a layer blob")?;
+    let gzip = GzEncoder::new(blob, Compression::new(6));
+    let mut tar_hasher = HashingWriter::new(gzip);
+    write_layer(upper, &mut tar_hasher, options)?;
+    let (gzip, diff_id) = tar_hasher.finish();
+    let blob = gzip.finish().context("cannot compress the layer")?;
+    let (digest, size) = blob.commit(None).context("cannot store the layer blob")?;
+    Ok(LayerBlob {
+        diff_id,
+        digest,
+        size,
+        media_type: LAYER_MEDIA_TYPE.to_string(),
+    })
+}
+
+/// Writes `upper` as an uncompressed layer tar: entries in byte order of
+/// their paths, parents before children, hard links as link entries, xattrs
+/// as PAX records, overlay whiteouts and opaque directories as OCI
+/// whiteouts.
+pub fn write_layer(upper: &Path, out: impl Write, options: WriteOptions) -> Result<()> {
+    let mut writer = LayerTarWriter {
+        builder: tar::Builder::new(out),
+        options,
+        links: HashMap::new(),
+    };
+    writer.write_dir_contents(upper, "")?;
+    writer
+        .builder
+        .finish()
+        .context("cannot finish the layer tar")?;
+    Ok(())
+}
+
+struct LayerTarWriter<W: Write> {
+    builder: tar::Builder<W>,
+    options: WriteOptions,
+    /// (device, inode) of multiply-linked files → the first path written.
+    links: HashMap<(u64, u64), String>,
+}
+
+impl<W: Write> LayerTarWriter<W> {
+    fn write_dir_contents(&mut self, dir: &Path, prefix: &str) -> Result<()> {
+        let mut names: Vec<_> = fs::read_dir(dir)
+            .with_context(|| format!("cannot read {}", dir.display()))?
+            .map(|entry| entry.map(|e| e.file_name()))
+            .collect::<io::Result<_>>()?;
+        names.sort();
+        for name in names {
+            let name = name
+                .to_str()
+                .with_context(|| {
+                    format!("file name is not UTF-8: {:?} in {}", name, dir.display())
+                })?
+                .to_string();
+            let path = dir.join(&name);
+            let archive_path = format!("{prefix}{name}");
+            let meta = fs::symlink_metadata(&path)
+                .with_context(|| format!("cannot stat {}", path.display()))?;
+            self.write_entry(&path, &archive_path, &meta)
+                .with_context(|| format!("cannot add {archive_path} to the layer"))?;
+        }
+        Ok(())
+    }
+
+    fn write_entry(&mut self, path: &Path, archive_path: &str, meta: &Metadata) -> Result<()> {
+        let kind = meta.file_type();
+        if kind.is_char_device() && meta.rdev() == 0 {
+            let (parent, base) = match archive_path.rsplit_once('/') {
+                Some((parent, base)) => (format!("{parent}/"), base),
+                None => (String::new(), archive_path),
+            };
+            let mut header = self.header(meta, EntryType::Regular);
+            header.set_mode(0);
+            header.set_size(0);
+            return self.append(
+                header,
+                &format!("{parent}{WHITEOUT_PREFIX}{base}"),
+                None,
+                &[],
+                io::empty(),
+            );
+        }
+        let xattrs = read_xattrs(path)?;
+        if kind.is_dir() {
+            let dir_path = format!("{archive_path}/");
+            let opaque = xattr::get(path, OVERLAY_OPAQUE_XATTR)?.is_some_and(|v| v == b"y");
+            self.append(
+                self.header(meta, EntryType::Directory),
+                &dir_path,
+                None,
+                &xattrs,
+                io::empty(),
+            )?;
+            if opaque {
+                let mut marker = self.header(meta, EntryType::Regular);
+                marker.set_mode(0);
+                self.append(
+                    marker,
+                    &format!("{dir_path}{OPAQUE_MARKER}"),
+                    None,
+                    &[],
+                    io::empty(),
+                )?;
+            }
+            return self.write_dir_contents(path, &dir_path);
+        }
+        if kind.is_symlink() {
+            let target = fs::read_link(path)?;
+            let target = target.to_str().context("symlink target is not UTF-8")?;
+            let header = self.header(meta, EntryType::Symlink);
+            return self.append(header, archive_path, Some(target), &xattrs, io::empty());
+        }
+        if !kind.is_dir() && meta.nlink() > 1 {
+            let key = (meta.dev(), meta.ino());
+            if let Some(first) = self.links.get(&key).cloned() {
+                let mut header = self.header(meta, EntryType::Link);
+                header.set_size(0);
+                return self.append(header, archive_path, Some(&first), &[], io::empty());
+            }
+            self.links.insert(key, archive_path.to_string());
+        }
+        if kind.is_file() {
+            let file = File::open(path)?;
+            let mut header = self.header(meta, EntryType::Regular);
+            header.set_size(meta.len());
+            return self.append(header, archive_path, None, &xattrs, file);
+        }
+        let entry_type = if kind.is_fifo() {
+            EntryType::Fifo
+        } else if kind.is_char_device() {
+            EntryType::Char
+        } else if kind.is_block_device() {
+            EntryType::Block
+        } else {
+            // Sockets cannot be archived; Docker skips them too.
+            return Ok(());
+        };
+        let mut header = self.header(meta, entry_type);
+        header.set_device_major(rustix::fs::major(meta.rdev()))?;
+        header.set_device_minor(rustix::fs::minor(meta.rdev()))?;
+        self.append(header, archive_path, None, &xattrs, io::empty())
+    }
+
+    /// A header carrying `meta`'s mode, owner and (clamped) mtime.
+    fn header(&self, meta: &Metadata, entry_type: EntryType) -> Header {
+        let mut header = Header::new_ustar();
+        header.set_entry_type(entry_type);
+        header.set_mode(meta.mode() & 0o7777);
+        header.set_uid(meta.uid().into());
+        header.set_gid(meta.gid().into());
+        let mtime = u64::try_from(meta.mtime()).unwrap_or(0);
+        let mtime = self
+            .options
+            .source_date_epoch
+            .map_or(mtime, |epoch| mtime.min(epoch));
+        header.set_mtime(mtime);
+        header.set_size(0);
+        header
+    }
+
+    /// Appends one entry; names and link targets that do not fit the ustar
+    /// fields, and xattrs, go into a PAX header first.
+    fn append(
+        &mut self,
+        mut header: Header,
+        path: &str,
+        link: Option<&str>,
+        xattrs: &[(String, Vec<u8>)],
+        data: impl io::Read,
+    ) -> Result<()> {
+        let mut records = Vec::new();
+        if set_bytes(&mut header.as_old_mut().name, path.as_bytes()) {
+            pax_record(&mut records, "path", path.as_bytes());
+        }
+        if let Some(link) = link
+            && set_bytes(&mut header.as_old_mut().linkname, link.as_bytes())
+        {
+            pax_record(&mut records, "linkpath", link.as_bytes());
+        }
+        for (name, value) in xattrs {
+            pax_record(&mut records, &format!("{PAX_XATTR_PREFIX}{name}"), value);
+        }
+        if !records.is_empty() {
+            let mut pax = Header::new_ustar();
+            pax.set_entry_type(EntryType::XHeader);
+            pax.set_mode(0o644);
+            pax.set_mtime(header.mtime()?);
+            let pax_name = format!(
+                "PaxHeaders.0/{}",
+                path.rsplit('/').find(|s| !s.is_empty()).unwrap_or(path)
+            );
+            set_bytes(&mut pax.as_old_mut().name, pax_name.as_bytes());
+            pax.set_size(records.len() as u64);
+            pax.set_cksum();
+            self.builder.append(&pax, records.as_slice())?;
+        }
+        header.set_cksum();
+        self.builder.append(&header, data)?;
+        Ok(())
+    }
+}
+
+/// Copies `value` into a fixed-size header field, truncating; returns
+/// whether it had to be truncated (so a PAX record must carry it).
+fn set_bytes(field: &mut [u8], value: &[u8]) -> bool {
+    field.fill(0);
+    let n = value.len().min(field.len());
+    field[..n].copy_from_slice(&value[..n]);
+    value.len() > field.len()
+}
+
+/// Appends a PAX record `"<len> key=value\n"`, whose length counts itself.
+fn pax_record(records: &mut Vec<u8>, key: &str, value: &[u8]) {
+    let body = key.len() + value.len() + 3; // space, '=', newline
+    let mut len = body + 1;
+    while len != body + len.to_string().len() {
+        len = body + len.to_string().len();
+    }
+    records.extend_from_slice(format!("{len} {key}=").as_bytes());
+    records.extend_from_slice(value);
+    records.push(b'\n');
+}
+
+/// The xattrs of `path` that belong in a layer (not overlayfs's own).
+fn read_xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut xattrs = Vec::new();
+    let names = match xattr::list(path) {
+        Ok(names) => names,
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::OPNOTSUPP.raw_os_error()) => {
+            return Ok(xattrs);
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot list xattrs of {}", path.display()));
+        }
+    };
+    for name in names {
+        let Some(name) = name.to_str().map(str::to_string) else {
+            continue;
+        };
+        if name.starts_with(OVERLAY_XATTR_PREFIX) {
+            continue;
+        }
+        if let Some(value) = xattr::get(path, &name)? {
+            xattrs.push((name, value));
+        }
+    }
+    xattrs.sort();
+    Ok(xattrs)
+}
+
+/// A writer that hashes everything passing through it with sha256.
+pub(crate) struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+}
+
+impl<W: Write> HashingWriter<W> {
+    pub(crate) fn new(inner: W) -> Self {
+        Self {
+            inner,
+            hasher: Sha256::new(),
+        }
+    }
+
+    /// The inner writer and the digest of what was written.
+    pub(crate) fn finish(self) -> (W, Digest) {
+        (
+            self.inner,
+            Digest::from_bytes(self.hasher.finalize().into()),
+        )
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
