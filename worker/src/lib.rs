@@ -3,3 +3,4 @@
 //! diffs.
 
 pub mod layer;
+pub mod snapshot;

@@ -1,0 +1,279 @@
+//! Snapshots: image filesystems as stacks of unpacked layers, mounted with
+//! overlayfs so that a step writes only into its own fresh upper directory.
+
+use std::fs;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use kiln_cache::ContentStore;
+use rustix::mount::{
+    FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, UnmountFlags, fsconfig_create,
+    fsconfig_set_string, fsmount, fsopen, move_mount, unmount,
+};
+
+use crate::layer::{LayerBlob, WriteOptions, apply_layer, store_layer};
+
+/// A filesystem: the layers that make it, bottom first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Snapshot {
+    /// Layers, base image first.
+    pub layers: Vec<LayerBlob>,
+}
+
+/// Where unpacked layers and the scratch space of running steps live
+/// (`<state>/snapshots`).
+#[derive(Debug, Clone)]
+pub struct Snapshotter {
+    layers: PathBuf,
+    work: PathBuf,
+}
+
+impl Snapshotter {
+    /// Opens (creating) the snapshot area under `root`, clearing scratch
+    /// space that a killed process left behind.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        let snapshotter = Self {
+            layers: root.join("layers"),
+            work: root.join("work"),
+        };
+        fs::create_dir_all(&snapshotter.layers)
+            .with_context(|| format!("cannot create {}", snapshotter.layers.display()))?;
+        fs::create_dir_all(&snapshotter.work)?;
+        Ok(snapshotter)
+    }
+
+    /// The directory holding `layer` unpacked, unpacking it from `content`
+    /// first if needed. Concurrent callers may both unpack; one wins.
+    pub fn unpacked(&self, layer: &LayerBlob, content: &ContentStore) -> Result<PathBuf> {
+        let dir = self.layer_dir(layer);
+        if dir.exists() {
+            return Ok(dir);
+        }
+        let scratch = tempfile::Builder::new()
+            .prefix("unpack-")
+            .tempdir_in(&self.work)?;
+        let target = scratch.path().join("layer");
+        fs::create_dir(&target)?;
+        let blob = content
+            .open_blob(&layer.digest)
+            .with_context(|| format!("layer {} is missing from the content store", layer.digest))?;
+        apply_layer(blob, &target)
+            .with_context(|| format!("cannot unpack layer {}", layer.digest))?;
+        self.install(&target, &dir)?;
+        Ok(dir)
+    }
+
+    /// Mounts `base` read-write at a fresh mount point: its layers are the
+    /// lower directories and a new, empty upper directory takes every
+    /// change. Dropping the result unmounts and deletes the scratch space.
+    pub fn prepare(&self, base: &Snapshot, content: &ContentStore) -> Result<ActiveSnapshot> {
+        let lowers = base
+            .layers
+            .iter()
+            .map(|layer| self.unpacked(layer, content))
+            .collect::<Result<Vec<_>>>()?;
+        let scratch = tempfile::Builder::new()
+            .prefix("step-")
+            .tempdir_in(&self.work)?;
+        let paths = ["upper", "work", "rootfs", "empty"].map(|name| scratch.path().join(name));
+        for path in &paths {
+            fs::create_dir(path)?;
+        }
+        let [upper, work, rootfs, empty] = paths;
+        let mut active = ActiveSnapshot {
+            scratch: Some(scratch),
+            upper,
+            rootfs,
+            mounted: false,
+            snapshotter: self.clone(),
+        };
+        let lowers: Vec<&Path> = if lowers.is_empty() {
+            vec![empty.as_path()]
+        } else {
+            lowers.iter().rev().map(PathBuf::as_path).collect()
+        };
+        mount_overlay(&lowers, &active.upper, &work, &active.rootfs)?;
+        active.mounted = true;
+        Ok(active)
+    }
+
+    fn layer_dir(&self, layer: &LayerBlob) -> PathBuf {
+        self.layers.join(layer.diff_id.hex())
+    }
+
+    /// Moves a finished layer directory into place unless another process
+    /// installed the same layer first.
+    fn install(&self, from: &Path, to: &Path) -> Result<()> {
+        match fs::rename(from, to) {
+            Ok(()) => Ok(()),
+            Err(_) if to.exists() => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("cannot install layer {}", to.display())),
+        }
+    }
+}
+
+/// A mounted, writable snapshot (see [`Snapshotter::prepare`]).
+#[derive(Debug)]
+pub struct ActiveSnapshot {
+    scratch: Option<tempfile::TempDir>,
+    upper: PathBuf,
+    rootfs: PathBuf,
+    mounted: bool,
+    snapshotter: Snapshotter,
+}
+
+impl ActiveSnapshot {
+    /// The merged filesystem, where a step reads and writes.
+    pub fn rootfs(&self) -> &Path {
+        &self.rootfs
+    }
+
+    /// Unmounts, stores the changes as a layer and returns `base` with that
+    /// layer on top. The upper directory becomes the layer's unpacked form.
+    pub fn commit(
+        mut self,
+        base: &Snapshot,
+        content: &ContentStore,
+        options: WriteOptions,
+    ) -> Result<Snapshot> {
+        self.unmount()?;
+        let layer = store_layer(&self.upper, content, options)?;
+        let dir = self.snapshotter.layer_dir(&layer);
+        if !dir.exists() {
+            self.snapshotter.install(&self.upper, &dir)?;
+        }
+        let mut layers = base.layers.clone();
+        layers.push(layer);
+        Ok(Snapshot { layers })
+    }
+
+    fn unmount(&mut self) -> Result<()> {
+        if self.mounted {
+            unmount(&self.rootfs, UnmountFlags::empty())
+                .or_else(|_| unmount(&self.rootfs, UnmountFlags::DETACH))
+                .with_context(|| format!("cannot unmount {}", self.rootfs.display()))?;
+            self.mounted = false;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ActiveSnapshot {
+    fn drop(&mut self) {
+        let unmounted = self.unmount().is_ok();
+        if let Some(scratch) = self.scratch.take() {
+            if unmounted {
+                let _ = scratch.close();
+            } else {
+                // Still mounted: never delete through a mount.
+                let _ = scratch.keep();
+            }
+        }
+    }
+}
+
+/// Mounts overlayfs with the new mount API, which takes lower directories
+/// one at a time (no page-size limit on how many a snapshot may have).
+/// `lowers` is top first.
+fn mount_overlay(lowers: &[&Path], upper: &Path, work: &Path, target: &Path) -> Result<()> {
+    let context = || format!("cannot mount overlayfs at {}", target.display());
+    let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC).with_context(context)?;
+    for lower in lowers {
+        fsconfig_set_string(fs.as_fd(), "lowerdir+", *lower)
+            .with_context(|| format!("overlayfs rejected lower directory {}", lower.display()))?;
+    }
+    fsconfig_set_string(fs.as_fd(), "upperdir", upper).with_context(context)?;
+    fsconfig_set_string(fs.as_fd(), "workdir", work).with_context(context)?;
+    // Plain copy-ups only, so the upper directory is a complete diff.
+    for (key, value) in [
+        ("redirect_dir", "off"),
+        ("index", "off"),
+        ("metacopy", "off"),
+    ] {
+        fsconfig_set_string(fs.as_fd(), key, value).with_context(context)?;
+    }
+    fsconfig_create(fs.as_fd()).with_context(context)?;
+    let mount = fsmount(
+        fs.as_fd(),
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        MountAttrFlags::empty(),
+    )
+    .with_context(context)?;
+    move_mount(
+        mount.as_fd(),
+        "",
+        rustix::fs::CWD,
+        target,
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .with_context(context)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(content: &ContentStore, layer: &LayerBlob) -> Vec<String> {
+        let blob = content.open_blob(&layer.digest).unwrap();
+        tar::Archive::new(flate2::read::GzDecoder::new(blob))
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn changes_become_a_layer_with_whiteouts() {
+        let state = tempfile::tempdir().unwrap();
+        let content = ContentStore::open(state.path().join("content")).unwrap();
+        let snapshots = Snapshotter::open(state.path().join("snapshots")).unwrap();
+
+        let base = snapshots.prepare(&Snapshot::default(), &content).unwrap();
+        fs::write(base.rootfs().join("a"), "a").unwrap();
+        fs::create_dir(base.rootfs().join("d")).unwrap();
+        fs::write(base.rootfs().join("d/x"), "x").unwrap();
+        let base = base
+            .commit(&Snapshot::default(), &content, WriteOptions::default())
+            .unwrap();
+        assert_eq!(entries(&content, &base.layers[0]), ["a", "d/", "d/x"]);
+
+        let step = snapshots.prepare(&base, &content).unwrap();
+        let root = step.rootfs().to_path_buf();
+        assert_eq!(fs::read_to_string(root.join("d/x")).unwrap(), "x");
+        fs::remove_file(root.join("a")).unwrap();
+        fs::remove_dir_all(root.join("d")).unwrap();
+        fs::create_dir(root.join("d")).unwrap();
+        fs::write(root.join("d/z"), "z").unwrap();
+        fs::write(root.join("b"), "b").unwrap();
+        let next = step
+            .commit(&base, &content, WriteOptions::default())
+            .unwrap();
+        assert!(!root.join("b").exists(), "unmounted after commit");
+        assert_eq!(
+            entries(&content, &next.layers[1]),
+            [".wh.a", "b", "d/", "d/.wh..wh..opq", "d/z"]
+        );
+
+        // A fresh unpack of the stack gives the same view.
+        let fresh = Snapshotter::open(state.path().join("other")).unwrap();
+        let view = fresh.prepare(&next, &content).unwrap();
+        let mut names: Vec<_> = fs::read_dir(view.rootfs())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["b", "d"]);
+        assert_eq!(fs::read_dir(view.rootfs().join("d")).unwrap().count(), 1);
+        drop(view);
+        assert_eq!(
+            fs::read_dir(state.path().join("other/work"))
+                .unwrap()
+                .count(),
+            0,
+            "scratch space removed"
+        );
+    }
+}
