@@ -3,4 +3,5 @@
 //! diffs.
 
 pub mod layer;
+pub mod rootfs;
 pub mod snapshot;
