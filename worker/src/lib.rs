@@ -2,6 +2,7 @@
 //! overlayfs snapshots, RUN in an OCI sandbox, COPY/ADD file ops and layer
 //! diffs.
 
+pub mod exec;
 pub mod layer;
 pub mod rootfs;
 pub mod snapshot;

@@ -1,0 +1,179 @@
+//! RUN: a process in an OCI runtime bundle over a mounted snapshot.
+
+mod runc;
+mod spec;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use anyhow::{Context, Result, bail};
+use kiln_solver::{ExecOp, NetworkMode};
+
+use crate::rootfs::{resolve_in_root, resolve_user};
+pub use runc::{ExternalRuntime, LogStream, OciRuntime};
+
+/// The hostname RUN steps see (BuildKit's, which scripts sometimes expect).
+pub const SANDBOX_HOSTNAME: &str = "buildkitsandbox";
+
+/// A filesystem mounted into the sandbox besides the root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SandboxMount {
+    /// A host directory or file bound at `target`.
+    Bind {
+        /// Absolute path in the sandbox.
+        target: String,
+        /// Host path.
+        source: PathBuf,
+        /// Mounted read-only.
+        readonly: bool,
+    },
+    /// An empty tmpfs at `target`.
+    Tmpfs {
+        /// Absolute path in the sandbox.
+        target: String,
+        /// Size limit in bytes; 0 for the kernel default.
+        size: u64,
+    },
+}
+
+/// Everything needed to run one RUN process.
+pub struct ExecRequest<'a> {
+    /// The op: argv, env, cwd, user, network.
+    pub op: &'a ExecOp,
+    /// Extra environment that is not part of the cache key (proxy variables).
+    pub extra_env: &'a [String],
+    /// The mounted root filesystem.
+    pub rootfs: &'a Path,
+    /// Other mounts, already prepared on the host.
+    pub mounts: Vec<SandboxMount>,
+    /// Scratch space for the bundle; deleted by the caller.
+    pub scratch: &'a Path,
+}
+
+/// Runs `request` with `runtime`, streaming output to `log`. A non-zero
+/// exit is an error in BuildKit's words; paths created only as mount points
+/// are removed afterwards so they do not end up in the layer.
+pub fn run(
+    runtime: &dyn OciRuntime,
+    request: &ExecRequest<'_>,
+    log: &(dyn Fn(LogStream, &[u8]) + Sync),
+    cancel: &AtomicBool,
+) -> Result<()> {
+    let op = request.op;
+    let user = resolve_user(request.rootfs, &op.user)?;
+    let cwd = if op.cwd.is_empty() {
+        "/"
+    } else {
+        op.cwd.as_str()
+    };
+    let cwd_host = resolve_in_root(request.rootfs, cwd, true)?;
+    if !cwd_host.exists() {
+        fs::create_dir_all(&cwd_host)
+            .with_context(|| format!("cannot create working directory {cwd}"))?;
+        std::os::unix::fs::chown(&cwd_host, Some(user.ids.uid), Some(user.ids.gid))?;
+    }
+
+    let bundle = request.scratch.join("bundle");
+    fs::create_dir_all(&bundle)?;
+    let hosts = bundle.join("hosts");
+    fs::write(
+        &hosts,
+        format!(
+            "127.0.0.1\tlocalhost {SANDBOX_HOSTNAME}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+        ),
+    )?;
+    let resolv = bundle.join("resolv.conf");
+    let host_resolv = fs::read("/etc/resolv.conf").unwrap_or_default();
+    fs::write(
+        &resolv,
+        if op.network == NetworkMode::None {
+            Vec::new()
+        } else {
+            host_resolv
+        },
+    )?;
+    let mut mounts = vec![
+        SandboxMount::Bind {
+            target: "/etc/hosts".into(),
+            source: hosts,
+            readonly: true,
+        },
+        SandboxMount::Bind {
+            target: "/etc/resolv.conf".into(),
+            source: resolv,
+            readonly: true,
+        },
+    ];
+    mounts.extend(request.mounts.iter().cloned());
+
+    let spec = spec::build(request, &user, cwd, &mounts)?;
+    let created =
+        MountPoints::create(request.rootfs, spec.mounts().as_deref().unwrap_or_default())?;
+    fs::write(
+        bundle.join("config.json"),
+        serde_json::to_vec_pretty(&spec)?,
+    )?;
+    let status = runtime.run(&bundle, log, cancel);
+    created.remove()?;
+    let code = status?;
+    if code != 0 {
+        bail!(
+            "process \"{}\" did not complete successfully: exit code: {code}",
+            op.args.join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// Mount points that did not exist in the root filesystem and were created
+/// for this run, deepest last (BuildKit calls them mount stubs).
+struct MountPoints {
+    created: Vec<PathBuf>,
+}
+
+impl MountPoints {
+    /// Creates each mount target (a file for file binds, else a directory)
+    /// inside the root filesystem, recording what was new.
+    fn create(rootfs: &Path, mounts: &[oci_spec::runtime::Mount]) -> Result<Self> {
+        let mut created = Vec::new();
+        for mount in mounts {
+            let is_file = mount.typ().as_deref() == Some("bind")
+                && mount.source().as_ref().is_some_and(|s| s.is_file());
+            let host = resolve_in_root(rootfs, &mount.destination().to_string_lossy(), true)?;
+            let mut missing = Vec::new();
+            let mut cursor = host.as_path();
+            while !cursor.exists() && cursor != rootfs {
+                missing.push(cursor.to_path_buf());
+                cursor = cursor.parent().unwrap_or(rootfs);
+            }
+            for (i, path) in missing.iter().rev().enumerate() {
+                if is_file && i == missing.len() - 1 {
+                    fs::write(path, b"")?;
+                } else {
+                    fs::create_dir(path)?;
+                }
+                created.push(path.clone());
+            }
+        }
+        Ok(Self { created })
+    }
+
+    /// Removes what [`create`](Self::create) made, if it is still an empty
+    /// file or directory (the process may have written there on purpose).
+    fn remove(self) -> Result<()> {
+        for path in self.created.iter().rev() {
+            match fs::symlink_metadata(path) {
+                Ok(meta) if meta.is_dir() => {
+                    let _ = fs::remove_dir(path);
+                }
+                Ok(meta) if meta.is_file() && meta.len() == 0 => fs::remove_file(path)?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

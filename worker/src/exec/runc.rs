@@ -1,0 +1,130 @@
+//! Running a bundle with an external OCI runtime binary (runc and friends).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+/// Which output stream a log chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogStream {
+    /// The process's standard output.
+    Stdout,
+    /// The process's standard error.
+    Stderr,
+}
+
+/// Something that runs an OCI bundle to completion.
+pub trait OciRuntime: Send + Sync {
+    /// Runs the bundle at `bundle`, streaming its output to `log`, and
+    /// returns the process's exit code. When `cancel` becomes true the
+    /// process is killed.
+    fn run(
+        &self,
+        bundle: &Path,
+        log: &(dyn Fn(LogStream, &[u8]) + Sync),
+        cancel: &AtomicBool,
+    ) -> Result<i32>;
+}
+
+/// An OCI runtime binary with runc's command line (`runc`, `crun`, `youki`).
+#[derive(Debug, Clone)]
+pub struct ExternalRuntime {
+    binary: PathBuf,
+    state: PathBuf,
+}
+
+impl ExternalRuntime {
+    /// `binary` keeps its container state under `state`.
+    pub fn new(binary: impl Into<PathBuf>, state: impl Into<PathBuf>) -> Self {
+        Self {
+            binary: binary.into(),
+            state: state.into(),
+        }
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new(&self.binary);
+        command.arg("--root").arg(&self.state);
+        command
+    }
+}
+
+impl OciRuntime for ExternalRuntime {
+    fn run(
+        &self,
+        bundle: &Path,
+        log: &(dyn Fn(LogStream, &[u8]) + Sync),
+        cancel: &AtomicBool,
+    ) -> Result<i32> {
+        let id = format!(
+            "kiln-{}",
+            bundle
+                .parent()
+                .and_then(|p| p.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        );
+        let mut child = self
+            .command()
+            .arg("run")
+            .arg("--bundle")
+            .arg(bundle)
+            .arg(&id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start the OCI runtime {}", self.binary.display()))?;
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        let status = std::thread::scope(|scope| {
+            if let Some(out) = stdout {
+                scope.spawn(move || pump(out, LogStream::Stdout, log));
+            }
+            if let Some(err) = stderr {
+                scope.spawn(move || pump(err, LogStream::Stderr, log));
+            }
+            let mut killed = false;
+            loop {
+                if let Some(status) = child.try_wait()? {
+                    return Ok::<_, std::io::Error>(status);
+                }
+                if !killed && cancel.load(Ordering::Relaxed) {
+                    let _ = self
+                        .command()
+                        .args(["kill", &id, "KILL"])
+                        .stderr(Stdio::null())
+                        .status();
+                    killed = true;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let _ = self
+            .command()
+            .args(["delete", "--force", &id])
+            .stderr(Stdio::null())
+            .status();
+        let status = status.context("lost track of the OCI runtime")?;
+        if cancel.load(Ordering::Relaxed) {
+            anyhow::bail!("cancelled");
+        }
+        Ok(status.code().unwrap_or_else(|| {
+            128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)
+        }))
+    }
+}
+
+fn pump(mut reader: impl Read, stream: LogStream, log: &(dyn Fn(LogStream, &[u8]) + Sync)) {
+    let mut buffer = [0u8; 16 * 1024];
+    while let Ok(n) = reader.read(&mut buffer) {
+        if n == 0 {
+            break;
+        }
+        log(stream, &buffer[..n]);
+    }
+}

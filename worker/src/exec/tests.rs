@@ -1,0 +1,167 @@
+//! RUN through a real runtime (runc, installed by `scripts/test`) over a
+//! busybox root filesystem.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, symlink};
+use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
+
+use kiln_cache::ContentStore;
+use kiln_solver::{ExecOp, NetworkMode, Platform, SecurityMode};
+
+use super::*;
+use crate::layer::WriteOptions;
+use crate::snapshot::{Snapshot, Snapshotter};
+
+struct Fixture {
+    state: tempfile::TempDir,
+    content: ContentStore,
+    snapshots: Snapshotter,
+    base: Snapshot,
+}
+
+/// A snapshot with busybox, a couple of users, and nothing else.
+fn busybox() -> Fixture {
+    let state = tempfile::tempdir().unwrap();
+    let content = ContentStore::open(state.path().join("content")).unwrap();
+    let snapshots = Snapshotter::open(state.path().join("snapshots")).unwrap();
+    let active = snapshots.prepare(&Snapshot::default(), &content).unwrap();
+    let root = active.rootfs();
+    fs::create_dir_all(root.join("bin")).unwrap();
+    fs::create_dir_all(root.join("etc")).unwrap();
+    fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .expect("busybox-static is installed by scripts/test");
+    for applet in ["sh", "echo", "cat", "id", "ls", "pwd", "touch"] {
+        symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
+    )
+    .unwrap();
+    fs::write(root.join("etc/group"), "root:x:0:\napp:x:1000:\n").unwrap();
+    let base = active
+        .commit(&Snapshot::default(), &content, WriteOptions::default())
+        .unwrap();
+    Fixture {
+        state,
+        content,
+        snapshots,
+        base,
+    }
+}
+
+fn exec_op(script: &str) -> ExecOp {
+    ExecOp {
+        args: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        env: vec!["PATH=/bin".into()],
+        cwd: "/".into(),
+        user: String::new(),
+        network: NetworkMode::Default,
+        security: SecurityMode::Sandbox,
+        mounts: Vec::new(),
+        platform: Platform::host(),
+    }
+}
+
+/// Runs `op` over a fresh snapshot of the fixture; returns the output and
+/// the result, and the committed snapshot when it succeeded.
+fn run_op(fixture: &Fixture, op: &ExecOp) -> (String, anyhow::Result<Snapshot>) {
+    let runtime = ExternalRuntime::new("runc", fixture.state.path().join("runc"));
+    let active = fixture
+        .snapshots
+        .prepare(&fixture.base, &fixture.content)
+        .unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let output = Mutex::new(Vec::new());
+    let request = ExecRequest {
+        op,
+        extra_env: &[],
+        rootfs: active.rootfs(),
+        mounts: Vec::new(),
+        scratch: scratch.path(),
+    };
+    let result = run(
+        &runtime,
+        &request,
+        &|_, bytes| output.lock().unwrap().extend_from_slice(bytes),
+        &AtomicBool::new(false),
+    );
+    let output = String::from_utf8(output.into_inner().unwrap()).unwrap();
+    let result = result
+        .and_then(|()| active.commit(&fixture.base, &fixture.content, WriteOptions::default()));
+    (output, result)
+}
+
+#[test]
+fn runs_as_the_user_in_the_working_directory() {
+    let fixture = busybox();
+    let mut op = exec_op("id -u; id -g; pwd; echo $PATH; echo to-stderr >&2; touch mine");
+    op.user = "app".into();
+    op.cwd = "/work/dir".into();
+    op.env.clear();
+    let (output, result) = run_op(&fixture, &op);
+    let snapshot = result.unwrap();
+    assert!(
+        output.contains(
+            "1000\n1000\n/work/dir\n/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
+        ),
+        "{output}"
+    );
+    assert!(output.contains("to-stderr"), "{output}");
+    let view = fixture
+        .snapshots
+        .prepare(&snapshot, &fixture.content)
+        .unwrap();
+    let meta = fs::metadata(view.rootfs().join("work/dir/mine")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (1000, 1000));
+    // Mount points created for the run are not part of the layer.
+    for path in ["etc/hosts", "etc/resolv.conf", "proc", "dev", "sys"] {
+        assert!(
+            !view.rootfs().join(path).exists(),
+            "{path} leaked into the layer"
+        );
+    }
+}
+
+#[test]
+fn failing_commands_report_their_exit_code() {
+    let fixture = busybox();
+    let (output, result) = run_op(&fixture, &exec_op("echo before; exit 3"));
+    assert!(output.contains("before"));
+    let message = result.unwrap_err().to_string();
+    assert_eq!(
+        message,
+        "process \"/bin/sh -c echo before; exit 3\" did not complete successfully: exit code: 3"
+    );
+}
+
+#[test]
+fn network_none_has_only_loopback_and_the_host_is_invisible() {
+    let fixture = busybox();
+    let mut op = exec_op(
+        "ls /sys/class/net; cat /etc/hosts; ls /; echo x > /etc/hosts || echo hosts-readonly",
+    );
+    op.network = NetworkMode::None;
+    let (output, result) = run_op(&fixture, &op);
+    result.unwrap();
+    assert!(output.starts_with("lo\n"), "{output}");
+    assert!(output.contains("buildkitsandbox"), "{output}");
+    assert!(output.contains("hosts-readonly"), "{output}");
+    assert!(
+        !output.contains("work\n") && !output.contains("root\n"),
+        "host directories visible: {output}"
+    );
+}
+
+#[test]
+fn unknown_users_fail_before_running() {
+    let fixture = busybox();
+    let mut op = exec_op("true");
+    op.user = "nobody".into();
+    let (_, result) = run_op(&fixture, &op);
+    assert_eq!(
+        result.unwrap_err().to_string(),
+        "unable to find user nobody: no matching entries in passwd file"
+    );
+}
