@@ -3,6 +3,7 @@
 //! diffs.
 
 pub mod exec;
+pub mod fileop;
 pub mod layer;
 pub mod rootfs;
 pub mod snapshot;

@@ -1,0 +1,240 @@
+//! File ops (COPY, ADD, heredoc files, WORKDIR's mkdir) applied to a
+//! mounted root filesystem.
+
+mod chmod;
+mod select;
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt, lchown, symlink};
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use filetime::FileTime;
+use kiln_solver::{ChownOpt, CopyAction, MkdirAction, MkfileAction, SymlinkAction};
+use sha2::{Digest as _, Sha256};
+
+use crate::rootfs::{Ids, resolve_in_root, resolve_user};
+pub use chmod::apply_chmod;
+pub use select::{Item, SourceTree, select};
+
+/// Copies what `action` selects from `tree` into the root filesystem at
+/// `root`: contents, modes, mtimes, xattrs, symlinks and hard links, with
+/// `--chown` names resolved in `root` and `--chmod` applied.
+pub fn copy(tree: &SourceTree<'_>, action: &CopyAction, root: &Path) -> Result<()> {
+    let items = select(tree, action, Some(root))?;
+    let owner = action
+        .chown
+        .as_ref()
+        .map(|c| chown_ids(root, c))
+        .transpose()?;
+    let parent_owner = owner.unwrap_or_default();
+    if action.dest.ends_with('/') || items.len() > 1 {
+        mkdir_all(root, &action.dest, 0o755, parent_owner)?;
+    }
+    let mut links: HashMap<(u64, u64), std::path::PathBuf> = HashMap::new();
+    let mut dir_times = Vec::new();
+    for item in &items {
+        let parent = item
+            .dest
+            .rsplit_once('/')
+            .map_or("/", |(p, _)| if p.is_empty() { "/" } else { p });
+        mkdir_all(root, parent, 0o755, parent_owner)?;
+        let kind = item.meta.file_type();
+        let target = resolve_in_root(root, &item.dest, kind.is_dir())?;
+        let ids = owner.unwrap_or(if tree.is_context {
+            Ids::default()
+        } else {
+            Ids {
+                uid: item.meta.uid(),
+                gid: item.meta.gid(),
+            }
+        });
+        let context = || format!("cannot copy {} to {}", item.rel, item.dest);
+        if kind.is_dir() {
+            match fs::symlink_metadata(&target) {
+                Ok(existing) if existing.is_dir() => {}
+                Ok(_) => {
+                    remove(&target)?;
+                    fs::create_dir(&target).with_context(context)?;
+                }
+                Err(_) => fs::create_dir(&target).with_context(context)?,
+            }
+        } else {
+            remove(&target)?;
+            if kind.is_symlink() {
+                symlink(fs::read_link(&item.host)?, &target).with_context(context)?;
+            } else if let Some(first) = links
+                .get(&(item.meta.dev(), item.meta.ino()))
+                .filter(|_| item.meta.nlink() > 1)
+            {
+                fs::hard_link(first, &target).with_context(context)?;
+                continue;
+            } else if kind.is_file() {
+                fs::copy(&item.host, &target).with_context(context)?;
+                links.insert((item.meta.dev(), item.meta.ino()), target.clone());
+            } else {
+                // Sockets, fifos and devices are not copied, as in BuildKit.
+                continue;
+            }
+        }
+        lchown(&target, Some(ids.uid), Some(ids.gid)).with_context(context)?;
+        if !kind.is_symlink() {
+            let mode = item.meta.mode() & 0o7777;
+            let mode = match &action.chmod {
+                Some(spec) => apply_chmod(spec, mode, kind.is_dir())?,
+                None => mode,
+            };
+            fs::set_permissions(&target, fs::Permissions::from_mode(mode)).with_context(context)?;
+            copy_xattrs(&item.host, &target)?;
+        }
+        let mtime = FileTime::from_last_modification_time(&item.meta);
+        if kind.is_dir() {
+            dir_times.push((target, mtime));
+        } else {
+            filetime::set_symlink_file_times(&target, mtime, mtime).with_context(context)?;
+        }
+    }
+    for (path, mtime) in dir_times.into_iter().rev() {
+        filetime::set_symlink_file_times(&path, mtime, mtime)?;
+    }
+    Ok(())
+}
+
+/// sha256 over what `action` selects from `tree`: each entry's path below
+/// the source, type, mode, link target and content. Owners and mtimes are
+/// left out, so a fresh checkout of the same files gives the same sum.
+pub fn checksum(tree: &SourceTree<'_>, action: &CopyAction) -> Result<String> {
+    let mut hasher = Sha256::new();
+    for item in select(tree, action, None)? {
+        let kind = item.meta.file_type();
+        hasher.update(item.rel.as_bytes());
+        hasher.update([0]);
+        hasher.update((item.meta.mode() & 0o177777).to_le_bytes());
+        if kind.is_symlink() {
+            hasher.update(fs::read_link(&item.host)?.as_os_str().as_encoded_bytes());
+        } else if kind.is_file() {
+            let mut file =
+                fs::File::open(&item.host).with_context(|| format!("cannot read {}", item.rel))?;
+            std::io::copy(&mut file, &mut hasher)?;
+        }
+        hasher.update([0xff]);
+    }
+    Ok(hex_digest(hasher))
+}
+
+fn hex_digest(hasher: Sha256) -> String {
+    format!("sha256:{}", hex::encode(hasher.finalize()))
+}
+
+/// `mkdir` (WORKDIR and friends).
+pub fn mkdir(root: &Path, action: &MkdirAction) -> Result<()> {
+    let ids = action
+        .chown
+        .as_ref()
+        .map(|c| chown_ids(root, c))
+        .transpose()?
+        .unwrap_or_default();
+    if action.make_parents {
+        mkdir_all(root, &action.path, action.mode, ids)
+    } else {
+        let target = resolve_in_root(root, &action.path, true)?;
+        if !target.is_dir() {
+            fs::create_dir(&target).with_context(|| format!("cannot create {}", action.path))?;
+            set_owner_mode(&target, ids, action.mode)?;
+        }
+        Ok(())
+    }
+}
+
+/// A file with literal content (heredoc COPY sources).
+pub fn mkfile(root: &Path, action: &MkfileAction) -> Result<()> {
+    let ids = action
+        .chown
+        .as_ref()
+        .map(|c| chown_ids(root, c))
+        .transpose()?
+        .unwrap_or_default();
+    let target = resolve_in_root(root, &action.path, false)?;
+    remove(&target)?;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(action.mode)
+        .open(&target)
+        .with_context(|| format!("cannot create {}", action.path))?;
+    file.write_all(action.data.as_bytes())?;
+    set_owner_mode(&target, ids, action.mode)
+}
+
+/// A symbolic link.
+pub fn make_symlink(root: &Path, action: &SymlinkAction) -> Result<()> {
+    let target = resolve_in_root(root, &action.path, false)?;
+    remove(&target)?;
+    symlink(&action.target, &target)
+        .with_context(|| format!("cannot create symlink {}", action.path))
+}
+
+/// `mkdir -p` inside the root filesystem; created directories get `mode`
+/// and `ids`, existing ones are left alone.
+fn mkdir_all(root: &Path, path: &str, mode: u32, ids: Ids) -> Result<()> {
+    let mut current = String::new();
+    for part in path.split('/').filter(|p| !p.is_empty() && *p != ".") {
+        current.push('/');
+        current.push_str(part);
+        let host = resolve_in_root(root, &current, true)?;
+        match fs::metadata(&host) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => bail!("cannot create directory {current}: a file is in the way"),
+            Err(_) => {
+                fs::create_dir(&host)
+                    .with_context(|| format!("cannot create directory {current}"))?;
+                set_owner_mode(&host, ids, mode)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn set_owner_mode(path: &Path, ids: Ids, mode: u32) -> Result<()> {
+    lchown(path, Some(ids.uid), Some(ids.gid))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+fn chown_ids(root: &Path, chown: &ChownOpt) -> Result<Ids> {
+    let spec = match &chown.group {
+        Some(group) => format!("{}:{group}", chown.user),
+        None => chown.user.clone(),
+    };
+    Ok(resolve_user(root, &spec)?.ids)
+}
+
+fn copy_xattrs(from: &Path, to: &Path) -> Result<()> {
+    let Ok(names) = xattr::list(from) else {
+        return Ok(());
+    };
+    for name in names {
+        if name.to_string_lossy().starts_with("trusted.overlay.") {
+            continue;
+        }
+        if let Some(value) = xattr::get(from, &name)? {
+            xattr::set(to, &name, &value)?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes a non-directory, or a directory with its contents.
+fn remove(path: &Path) -> Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => fs::remove_dir_all(path)?,
+        Ok(_) => fs::remove_file(path)?,
+        Err(_) => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

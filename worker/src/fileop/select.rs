@@ -1,0 +1,272 @@
+//! Which files a COPY/ADD takes from its source, and where each one goes.
+//!
+//! The same selection drives the copy itself and the content checksum in
+//! the cache key, so a file the COPY does not select can never change the
+//! key.
+
+use std::fs::{self, Metadata};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use kiln_patterns::{PatternMatcher, clean, glob_match, has_wildcards};
+use kiln_solver::CopyAction;
+
+use crate::rootfs::resolve_in_root;
+
+/// A tree COPY reads from: the build context or another filesystem.
+#[derive(Debug, Clone, Copy)]
+pub struct SourceTree<'a> {
+    /// Host directory of the tree's root.
+    pub root: &'a Path,
+    /// `.dockerignore` patterns: matching paths do not exist for COPY.
+    pub ignore: Option<&'a PatternMatcher>,
+    /// The build context: nothing may escape it (`..` or symlinks), and
+    /// owners are not carried over.
+    pub is_context: bool,
+}
+
+/// One selected entry.
+#[derive(Debug)]
+pub struct Item {
+    /// Where it is on the host.
+    pub host: PathBuf,
+    /// Path inside the destination filesystem (absolute, unresolved).
+    pub dest: String,
+    /// Its metadata (symlinks not followed, except a followed top-level source).
+    pub meta: Metadata,
+    /// Path relative to the source root, for checksums and errors.
+    pub rel: String,
+}
+
+/// The entries `action` copies from `tree`, parents before children, and
+/// whether the destination is a directory that must exist.
+///
+/// `dest_root` is the destination filesystem, consulted for whether a
+/// destination without a trailing `/` is an existing directory (then a file
+/// goes into it).
+pub fn select(
+    tree: &SourceTree<'_>,
+    action: &CopyAction,
+    dest_root: Option<&Path>,
+) -> Result<Vec<Item>> {
+    let sources = matching_sources(tree, action)?;
+    let dest_exists_as_dir = dest_root
+        .map(|root| resolve_in_root(root, &action.dest, true))
+        .transpose()?
+        .is_some_and(|path| path.is_dir());
+    let dest_is_dir =
+        action.dest.ends_with('/') || sources.len() > 1 || action.parents || dest_exists_as_dir;
+    let dest_root = clean(&format!("/{}", action.dest));
+    let mut items = Vec::new();
+    for rel in sources {
+        let host = resolve_source(tree, &rel, action.follow_symlinks)?;
+        let meta = fs::symlink_metadata(&host).with_context(|| format!("\"/{rel}\": not found"))?;
+        let excludes = PatternMatcher::new(&action.exclude_patterns)?;
+        let includes = PatternMatcher::new(&action.include_patterns)?;
+        if meta.is_dir() && action.dir_contents_only {
+            let walker = Walker {
+                tree,
+                excludes: &excludes,
+                includes: &includes,
+                top: &rel,
+            };
+            walker.walk(&host, &dest_root, "", &mut items)?;
+        } else {
+            let name = rel.rsplit('/').next().unwrap_or(&rel);
+            let dest = if dest_is_dir {
+                let kept = if action.parents { rel.as_str() } else { name };
+                join(&dest_root, kept)
+            } else {
+                dest_root.clone()
+            };
+            if meta.is_dir() {
+                let walker = Walker {
+                    tree,
+                    excludes: &excludes,
+                    includes: &includes,
+                    top: &rel,
+                };
+                items.push(Item {
+                    host: host.clone(),
+                    dest: dest.clone(),
+                    meta,
+                    rel: rel.clone(),
+                });
+                walker.walk(&host, &dest, "", &mut items)?;
+            } else {
+                items.push(Item {
+                    host,
+                    dest,
+                    meta,
+                    rel,
+                });
+            }
+        }
+    }
+    Ok(items)
+}
+
+/// The source paths `action.src` names: itself, or what its wildcards
+/// match (sorted), relative to the tree's root.
+fn matching_sources(tree: &SourceTree<'_>, action: &CopyAction) -> Result<Vec<String>> {
+    let cleaned = clean(action.src.trim_start_matches('/'));
+    if cleaned == ".." || cleaned.starts_with("../") {
+        bail!("forbidden path outside the build context: {}", action.src);
+    }
+    let rel = if cleaned == "." {
+        String::new()
+    } else {
+        cleaned
+    };
+    if !(action.allow_wildcard && has_wildcards(&rel)) {
+        if tree
+            .ignore
+            .is_some_and(|m| !rel.is_empty() && m.matches_or_parent_matches(&rel))
+        {
+            bail!("\"/{rel}\": not found");
+        }
+        return Ok(vec![rel]);
+    }
+    // Walk from the longest wildcard-free prefix, matching whole paths.
+    let parts: Vec<&str> = rel.split('/').collect();
+    let fixed = parts.iter().take_while(|p| !has_wildcards(p)).count();
+    let mut found = Vec::new();
+    let mut frontier = vec![parts[..fixed].join("/")];
+    for pattern in &parts[fixed..] {
+        let mut next = Vec::new();
+        for dir in frontier {
+            let Ok(host) = resolve_source(tree, &dir, true) else {
+                continue;
+            };
+            let Ok(entries) = fs::read_dir(&host) else {
+                continue;
+            };
+            let mut names: Vec<String> = entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            for name in names {
+                if glob_match(pattern, &name)? {
+                    let candidate = join_rel(&dir, &name);
+                    if !tree
+                        .ignore
+                        .is_some_and(|m| m.matches_or_parent_matches(&candidate))
+                    {
+                        next.push(candidate);
+                    }
+                }
+            }
+        }
+        frontier = next;
+    }
+    found.extend(frontier);
+    if found.is_empty() && !action.allow_empty_wildcard {
+        bail!(
+            "no source files were specified (nothing matches {})",
+            action.src
+        );
+    }
+    Ok(found)
+}
+
+/// The host path of `rel` in the tree. In the context a symlink that leaves
+/// the context is an error; in other trees symlinks resolve inside them.
+fn resolve_source(tree: &SourceTree<'_>, rel: &str, follow_last: bool) -> Result<PathBuf> {
+    let resolved = resolve_in_root(tree.root, rel, follow_last)?;
+    if tree.is_context && follow_last {
+        let lexical = tree.root.join(rel);
+        if resolved != lexical {
+            // Resolution went through a symlink: it must stay inside without
+            // the in-root clamping, i.e. point at a real path of the context.
+            let real =
+                fs::canonicalize(&lexical).with_context(|| format!("\"/{rel}\": not found"))?;
+            let root = fs::canonicalize(tree.root)?;
+            if !real.starts_with(&root) {
+                bail!("\"/{rel}\" is a symlink that points outside the build context");
+            }
+            return Ok(real);
+        }
+    }
+    Ok(resolved)
+}
+
+struct Walker<'a> {
+    tree: &'a SourceTree<'a>,
+    excludes: &'a PatternMatcher,
+    includes: &'a PatternMatcher,
+    /// The copied source path, relative to the tree's root.
+    top: &'a str,
+}
+
+impl Walker<'_> {
+    /// Adds the contents of `host` (at `below` under the copied source) to
+    /// `items`, placing them under `dest`.
+    fn walk(&self, host: &Path, dest: &str, below: &str, items: &mut Vec<Item>) -> Result<()> {
+        let mut names: Vec<_> = fs::read_dir(host)
+            .with_context(|| format!("cannot read {}", host.display()))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()?;
+        names.sort();
+        for name in names {
+            let name = name.to_string_lossy().into_owned();
+            let sub = join_rel(below, &name);
+            let rel = join_rel(self.top, &sub);
+            let child = host.join(&name);
+            let meta = fs::symlink_metadata(&child)?;
+            let ignored = self
+                .tree
+                .ignore
+                .is_some_and(|m| m.matches_or_parent_matches(&rel));
+            let excluded = self.excludes.matches_or_parent_matches(&sub);
+            let included = self.includes.patterns().is_empty()
+                || self.includes.matches_or_parent_matches(&sub);
+            let dest_child = join(dest, &name);
+            if meta.is_dir() {
+                let descend = !(ignored
+                    && !self.tree.ignore.is_some_and(PatternMatcher::exclusions))
+                    && !(excluded && !self.excludes.exclusions());
+                let start = items.len();
+                if !ignored && !excluded {
+                    items.push(Item {
+                        host: child.clone(),
+                        dest: dest_child.clone(),
+                        meta,
+                        rel,
+                    });
+                }
+                if descend {
+                    self.walk(&child, &dest_child, &sub, items)?;
+                }
+                // With include patterns, a directory is kept only for what it holds.
+                if !self.includes.patterns().is_empty() && !included && items.len() == start + 1 {
+                    items.truncate(start);
+                }
+            } else if !ignored && !excluded && included {
+                items.push(Item {
+                    host: child,
+                    dest: dest_child,
+                    meta,
+                    rel,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn join(dir: &str, name: &str) -> String {
+    if dir.ends_with('/') {
+        format!("{dir}{name}")
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+fn join_rel(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
+}

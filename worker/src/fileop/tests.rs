@@ -1,0 +1,212 @@
+//! COPY semantics on plain directories.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::path::Path;
+
+use kiln_patterns::PatternMatcher;
+use kiln_solver::{ChownOpt, CopyAction};
+
+use super::*;
+
+fn action(src: &str, dest: &str) -> CopyAction {
+    CopyAction {
+        input: 0,
+        src: src.into(),
+        dest: dest.into(),
+        chown: None,
+        chmod: None,
+        follow_symlinks: true,
+        dir_contents_only: true,
+        allow_wildcard: true,
+        allow_empty_wildcard: false,
+        create_dest_path: true,
+        unpack_archives: false,
+        parents: false,
+        include_patterns: vec![],
+        exclude_patterns: vec![],
+    }
+}
+
+fn context() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let c = dir.path();
+    fs::create_dir_all(c.join("src/sub")).unwrap();
+    fs::write(c.join("src/main.rs"), "fn main() {}").unwrap();
+    fs::write(c.join("src/sub/lib.rs"), "").unwrap();
+    fs::write(c.join("src/notes.md"), "notes").unwrap();
+    fs::write(c.join("a.txt"), "a").unwrap();
+    fs::write(c.join("b.txt"), "b").unwrap();
+    fs::write(c.join("secret.key"), "k").unwrap();
+    fs::set_permissions(c.join("a.txt"), fs::Permissions::from_mode(0o751)).unwrap();
+    dir
+}
+
+fn files(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        let mut entries: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        entries.sort();
+        for path in entries {
+            out.push(path.strip_prefix(root).unwrap().display().to_string());
+            if path.is_dir() && !path.is_symlink() {
+                walk(root, &path, out);
+            }
+        }
+    }
+    walk(root, root, &mut out);
+    out
+}
+
+fn copy_into(
+    ctx: &Path,
+    ignore: &[&str],
+    action: &CopyAction,
+) -> anyhow::Result<tempfile::TempDir> {
+    let ignore = PatternMatcher::new(ignore).unwrap();
+    let tree = SourceTree {
+        root: ctx,
+        ignore: Some(&ignore),
+        is_context: true,
+    };
+    let dest = tempfile::tempdir().unwrap();
+    copy(&tree, action, dest.path())?;
+    Ok(dest)
+}
+
+#[test]
+fn directory_contents_wildcards_and_dockerignore() {
+    let ctx = context();
+    let dest = copy_into(ctx.path(), &["*.key", "src/*.md"], &action(".", "/app/")).unwrap();
+    assert_eq!(
+        files(dest.path()),
+        [
+            "app",
+            "app/a.txt",
+            "app/b.txt",
+            "app/src",
+            "app/src/main.rs",
+            "app/src/sub",
+            "app/src/sub/lib.rs"
+        ]
+    );
+    let meta = fs::metadata(dest.path().join("app/a.txt")).unwrap();
+    assert_eq!(
+        (meta.mode() & 0o7777, meta.uid(), meta.gid()),
+        (0o751, 0, 0)
+    );
+
+    let dest = copy_into(ctx.path(), &[], &action("*.txt", "/out/")).unwrap();
+    assert_eq!(files(dest.path()), ["out", "out/a.txt", "out/b.txt"]);
+
+    let dest = copy_into(ctx.path(), &[], &action("src", "/code")).unwrap();
+    assert_eq!(
+        files(dest.path()),
+        [
+            "code",
+            "code/main.rs",
+            "code/notes.md",
+            "code/sub",
+            "code/sub/lib.rs"
+        ]
+    );
+
+    let err = copy_into(ctx.path(), &["*.key"], &action("secret.key", "/")).unwrap_err();
+    assert_eq!(err.to_string(), "\"/secret.key\": not found");
+    let err = copy_into(ctx.path(), &[], &action("*.nothing", "/")).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("no source files were specified"),
+        "{err}"
+    );
+    let err = copy_into(ctx.path(), &[], &action("../outside", "/")).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("forbidden path outside the build context"),
+        "{err}"
+    );
+}
+
+#[test]
+fn file_into_existing_directory_chown_chmod_and_exclude() {
+    let ctx = context();
+    let dest = tempfile::tempdir().unwrap();
+    fs::create_dir_all(dest.path().join("etc")).unwrap();
+    fs::write(
+        dest.path().join("etc/passwd"),
+        "app:x:1000:1000::/:/bin/sh\n",
+    )
+    .unwrap();
+    fs::write(dest.path().join("etc/group"), "app:x:1000:\nstaff:x:50:\n").unwrap();
+    fs::create_dir(dest.path().join("existing")).unwrap();
+    let tree = SourceTree {
+        root: ctx.path(),
+        ignore: None,
+        is_context: true,
+    };
+    let mut a = action("a.txt", "/existing");
+    a.chown = Some(ChownOpt {
+        user: "app".into(),
+        group: Some("staff".into()),
+    });
+    a.chmod = Some("go-rwx".into());
+    copy(&tree, &a, dest.path()).unwrap();
+    let meta = fs::metadata(dest.path().join("existing/a.txt")).unwrap();
+    assert_eq!(
+        (meta.mode() & 0o7777, meta.uid(), meta.gid()),
+        (0o700, 1000, 50)
+    );
+
+    let mut ex = action("src", "/src/");
+    ex.exclude_patterns = vec!["*.md".into(), "sub".into()];
+    copy(&tree, &ex, dest.path()).unwrap();
+    assert_eq!(files(&dest.path().join("src")), ["main.rs"]);
+}
+
+#[test]
+fn symlinks_never_escape() {
+    let ctx = context();
+    symlink("/etc/passwd", ctx.path().join("host-link")).unwrap();
+    symlink("src/main.rs", ctx.path().join("inner-link")).unwrap();
+    let err = copy_into(ctx.path(), &[], &action("host-link", "/x")).unwrap_err();
+    assert!(
+        err.to_string().contains("points outside the build context"),
+        "{err}"
+    );
+    let dest = copy_into(ctx.path(), &[], &action("inner-link", "/x")).unwrap();
+    assert_eq!(
+        fs::read_to_string(dest.path().join("x")).unwrap(),
+        "fn main() {}"
+    );
+
+    // A destination symlink to an absolute path resolves inside the rootfs.
+    let dest = tempfile::tempdir().unwrap();
+    fs::create_dir(dest.path().join("target")).unwrap();
+    symlink("/target", dest.path().join("dir")).unwrap();
+    let tree = SourceTree {
+        root: ctx.path(),
+        ignore: None,
+        is_context: true,
+    };
+    copy(&tree, &action("a.txt", "/dir/"), dest.path()).unwrap();
+    assert!(dest.path().join("target/a.txt").exists());
+}
+
+#[test]
+fn checksum_covers_only_the_selection() {
+    let ctx = context();
+    let tree = SourceTree {
+        root: ctx.path(),
+        ignore: None,
+        is_context: true,
+    };
+    let txt = action("*.txt", "/");
+    let before = checksum(&tree, &txt).unwrap();
+    fs::write(ctx.path().join("src/main.rs"), "changed").unwrap();
+    assert_eq!(checksum(&tree, &txt).unwrap(), before, "unselected change");
+    fs::write(ctx.path().join("b.txt"), "changed").unwrap();
+    assert_ne!(checksum(&tree, &txt).unwrap(), before, "selected change");
+}
