@@ -223,9 +223,9 @@ impl Walker<'_> {
                 || self.includes.matches_or_parent_matches(&sub);
             let dest_child = join(dest, &name);
             if meta.is_dir() {
-                let descend = !(ignored
-                    && !self.tree.ignore.is_some_and(PatternMatcher::exclusions))
-                    && !(excluded && !self.excludes.exclusions());
+                let descend = (!ignored
+                    || self.tree.ignore.is_some_and(PatternMatcher::exclusions))
+                    && (!excluded || self.excludes.exclusions());
                 let start = items.len();
                 if !ignored && !excluded {
                     items.push(Item {
