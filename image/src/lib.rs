@@ -6,8 +6,10 @@
 
 mod archive;
 mod config;
+mod local;
 mod reference;
 
 pub use archive::{ArchiveError, ImportedImage, import_archive};
 pub use config::{ContainerConfig, Empty, HealthConfig, History, Image, RootFs};
+pub use local::{ImageLayer, PlatformWanted, ResolvedImage, resolve_local};
 pub use reference::{DOCKER_HUB, Reference, ReferenceError};

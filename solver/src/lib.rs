@@ -7,6 +7,7 @@
 mod dag;
 mod op;
 mod platform;
+mod scheduler;
 
 pub use dag::{DagError, Definition, DefinitionBuilder, Vertex, VertexMeta};
 pub use op::{
@@ -14,3 +15,7 @@ pub use op::{
     MountKind, NetworkMode, Op, SecurityMode, Sharing, SourceOp, SymlinkAction,
 };
 pub use platform::{Platform, PlatformError};
+pub use scheduler::{
+    CacheIndex, Executor, LogStream, ProgressEvent, ProgressKind, SolveError, SolveOptions,
+    StepContext, solve,
+};

@@ -1,0 +1,141 @@
+//! Reading images back out of the local store: name → manifest (choosing a
+//! platform from an index) → config and layers.
+
+use kiln_cache::{ContentStore, Digest, ImageStore};
+use oci_spec::image::{ImageIndex, ImageManifest};
+
+use crate::{Image, Reference};
+
+/// The platform wanted from a multi-platform image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlatformWanted<'a> {
+    /// `linux`.
+    pub os: &'a str,
+    /// `amd64`, `arm64`, …
+    pub architecture: &'a str,
+    /// `v8`, `v7`, … when it matters.
+    pub variant: Option<&'a str>,
+}
+
+/// One layer of a resolved image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageLayer {
+    /// Digest of the (compressed) blob.
+    pub digest: Digest,
+    /// Size of the blob.
+    pub size: u64,
+    /// Its media type.
+    pub media_type: String,
+    /// Digest of the uncompressed tar, from the config's `rootfs.diff_ids`.
+    pub diff_id: Digest,
+}
+
+/// An image found in the local store, for one platform.
+#[derive(Debug, Clone)]
+pub struct ResolvedImage {
+    /// The normalised name it was found under.
+    pub name: String,
+    /// Digest of the platform's manifest.
+    pub manifest_digest: Digest,
+    /// The image config.
+    pub config: Image,
+    /// Layers, base first.
+    pub layers: Vec<ImageLayer>,
+}
+
+/// Looks `reference` up in the local store and reads its manifest for
+/// `platform`. Errors are user-facing sentences.
+pub fn resolve_local(
+    content: &ContentStore,
+    images: &ImageStore,
+    reference: &str,
+    platform: &PlatformWanted<'_>,
+) -> Result<ResolvedImage, String> {
+    let name = Reference::parse_normalized(reference)
+        .map_err(|e| e.to_string())?
+        .to_string();
+    let record = images.get(&name).map_err(|_| {
+        format!("image {reference} is not in the local store (kiln does not pull yet; use `kiln load -i FILE`)")
+    })?;
+    let read = |digest: &Digest| {
+        content
+            .read(digest)
+            .map_err(|e| format!("image {reference}: blob {digest} is unreadable: {e}"))
+    };
+    let mut manifest_digest = record.digest;
+    let mut bytes = read(&manifest_digest)?;
+    if record.media_type.contains("index") || record.media_type.contains("manifest.list") {
+        let index: ImageIndex = serde_json::from_slice(&bytes)
+            .map_err(|e| format!("image {reference}: bad index: {e}"))?;
+        let chosen = index
+            .manifests()
+            .iter()
+            .find(|m| {
+                m.platform().as_ref().is_some_and(|p| {
+                    p.os().to_string() == platform.os
+                        && p.architecture().to_string() == platform.architecture
+                        && (platform.variant.is_none()
+                            || p.variant().as_deref() == platform.variant)
+                })
+            })
+            .ok_or_else(|| {
+                format!(
+                    "image {reference} has no manifest for {}/{}{}",
+                    platform.os,
+                    platform.architecture,
+                    platform
+                        .variant
+                        .map(|v| format!("/{v}"))
+                        .unwrap_or_default()
+                )
+            })?;
+        manifest_digest = chosen
+            .digest()
+            .to_string()
+            .parse()
+            .map_err(|e| format!("image {reference}: {e}"))?;
+        bytes = read(&manifest_digest)?;
+    }
+    let manifest: ImageManifest = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("image {reference}: bad manifest: {e}"))?;
+    let config_digest: Digest = manifest
+        .config()
+        .digest()
+        .to_string()
+        .parse()
+        .map_err(|e| format!("image {reference}: {e}"))?;
+    let config: Image = serde_json::from_slice(&read(&config_digest)?)
+        .map_err(|e| format!("image {reference}: bad config: {e}"))?;
+    if config.rootfs.diff_ids.len() != manifest.layers().len() {
+        return Err(format!(
+            "image {reference}: {} layers but {} diff_ids in its config",
+            manifest.layers().len(),
+            config.rootfs.diff_ids.len()
+        ));
+    }
+    let layers = manifest
+        .layers()
+        .iter()
+        .zip(&config.rootfs.diff_ids)
+        .map(|(layer, diff_id)| {
+            Ok(ImageLayer {
+                digest: layer
+                    .digest()
+                    .to_string()
+                    .parse()
+                    .map_err(|e| format!("image {reference}: {e}"))?,
+                size: layer.size(),
+                media_type: layer.media_type().to_string(),
+                diff_id: diff_id
+                    .parse()
+                    .map_err(|e| format!("image {reference}: {e}"))?,
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(ResolvedImage {
+        name,
+        manifest_digest,
+        config,
+        layers,
+    })
+}
