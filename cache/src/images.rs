@@ -2,7 +2,6 @@
 //! blobs in the content store, kept in `kiln.redb` so updates are transactional.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -11,9 +10,6 @@ use crate::Digest;
 
 /// name → JSON-encoded [`ImageRecord`].
 const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
-
-/// How long to wait for another kiln process that holds the database.
-const LOCK_WAIT: Duration = Duration::from_secs(120);
 
 /// Errors of the image store.
 #[derive(Debug, thiserror::Error)]
@@ -65,19 +61,8 @@ impl ImageStore {
         }
     }
 
-    /// Opens the database, waiting while another kiln process holds it (redb allows one
-    /// process at a time; kiln holds it only for single transactions).
     fn open(&self) -> Result<Database, ImageStoreError> {
-        let start = Instant::now();
-        loop {
-            match Database::create(&self.path) {
-                Ok(db) => return Ok(db),
-                Err(redb::DatabaseError::DatabaseAlreadyOpen) if start.elapsed() < LOCK_WAIT => {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) => return Err(self.error(e)),
-            }
-        }
+        crate::db::open_waiting(&self.path).map_err(|e| self.error(e))
     }
 
     /// Points `record.name` at `record`'s target, replacing what it pointed at.

@@ -4,11 +4,14 @@
 //! [`ContentStore`] of blobs and the [`ImageStore`] of names.
 
 mod content;
+mod db;
 mod digest;
 mod images;
+mod index;
 mod state;
 
 pub use content::{BlobWriter, ContentError, ContentStore};
 pub use digest::{Digest, DigestError};
 pub use images::{ImageRecord, ImageStore, ImageStoreError};
+pub use index::CacheIndexStore;
 pub use state::StateDir;

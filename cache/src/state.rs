@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::{ContentError, ContentStore, ImageStore};
+use crate::{CacheIndexStore, ContentError, ContentStore, ImageStore};
 
 /// kiln's state directory and the stores inside it.
 #[derive(Clone, Debug)]
@@ -51,6 +51,21 @@ impl StateDir {
             source,
         })?;
         Ok(ImageStore::new(self.root.join("kiln.redb")))
+    }
+
+    /// The cache index (`cache.redb`).
+    pub fn cache_index(&self) -> CacheIndexStore {
+        CacheIndexStore::new(self.root.join("cache.redb"))
+    }
+
+    /// Where unpacked layers and step scratch space live (`snapshots/`).
+    pub fn snapshots(&self) -> PathBuf {
+        self.root.join("snapshots")
+    }
+
+    /// State of the external OCI runtime (`runc/`).
+    pub fn runtime_state(&self) -> PathBuf {
+        self.root.join("runc")
     }
 }
 
