@@ -66,6 +66,15 @@ impl Error {
         let Some(loc) = self.location else {
             return format!("{file_name}: {}\n", self.message);
         };
+        format!("{}ERROR: {self}\n", loc.snippet(file_name, source))
+    }
+}
+
+impl Location {
+    /// The lines of `source` at this location, BuildKit-style: `file:line`, then the lines
+    /// marked with `>>>` after up to two lines of context, between dashed rules.
+    pub fn snippet(&self, file_name: &str, source: &[u8]) -> String {
+        let loc = *self;
         let text = String::from_utf8_lossy(source);
         let lines: Vec<&str> = text.split('\n').collect();
         let first = loc.start_line.saturating_sub(2).max(1);
@@ -96,7 +105,6 @@ impl Error {
             }
         }
         out.push_str("--------------------\n");
-        out.push_str(&format!("ERROR: {self}\n"));
         out
     }
 }

@@ -3,7 +3,10 @@
 //! diffs.
 
 pub mod exec;
+mod executor;
 pub mod fileop;
 pub mod layer;
 pub mod rootfs;
 pub mod snapshot;
+
+pub use executor::{Worker, WorkerRef};

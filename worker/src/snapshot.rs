@@ -74,6 +74,12 @@ impl Snapshotter {
             .iter()
             .map(|layer| self.unpacked(layer, content))
             .collect::<Result<Vec<_>>>()?;
+        self.prepare_dirs(&lowers)
+    }
+
+    /// Like [`prepare`](Self::prepare) over plain directories, bottom
+    /// first; they are only read.
+    pub fn prepare_dirs(&self, lowers: &[PathBuf]) -> Result<ActiveSnapshot> {
         let scratch = tempfile::Builder::new()
             .prefix("step-")
             .tempdir_in(&self.work)?;

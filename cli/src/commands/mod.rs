@@ -1,5 +1,6 @@
 //! One module per `kiln` subcommand, plus what they share.
 
+pub mod build;
 pub mod debug;
 pub mod images;
 
@@ -20,6 +21,11 @@ impl Failure {
     /// A one-line error message.
     pub fn msg(message: impl fmt::Display) -> Self {
         Failure(format!("error: {message}\n"))
+    }
+
+    /// A message already formatted for the terminal.
+    pub fn raw(message: String) -> Self {
+        Failure(message)
     }
 
     /// A frontend error, rendered with a snippet of the Dockerfile.

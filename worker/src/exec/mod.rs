@@ -11,7 +11,8 @@ use anyhow::{Context, Result, bail};
 use kiln_solver::{ExecOp, NetworkMode};
 
 use crate::rootfs::{resolve_in_root, resolve_user};
-pub use runc::{ExternalRuntime, LogStream, OciRuntime};
+pub use kiln_solver::LogStream;
+pub use runc::{ExternalRuntime, OciRuntime};
 
 /// The hostname RUN steps see (BuildKit's, which scripts sometimes expect).
 pub const SANDBOX_HOSTNAME: &str = "buildkitsandbox";

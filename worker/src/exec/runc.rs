@@ -7,15 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-
-/// Which output stream a log chunk came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogStream {
-    /// The process's standard output.
-    Stdout,
-    /// The process's standard error.
-    Stderr,
-}
+use kiln_solver::LogStream;
 
 /// Something that runs an OCI bundle to completion.
 pub trait OciRuntime: Send + Sync {

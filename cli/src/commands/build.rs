@@ -1,0 +1,168 @@
+//! `kiln build`: build an image from a Dockerfile and a context.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use clap::Args;
+use kiln_cache::StateDir;
+use kiln_frontend::lower::BuildOptions;
+use kiln_solver::Platform;
+
+use super::{Dockerfile, Failure, parse_build_args};
+use crate::engine::progress::{PlainProgress, ProgressMode};
+use crate::engine::{BuildError, BuildRequest, build};
+
+/// Arguments of `kiln build`.
+#[derive(Args)]
+pub struct BuildArgs {
+    /// The build context directory.
+    context: PathBuf,
+    /// The Dockerfile (default: CONTEXT/Dockerfile; `-` reads standard input).
+    #[arg(short = 'f', long = "file")]
+    file: Option<PathBuf>,
+    /// Name the image (repeatable), e.g. `app:1`.
+    #[arg(short = 't', long = "tag")]
+    tags: Vec<String>,
+    /// Set a build-time variable (`KEY=VALUE`, or `KEY` to take it from the environment).
+    #[arg(long = "build-arg")]
+    build_args: Vec<String>,
+    /// Build this stage instead of the last one.
+    #[arg(long)]
+    target: Option<String>,
+    /// The platform to build for (only the host's platform can RUN steps for now).
+    #[arg(long)]
+    platform: Option<String>,
+    /// Do not use the cache for any step.
+    #[arg(long)]
+    no_cache: bool,
+    /// Do not use the cache for the steps of these stages.
+    #[arg(long = "no-cache-filter", value_delimiter = ',')]
+    no_cache_filter: Vec<String>,
+    /// Add a label to the image (`KEY=VALUE`).
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// How to show progress.
+    #[arg(long, value_enum, default_value = "auto")]
+    progress: ProgressMode,
+    /// How many steps may run at once (default: the number of CPUs).
+    #[arg(long)]
+    max_parallelism: Option<usize>,
+    /// The OCI runtime binary that runs RUN steps.
+    #[arg(long, default_value = "runc")]
+    oci_runtime: PathBuf,
+    /// Write the image ID to this file.
+    #[arg(long)]
+    iidfile: Option<PathBuf>,
+}
+
+/// `kiln build`.
+pub fn run(state: &StateDir, args: BuildArgs) -> Result<(), Failure> {
+    let dockerfile_path = args
+        .file
+        .clone()
+        .unwrap_or_else(|| args.context.join("Dockerfile"));
+    let dockerfile = Dockerfile::read(&dockerfile_path)?;
+    if !args.context.is_dir() {
+        return Err(Failure::msg(format!(
+            "build context {} is not a directory",
+            args.context.display()
+        )));
+    }
+    let mut options = BuildOptions {
+        target: args.target.clone(),
+        build_args: parse_build_args(&args.build_args)?,
+        no_cache: args.no_cache,
+        no_cache_stages: args.no_cache_filter.clone(),
+        ..BuildOptions::default()
+    };
+    if let Some(platform) = &args.platform {
+        options.target_platform = platform.parse::<Platform>().map_err(Failure::msg)?;
+    }
+    for label in &args.labels {
+        let (key, value) = label.split_once('=').unwrap_or((label, ""));
+        options.labels.insert(key.to_string(), value.to_string());
+    }
+    let source_date_epoch = options
+        .build_args
+        .get("SOURCE_DATE_EPOCH")
+        .cloned()
+        .or_else(|| std::env::var("SOURCE_DATE_EPOCH").ok())
+        .map(|v| {
+            v.parse::<u64>()
+                .map_err(|_| Failure::msg(format!("invalid SOURCE_DATE_EPOCH {v:?}")))
+        })
+        .transpose()?;
+    let request = BuildRequest {
+        dockerignore: read_dockerignore(&dockerfile_path, &args.context),
+        dockerfile: dockerfile.bytes.clone(),
+        context: args.context.clone(),
+        options,
+        tags: args.tags.clone(),
+        max_parallelism: args.max_parallelism.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+        }),
+        oci_runtime: args.oci_runtime.clone(),
+        source_date_epoch,
+    };
+    let printer = PlainProgress::new(std::io::stderr(), args.progress);
+    let cancel = AtomicBool::new(false);
+    let result = build(
+        state,
+        request,
+        &|definition, event| printer.event(definition, event),
+        &cancel,
+    );
+    match result {
+        Ok(done) => {
+            for warning in &done.warnings {
+                eprintln!("WARNING: {warning}");
+            }
+            if args.progress != ProgressMode::Quiet {
+                eprintln!("exporting manifest {}", done.manifest_digest);
+                eprintln!("writing image {}", done.config_digest);
+                for tag in &args.tags {
+                    eprintln!("naming to {tag}");
+                }
+            } else {
+                println!("{}", done.config_digest);
+            }
+            if let Some(path) = &args.iidfile {
+                std::fs::write(path, done.config_digest.to_string())
+                    .map_err(|e| Failure::msg(format!("cannot write {}: {e}", path.display())))?;
+            }
+            Ok(())
+        }
+        Err(BuildError::Frontend(err)) => Err(Failure::frontend(&err, &dockerfile)),
+        Err(BuildError::Step {
+            description,
+            location,
+            error,
+        }) => {
+            let mut report = String::from("------\n");
+            report.push_str(&format!(" > {description}:\n"));
+            for line in printer.tail(&description) {
+                report.push_str(&format!("{line}\n"));
+            }
+            report.push_str("------\n");
+            if let Some((start, end)) = location {
+                report.push_str(
+                    &kiln_frontend::Location::lines(start, end)
+                        .snippet(&dockerfile.display_name, &dockerfile.bytes),
+                );
+            }
+            report.push_str(&format!("ERROR: failed to solve: {error:#}\n"));
+            Err(Failure::raw(report))
+        }
+        Err(BuildError::Other(error)) => Err(Failure::msg(format!("{error:#}"))),
+    }
+}
+
+/// `<Dockerfile>.dockerignore` beside the Dockerfile wins over
+/// `CONTEXT/.dockerignore`, as in BuildKit.
+fn read_dockerignore(dockerfile: &Path, context: &Path) -> Option<Vec<u8>> {
+    let mut specific = dockerfile.as_os_str().to_owned();
+    specific.push(".dockerignore");
+    std::fs::read(PathBuf::from(specific))
+        .or_else(|_| std::fs::read(context.join(".dockerignore")))
+        .ok()
+}

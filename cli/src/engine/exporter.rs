@@ -1,0 +1,172 @@
+//! Writing a build result as an image: config, manifest, names.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use kiln_cache::{ContentStore, Digest, ImageRecord, ImageStore};
+use kiln_image::{History, Image, Reference};
+use kiln_solver::Platform;
+use kiln_worker::snapshot::Snapshot;
+use oci_spec::image::{DescriptorBuilder, ImageManifestBuilder, MediaType};
+
+/// Digests of an exported image.
+pub struct Exported {
+    /// The config blob (the image ID).
+    pub config_digest: Digest,
+    /// The manifest blob.
+    pub manifest_digest: Digest,
+}
+
+/// Stores `image` (its rootfs and history completed from `snapshot`) and an
+/// OCI manifest, and points every name in `tags` at it.
+pub fn export_image(
+    content: &ContentStore,
+    images: &ImageStore,
+    mut image: Image,
+    snapshot: &Snapshot,
+    platform: &Platform,
+    tags: &[String],
+    source_date_epoch: Option<u64>,
+) -> Result<Exported> {
+    let now = source_date_epoch.unwrap_or_else(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    });
+    let created = rfc3339(now);
+    image.architecture = platform.architecture.clone();
+    image.os = platform.os.clone();
+    image.variant = (!platform.variant.is_empty()).then(|| platform.variant.clone());
+    image.created = Some(created.clone());
+    image.rootfs.kind = "layers".into();
+    image.rootfs.diff_ids = snapshot
+        .layers
+        .iter()
+        .map(|l| l.diff_id.to_string())
+        .collect();
+    for entry in image.history.iter_mut().filter(|h| h.created.is_none()) {
+        entry.created = Some(created.clone());
+    }
+    align_history(&mut image.history, snapshot.layers.len());
+
+    let config_bytes = serde_json::to_vec(&image)?;
+    let config_digest = content
+        .put(&config_bytes)
+        .context("cannot store the image config")?;
+    let layers = snapshot
+        .layers
+        .iter()
+        .map(|l| {
+            DescriptorBuilder::default()
+                .media_type(MediaType::from(l.media_type.as_str()))
+                .digest(oci_digest(&l.digest)?)
+                .size(l.size)
+                .build()
+                .map_err(anyhow::Error::from)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let manifest = ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageManifest)
+        .config(
+            DescriptorBuilder::default()
+                .media_type(MediaType::ImageConfig)
+                .digest(oci_digest(&config_digest)?)
+                .size(config_bytes.len() as u64)
+                .build()?,
+        )
+        .layers(layers)
+        .build()?;
+    let manifest_bytes = serde_json::to_vec(&manifest)?;
+    let manifest_digest = content
+        .put(&manifest_bytes)
+        .context("cannot store the image manifest")?;
+    for tag in tags {
+        let name = Reference::parse_normalized(tag)
+            .map_err(|e| anyhow::anyhow!("invalid tag {tag:?}: {e}"))?;
+        images
+            .put(&ImageRecord {
+                name: name.to_string(),
+                media_type: MediaType::ImageManifest.to_string(),
+                digest: manifest_digest,
+                size: manifest_bytes.len() as u64,
+                created: now as i64,
+            })
+            .with_context(|| format!("cannot name the image {tag}"))?;
+    }
+    Ok(Exported {
+        config_digest,
+        manifest_digest,
+    })
+}
+
+/// Makes the history's non-empty entries match the layer count, as
+/// BuildKit's exporter does: missing entries are added at the front for
+/// base layers that had none, surplus ones become empty.
+fn align_history(history: &mut Vec<History>, layers: usize) {
+    let with_layer = history.iter().filter(|h| !h.empty_layer).count();
+    if with_layer < layers {
+        let missing = (0..layers - with_layer).map(|_| History::default());
+        history.splice(0..0, missing);
+    } else {
+        let mut surplus = with_layer - layers;
+        for entry in history.iter_mut().filter(|h| !h.empty_layer) {
+            if surplus == 0 {
+                break;
+            }
+            entry.empty_layer = true;
+            surplus -= 1;
+        }
+    }
+}
+
+fn oci_digest(digest: &Digest) -> Result<oci_spec::image::Digest> {
+    digest
+        .to_string()
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Seconds since the epoch as RFC 3339 in UTC (`2026-11-25T10:00:00Z`).
+fn rfc3339(seconds: u64) -> String {
+    let days = seconds / 86_400;
+    let rem = seconds % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_and_history_alignment() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_764_064_800), "2025-11-25T10:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        let entry = |empty| History {
+            empty_layer: empty,
+            ..History::default()
+        };
+        let mut history = vec![entry(true), entry(false)];
+        align_history(&mut history, 3);
+        assert_eq!(history.iter().filter(|h| !h.empty_layer).count(), 3);
+        let mut history = vec![entry(false), entry(false)];
+        align_history(&mut history, 1);
+        assert_eq!(history.iter().filter(|h| !h.empty_layer).count(), 1);
+    }
+}

@@ -1,0 +1,187 @@
+//! The build engine: Dockerfile → op DAG → solved snapshot → image.
+//!
+//! The CLI drives it in-process through [`build`]; a remote builder is meant
+//! to be a thin adapter over the same request, progress and result types.
+
+mod exporter;
+pub mod progress;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::{Context, Result};
+use kiln_cache::{CacheIndexStore, ContentStore, Digest, ImageStore, StateDir};
+use kiln_frontend::lower::{BuildOptions, ImageResolver, lower};
+use kiln_image::{Image, PlatformWanted, resolve_local};
+use kiln_solver::{CacheIndex, Definition, Platform, ProgressEvent, SolveOptions, solve};
+use kiln_worker::exec::ExternalRuntime;
+use kiln_worker::layer::WriteOptions;
+use kiln_worker::snapshot::Snapshotter;
+use kiln_worker::{Worker, WorkerRef};
+
+/// Everything a build needs from its client.
+pub struct BuildRequest {
+    /// The Dockerfile's bytes.
+    pub dockerfile: Vec<u8>,
+    /// The build context directory.
+    pub context: PathBuf,
+    /// `.dockerignore` text, if there is one.
+    pub dockerignore: Option<Vec<u8>>,
+    /// Frontend options (target, args, platforms, cache filters, labels).
+    pub options: BuildOptions,
+    /// Names to tag the result with.
+    pub tags: Vec<String>,
+    /// How many steps may run at once.
+    pub max_parallelism: usize,
+    /// The OCI runtime binary for RUN.
+    pub oci_runtime: PathBuf,
+    /// `SOURCE_DATE_EPOCH`: clamps layer mtimes and the image's timestamps.
+    pub source_date_epoch: Option<u64>,
+}
+
+/// What a finished build produced.
+#[derive(Debug, Clone)]
+pub struct BuildResult {
+    /// Digest of the image config (the image ID).
+    pub config_digest: Digest,
+    /// Digest of the image manifest.
+    pub manifest_digest: Digest,
+    /// Frontend warnings.
+    pub warnings: Vec<String>,
+}
+
+/// Why a build failed.
+#[derive(Debug)]
+pub enum BuildError {
+    /// The Dockerfile is wrong (parse or lowering).
+    Frontend(kiln_frontend::Error),
+    /// A step failed; `location` is its Dockerfile lines.
+    Step {
+        /// The step's description (`[2/3] RUN make`).
+        description: String,
+        /// Its Dockerfile lines.
+        location: Option<(usize, usize)>,
+        /// The cause.
+        error: anyhow::Error,
+    },
+    /// Anything else (stores, export).
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for BuildError {
+    fn from(error: anyhow::Error) -> Self {
+        BuildError::Other(error)
+    }
+}
+
+/// Base image configs for the frontend, from the local store.
+struct LocalImages<'a> {
+    content: &'a ContentStore,
+    images: &'a ImageStore,
+}
+
+impl ImageResolver for LocalImages<'_> {
+    fn resolve_config(&self, reference: &str, platform: &Platform) -> Result<Image, String> {
+        let variant = (!platform.variant.is_empty()).then_some(platform.variant.as_str());
+        let wanted = PlatformWanted {
+            os: &platform.os,
+            architecture: &platform.architecture,
+            variant,
+        };
+        resolve_local(self.content, self.images, reference, &wanted).map(|image| image.config)
+    }
+}
+
+/// The cache index as the solver sees it.
+struct PersistentCache(CacheIndexStore);
+
+impl CacheIndex for PersistentCache {
+    fn get(&self, key: &str) -> Option<Vec<u8>> {
+        self.0.get(key)
+    }
+    fn put(&self, key: &str, value: &[u8]) {
+        self.0.put(key, value);
+    }
+}
+
+/// Runs a build: lowers the Dockerfile, solves it with a local worker and
+/// writes the image into the store under `request.tags`.
+pub fn build(
+    state: &StateDir,
+    mut request: BuildRequest,
+    progress: &(dyn Fn(&Definition, ProgressEvent) + Sync),
+    cancel: &AtomicBool,
+) -> Result<BuildResult, BuildError> {
+    let content = state.content().context("cannot open the content store")?;
+    let images = state.images().context("cannot open the image store")?;
+    if let Some(text) = &request.dockerignore {
+        request.options.context_excludes = kiln_patterns::read_ignore_file(text)
+            .map_err(|e| BuildError::Other(anyhow::anyhow!(e)))?;
+    }
+    let lowered = kiln_frontend::parser::parse(&request.dockerfile)
+        .and_then(|doc| kiln_frontend::instructions::Dockerfile::from_document(&doc))
+        .and_then(|stages| {
+            lower(
+                &stages,
+                &request.options,
+                &LocalImages {
+                    content: &content,
+                    images: &images,
+                },
+            )
+        })
+        .map_err(BuildError::Frontend)?;
+    let definition = &lowered.definition;
+
+    let snapshots = Snapshotter::open(state.snapshots())?;
+    let runtime = ExternalRuntime::new(&request.oci_runtime, state.runtime_state());
+    let contexts = HashMap::from([("context".to_string(), request.context.clone())]);
+    let layer_options = WriteOptions {
+        source_date_epoch: request.source_date_epoch,
+    };
+    let worker = Worker::new(
+        content.clone(),
+        images.clone(),
+        snapshots,
+        Box::new(runtime),
+        contexts,
+        state.root().join("cache-mounts"),
+        layer_options,
+    );
+    let cache = PersistentCache(state.cache_index());
+    let options = SolveOptions {
+        max_parallelism: request.max_parallelism,
+    };
+    let forward = |event| progress(definition, event);
+    let output =
+        solve(definition, &worker, &cache, options, &forward, cancel).map_err(|failure| {
+            let meta = failure.vertex.and_then(|v| definition.meta(&v));
+            BuildError::Step {
+                description: meta.map(|m| m.description.clone()).unwrap_or_default(),
+                location: meta.and_then(|m| m.location),
+                error: failure.error,
+            }
+        })?;
+    let snapshot = match output {
+        Some(WorkerRef::Snapshot(snapshot)) => snapshot,
+        Some(WorkerRef::Local { .. }) => {
+            return Err(anyhow::anyhow!("the build result is a local directory").into());
+        }
+        None => Default::default(),
+    };
+    let exported = exporter::export_image(
+        &content,
+        &images,
+        lowered.image,
+        &snapshot,
+        &request.options.target_platform,
+        &request.tags,
+        request.source_date_epoch,
+    )?;
+    Ok(BuildResult {
+        config_digest: exported.config_digest,
+        manifest_digest: exported.manifest_digest,
+        warnings: lowered.warnings,
+    })
+}

@@ -1,0 +1,358 @@
+//! The worker as the solver's [`Executor`]: each op kind mapped onto
+//! snapshots, file ops and the sandbox.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use kiln_cache::{ContentStore, ImageStore};
+use kiln_image::{PlatformWanted, ResolvedImage, resolve_local};
+use kiln_patterns::PatternMatcher;
+use kiln_solver::{
+    CopyAction, ExecOp, Executor, FileAction, FileOp, MountKind, Op, Platform, SourceOp,
+    StepContext, Vertex,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::exec::{self, ExecRequest, OciRuntime, SandboxMount};
+use crate::fileop::{self, SourceTree};
+use crate::layer::{LayerBlob, WriteOptions};
+use crate::rootfs::resolve_in_root;
+use crate::snapshot::{ActiveSnapshot, Snapshot, Snapshotter};
+
+/// A vertex's result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum WorkerRef {
+    /// A filesystem made of layers.
+    Snapshot(Snapshot),
+    /// A local directory sent by the client (the build context), by name.
+    Local {
+        /// The context's name.
+        name: String,
+        /// Its `.dockerignore` patterns.
+        exclude_patterns: Vec<String>,
+    },
+}
+
+/// Executes vertices on this machine.
+pub struct Worker {
+    content: ContentStore,
+    images: ImageStore,
+    snapshots: Snapshotter,
+    runtime: Box<dyn OciRuntime>,
+    contexts: HashMap<String, PathBuf>,
+    cache_mounts: PathBuf,
+    layer_options: WriteOptions,
+}
+
+impl Worker {
+    /// A worker over the given stores; `contexts` maps local source names
+    /// (`context`, `--build-context` names) to directories.
+    pub fn new(
+        content: ContentStore,
+        images: ImageStore,
+        snapshots: Snapshotter,
+        runtime: Box<dyn OciRuntime>,
+        contexts: HashMap<String, PathBuf>,
+        cache_mounts: PathBuf,
+        layer_options: WriteOptions,
+    ) -> Self {
+        Self {
+            content,
+            images,
+            snapshots,
+            runtime,
+            contexts,
+            cache_mounts,
+            layer_options,
+        }
+    }
+
+    /// The content store layers are written to.
+    pub fn content(&self) -> &ContentStore {
+        &self.content
+    }
+
+    fn resolve_image(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage> {
+        let variant = (!platform.variant.is_empty()).then_some(platform.variant.as_str());
+        let wanted = PlatformWanted {
+            os: &platform.os,
+            architecture: &platform.architecture,
+            variant,
+        };
+        resolve_local(&self.content, &self.images, reference, &wanted).map_err(|e| anyhow!(e))
+    }
+
+    fn context_dir(&self, name: &str) -> Result<&Path> {
+        self.contexts
+            .get(name)
+            .map(PathBuf::as_path)
+            .ok_or_else(|| anyhow!("no local context named {name:?} was provided"))
+    }
+
+    fn snapshot<'a>(&self, input: &'a WorkerRef) -> Result<&'a Snapshot> {
+        match input {
+            WorkerRef::Snapshot(snapshot) => Ok(snapshot),
+            WorkerRef::Local { name, .. } => {
+                bail!("the local context {name:?} cannot be used as a filesystem here")
+            }
+        }
+    }
+
+    /// Mounts `input` for reading (a context directory is overlaid so that
+    /// writes never reach the host).
+    fn mount_view(&self, input: &WorkerRef) -> Result<ActiveSnapshot> {
+        match input {
+            WorkerRef::Snapshot(snapshot) => self.snapshots.prepare(snapshot, &self.content),
+            WorkerRef::Local { name, .. } => self
+                .snapshots
+                .prepare_dirs(&[self.context_dir(name)?.to_path_buf()]),
+        }
+    }
+
+    fn run_exec(
+        &self,
+        op: &ExecOp,
+        inputs: &[WorkerRef],
+        step: &StepContext<'_>,
+    ) -> Result<WorkerRef> {
+        let root_mount = op
+            .mounts
+            .iter()
+            .find(|m| m.target == "/" && m.kind == MountKind::Layer)
+            .context("RUN has no root filesystem")?;
+        let base = match root_mount.input {
+            Some(i) => self.snapshot(&inputs[i])?.clone(),
+            None => Snapshot::default(),
+        };
+        let root = self.snapshots.prepare(&base, &self.content)?;
+        let mut views = Vec::new();
+        let mut mounts = Vec::new();
+        for mount in op.mounts.iter().filter(|m| !std::ptr::eq(*m, root_mount)) {
+            match &mount.kind {
+                MountKind::Layer | MountKind::Bind => {
+                    let view = match mount.input {
+                        Some(i) => self.mount_view(&inputs[i])?,
+                        None => self
+                            .snapshots
+                            .prepare(&Snapshot::default(), &self.content)?,
+                    };
+                    let source = resolve_in_root(view.rootfs(), &mount.source, true)?;
+                    mounts.push(SandboxMount::Bind {
+                        target: mount.target.clone(),
+                        source,
+                        readonly: mount.readonly,
+                    });
+                    views.push(view);
+                }
+                MountKind::Cache {
+                    id, uid, gid, mode, ..
+                } => {
+                    let dir = self
+                        .cache_mounts
+                        .join(kiln_cache::Digest::of(id.as_bytes()).hex());
+                    if !dir.exists() {
+                        std::fs::create_dir_all(&dir)?;
+                        std::os::unix::fs::chown(&dir, Some(*uid), Some(*gid))?;
+                        std::fs::set_permissions(
+                            &dir,
+                            std::os::unix::fs::PermissionsExt::from_mode(*mode),
+                        )?;
+                    }
+                    mounts.push(SandboxMount::Bind {
+                        target: mount.target.clone(),
+                        source: dir,
+                        readonly: mount.readonly,
+                    });
+                }
+                MountKind::Tmpfs { size } => mounts.push(SandboxMount::Tmpfs {
+                    target: mount.target.clone(),
+                    size: *size,
+                }),
+                MountKind::Secret { id, required, .. } => {
+                    if *required {
+                        bail!("secret {id:?} was not provided (kiln build has no --secret yet)");
+                    }
+                }
+                MountKind::Ssh { required, .. } => {
+                    if *required {
+                        bail!("no SSH agent was provided (kiln build has no --ssh yet)");
+                    }
+                }
+            }
+        }
+        let scratch = tempfile::Builder::new()
+            .prefix("exec-")
+            .tempdir_in(std::env::temp_dir())?;
+        let extra_env = step.meta.map(|m| m.proxy_env.clone()).unwrap_or_default();
+        let request = ExecRequest {
+            op,
+            extra_env: &extra_env,
+            rootfs: root.rootfs(),
+            mounts,
+            scratch: scratch.path(),
+        };
+        exec::run(self.runtime.as_ref(), &request, step.log, step.cancel)?;
+        drop(views);
+        Ok(WorkerRef::Snapshot(root.commit(
+            &base,
+            &self.content,
+            self.layer_options,
+        )?))
+    }
+
+    fn run_file(&self, op: &FileOp, inputs: &[WorkerRef]) -> Result<WorkerRef> {
+        let base = match op.base {
+            Some(i) => self.snapshot(&inputs[i])?.clone(),
+            None => Snapshot::default(),
+        };
+        let active = self.snapshots.prepare(&base, &self.content)?;
+        let root = active.rootfs();
+        for action in &op.actions {
+            match action {
+                FileAction::Copy(copy) => self.copy(copy, inputs, root)?,
+                FileAction::Mkdir(mkdir) => fileop::mkdir(root, mkdir)?,
+                FileAction::Mkfile(mkfile) => fileop::mkfile(root, mkfile)?,
+                FileAction::Symlink(link) => fileop::make_symlink(root, link)?,
+            }
+        }
+        Ok(WorkerRef::Snapshot(active.commit(
+            &base,
+            &self.content,
+            self.layer_options,
+        )?))
+    }
+
+    fn copy(&self, copy: &CopyAction, inputs: &[WorkerRef], root: &Path) -> Result<()> {
+        match &inputs[copy.input] {
+            WorkerRef::Local {
+                name,
+                exclude_patterns,
+            } => {
+                let ignore =
+                    PatternMatcher::new(exclude_patterns).context("bad .dockerignore pattern")?;
+                let tree = SourceTree {
+                    root: self.context_dir(name)?,
+                    ignore: Some(&ignore),
+                    is_context: true,
+                };
+                fileop::copy(&tree, copy, root)
+            }
+            WorkerRef::Snapshot(snapshot) => {
+                let view = self.snapshots.prepare(snapshot, &self.content)?;
+                let tree = SourceTree {
+                    root: view.rootfs(),
+                    ignore: None,
+                    is_context: false,
+                };
+                fileop::copy(&tree, copy, root)
+            }
+        }
+    }
+}
+
+impl Executor for Worker {
+    type Output = WorkerRef;
+
+    fn cache_extra(&self, vertex: &Vertex, inputs: &[WorkerRef]) -> Result<Option<String>> {
+        match &vertex.op {
+            Op::Source(SourceOp::Image {
+                reference,
+                platform,
+            }) => Ok(Some(
+                self.resolve_image(reference, platform)?
+                    .manifest_digest
+                    .to_string(),
+            )),
+            Op::File(file) => {
+                let mut sums = Vec::new();
+                for action in &file.actions {
+                    if let FileAction::Copy(copy) = action
+                        && let WorkerRef::Local {
+                            name,
+                            exclude_patterns,
+                        } = &inputs[copy.input]
+                    {
+                        let ignore = PatternMatcher::new(exclude_patterns)
+                            .context("bad .dockerignore pattern")?;
+                        let tree = SourceTree {
+                            root: self.context_dir(name)?,
+                            ignore: Some(&ignore),
+                            is_context: true,
+                        };
+                        sums.push(fileop::checksum(&tree, copy)?);
+                    }
+                }
+                Ok((!sums.is_empty()).then(|| sums.join(",")))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn cacheable(&self, vertex: &Vertex) -> bool {
+        !matches!(vertex.op, Op::Source(SourceOp::Local { .. }))
+    }
+
+    fn usable(&self, output: &WorkerRef) -> bool {
+        match output {
+            WorkerRef::Snapshot(snapshot) => snapshot
+                .layers
+                .iter()
+                .all(|l: &LayerBlob| self.content.contains(&l.digest)),
+            WorkerRef::Local { .. } => false,
+        }
+    }
+
+    fn execute(
+        &self,
+        vertex: &Vertex,
+        inputs: &[WorkerRef],
+        step: &StepContext<'_>,
+    ) -> Result<WorkerRef> {
+        match &vertex.op {
+            Op::Source(SourceOp::Image {
+                reference,
+                platform,
+            }) => {
+                let image = self.resolve_image(reference, platform)?;
+                let layers = image
+                    .layers
+                    .into_iter()
+                    .map(|l| LayerBlob {
+                        diff_id: l.diff_id,
+                        digest: l.digest,
+                        size: l.size,
+                        media_type: l.media_type,
+                    })
+                    .collect();
+                Ok(WorkerRef::Snapshot(Snapshot { layers }))
+            }
+            Op::Source(SourceOp::Local {
+                name,
+                exclude_patterns,
+            }) => {
+                self.context_dir(name)?;
+                Ok(WorkerRef::Local {
+                    name: name.clone(),
+                    exclude_patterns: exclude_patterns.clone(),
+                })
+            }
+            Op::Source(SourceOp::Http { url, .. }) => {
+                bail!("ADD from a URL is not supported yet: {url}")
+            }
+            Op::Source(SourceOp::Git { remote, .. }) => {
+                bail!("ADD from a git repository is not supported yet: {remote}")
+            }
+            Op::Exec(op) => self.run_exec(op, inputs, step),
+            Op::File(op) => self.run_file(op, inputs),
+            Op::Merge(merge) => {
+                let mut layers = Vec::new();
+                for &i in &merge.inputs {
+                    layers.extend(self.snapshot(&inputs[i])?.layers.iter().cloned());
+                }
+                Ok(WorkerRef::Snapshot(Snapshot { layers }))
+            }
+        }
+    }
+}
