@@ -10,7 +10,7 @@ use kiln_solver::Platform;
 
 use super::{Dockerfile, Failure, parse_build_args};
 use crate::engine::progress::{PlainProgress, ProgressMode};
-use crate::engine::{BuildError, BuildRequest, build};
+use crate::engine::{BuildError, BuildRequest, Output, build};
 
 /// Arguments of `kiln build`.
 #[derive(Args)]
@@ -50,6 +50,10 @@ pub struct BuildArgs {
     /// The OCI runtime binary that runs RUN steps.
     #[arg(long, default_value = "runc")]
     oci_runtime: PathBuf,
+    /// Also write the result elsewhere: `type=oci|docker|tar,dest=FILE`,
+    /// `type=local,dest=DIR`, or a directory (repeatable).
+    #[arg(short = 'o', long = "output")]
+    outputs: Vec<Output>,
     /// Write the image ID to this file.
     #[arg(long)]
     iidfile: Option<PathBuf>,
@@ -98,6 +102,7 @@ pub fn run(state: &StateDir, args: BuildArgs) -> Result<(), Failure> {
         context: args.context.clone(),
         options,
         tags: args.tags.clone(),
+        outputs: args.outputs.clone(),
         max_parallelism: args.max_parallelism.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
         }),

@@ -15,6 +15,8 @@ pub struct Exported {
     pub config_digest: Digest,
     /// The manifest blob.
     pub manifest_digest: Digest,
+    /// The manifest's size in bytes.
+    pub manifest_size: u64,
 }
 
 /// Stores `image` (its rootfs and history completed from `snapshot`) and an
@@ -97,6 +99,7 @@ pub fn export_image(
     Ok(Exported {
         config_digest,
         manifest_digest,
+        manifest_size: manifest_bytes.len() as u64,
     })
 }
 

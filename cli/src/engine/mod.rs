@@ -4,7 +4,10 @@
 //! to be a thin adapter over the same request, progress and result types.
 
 mod exporter;
+mod output;
 pub mod progress;
+
+pub use output::Output;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -32,6 +35,8 @@ pub struct BuildRequest {
     pub options: BuildOptions,
     /// Names to tag the result with.
     pub tags: Vec<String>,
+    /// Extra places to write the result.
+    pub outputs: Vec<Output>,
     /// How many steps may run at once.
     pub max_parallelism: usize,
     /// The OCI runtime binary for RUN.
@@ -135,6 +140,7 @@ pub fn build(
     let definition = &lowered.definition;
 
     let snapshots = Snapshotter::open(state.snapshots())?;
+    let outputs_view = snapshots.clone();
     let runtime = ExternalRuntime::new(&request.oci_runtime, state.runtime_state());
     let contexts = HashMap::from([("context".to_string(), request.context.clone())]);
     let layer_options = WriteOptions {
@@ -179,6 +185,16 @@ pub fn build(
         &request.tags,
         request.source_date_epoch,
     )?;
+    let blobs = output::ImageBlobs {
+        manifest: (exported.manifest_digest, exported.manifest_size),
+        config: exported.config_digest,
+        layers: snapshot.layers.iter().map(|l| l.digest).collect(),
+        tags: &request.tags,
+    };
+    for out in &request.outputs {
+        output::write_output(out, &content, &outputs_view, &snapshot, &blobs)
+            .with_context(|| format!("cannot write output {out:?}"))?;
+    }
     Ok(BuildResult {
         config_digest: exported.config_digest,
         manifest_digest: exported.manifest_digest,

@@ -35,6 +35,8 @@ struct State {
     /// Last output lines, by step description.
     tails: HashMap<String, Vec<String>>,
     partial: HashMap<Digest, Vec<u8>>,
+    /// Steps answered from the cache (their completion is not printed).
+    cached: std::collections::HashSet<Digest>,
 }
 
 /// Lines of output kept per step for error reports.
@@ -65,7 +67,10 @@ impl<W: Write + Send> PlainProgress<W> {
         let mut lines = Vec::new();
         match event.kind {
             ProgressKind::Started => lines.push(format!("#{number} {name}")),
-            ProgressKind::Cached => lines.push(format!("#{number} CACHED")),
+            ProgressKind::Cached => {
+                state.cached.insert(event.vertex);
+                lines.push(format!("#{number} CACHED"));
+            }
             ProgressKind::Log(_, data) => {
                 let buffer = state.partial.entry(event.vertex).or_default();
                 buffer.extend_from_slice(&data);
