@@ -95,7 +95,7 @@ umoci new --image L:busybox
 umoci unpack --image L:busybox B >/dev/null
 mkdir -p B/rootfs/bin B/rootfs/etc B/rootfs/tmp
 cp "$(command -v busybox)" B/rootfs/bin/busybox
-for a in sh echo cat ls mkdir touch id env; do ln -s busybox "B/rootfs/bin/$a"; done
+for a in sh echo cat ls mkdir touch id env pwd sleep true wc; do ln -s busybox "B/rootfs/bin/$a"; done
 echo 'root:x:0:0:root:/root:/bin/sh' > B/rootfs/etc/passwd
 echo 'root:x:0:' > B/rootfs/etc/group
 umoci repack --image L:busybox B

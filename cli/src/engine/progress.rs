@@ -89,6 +89,7 @@ impl<W: Write + Send> PlainProgress<W> {
                     }
                 }
             }
+            ProgressKind::Completed(_) if state.cached.contains(&event.vertex) => {}
             ProgressKind::Completed(took) => {
                 lines.push(format!("#{number} DONE {:.1}s", took.as_secs_f64()))
             }

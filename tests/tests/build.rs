@@ -1,0 +1,313 @@
+//! `kiln build` end to end: real RUN steps (runc), the persistent cache,
+//! and outputs checked by tools kiln did not write (skopeo, umoci, runc).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use kiln_tests::{busybox_archives, kiln, run};
+
+/// A state directory with `busybox:1` loaded, and a build context.
+struct Setup {
+    root: tempfile::TempDir,
+    context: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new(dockerfile: &str) -> Self {
+        let archives = busybox_archives();
+        let root = tempfile::tempdir().unwrap();
+        run(
+            kiln()
+                .arg("--root")
+                .arg(root.path())
+                .args(["load", "-i"])
+                .arg(&archives.oci),
+            true,
+        );
+        let context = tempfile::tempdir().unwrap();
+        fs::write(context.path().join("Dockerfile"), dockerfile).unwrap();
+        Setup { root, context }
+    }
+
+    fn file(&self, name: &str, content: &str) {
+        let path = self.context.path().join(name);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, content).unwrap();
+    }
+
+    fn build(&self, extra: &[&str]) -> Output {
+        kiln()
+            .arg("--root")
+            .arg(self.root.path())
+            .arg("build")
+            .args(extra)
+            .arg(self.context.path())
+            .output()
+            .unwrap()
+    }
+
+    fn build_ok(&self, extra: &[&str]) -> String {
+        let out = self.build(extra);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "build failed:\n{stderr}");
+        stderr
+    }
+}
+
+/// Whether a step printed `line` (progress lines are `#N SECONDS TEXT`).
+fn printed(progress: &str, line: &str) -> bool {
+    progress.lines().any(|l| {
+        let mut parts = l.splitn(3, ' ');
+        parts.next().is_some_and(|n| n.starts_with('#'))
+            && parts.next().is_some_and(|t| t.parse::<f64>().is_ok())
+            && parts.next() == Some(line)
+    })
+}
+
+/// Lines of build output that say a step came from the cache.
+fn cached_steps(progress: &str) -> usize {
+    progress.lines().filter(|l| l.ends_with(" CACHED")).count()
+}
+
+const APP: &str = "\
+FROM busybox:1 AS build
+WORKDIR /src
+COPY src/ ./
+RUN cat *.txt > /combined && echo built
+
+FROM busybox:1
+COPY --from=build /combined /app/combined
+COPY config.ini /etc/app/
+RUN adduser_line='app:x:1000:1000::/home/app:/bin/sh' && echo \"$adduser_line\" >> /etc/passwd && echo 'app:x:1000:' >> /etc/group
+USER app
+WORKDIR /home/app
+RUN id -u > uid && pwd > where
+CMD [\"cat\", \"/app/combined\"]
+";
+
+fn app_setup() -> Setup {
+    let setup = Setup::new(APP);
+    setup.file("src/a.txt", "alpha\n");
+    setup.file("src/b.txt", "beta\n");
+    setup.file("src/secret.txt", "do not ship\n");
+    setup.file("config.ini", "[app]\n");
+    setup.file("unrelated.md", "not copied\n");
+    setup.file(".dockerignore", "src/secret.txt\n");
+    setup
+}
+
+#[test]
+fn builds_an_image_that_other_tools_can_run() {
+    let setup = app_setup();
+    let out = tempfile::tempdir().unwrap();
+    let archive = out.path().join("app.tar");
+    let progress = setup.build_ok(&[
+        "-t",
+        "app:1",
+        "-o",
+        &format!("type=oci,dest={}", archive.display()),
+    ]);
+    assert!(
+        printed(&progress, "built"),
+        "RUN output is streamed:\n{progress}"
+    );
+
+    let inspect = Command::new("skopeo")
+        .arg("inspect")
+        .arg(format!("oci-archive:{}", archive.display()))
+        .output()
+        .unwrap();
+    assert!(
+        inspect.status.success(),
+        "{}",
+        String::from_utf8_lossy(&inspect.stderr)
+    );
+    let inspect: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(inspect["Architecture"], "amd64");
+    assert_eq!(inspect["Layers"].as_array().unwrap().len(), 6, "{inspect}");
+
+    // Unpack with umoci and run with runc: what the image holds and how it runs.
+    let layout = out.path().join("layout");
+    fs::create_dir(&layout).unwrap();
+    run(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(&layout),
+        true,
+    );
+    let bundle = out.path().join("bundle");
+    run(
+        Command::new("umoci")
+            .args(["unpack", "--image"])
+            .arg(format!("{}:1", layout.display()))
+            .arg(&bundle),
+        true,
+    );
+    let rootfs = bundle.join("rootfs");
+    assert_eq!(
+        fs::read_to_string(rootfs.join("app/combined")).unwrap(),
+        "alpha\nbeta\n"
+    );
+    assert_eq!(
+        fs::read_to_string(rootfs.join("etc/app/config.ini")).unwrap(),
+        "[app]\n"
+    );
+    assert_eq!(
+        fs::read_to_string(rootfs.join("home/app/uid")).unwrap(),
+        "1000\n"
+    );
+    assert_eq!(
+        fs::read_to_string(rootfs.join("home/app/where")).unwrap(),
+        "/home/app\n"
+    );
+    assert!(
+        !rootfs.join("src").exists(),
+        "the build stage is not in the image"
+    );
+    assert!(
+        !rootfs.join("etc/hosts").exists(),
+        "mount stubs are not in the image"
+    );
+
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&fs::read(bundle.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        config["process"]["args"],
+        serde_json::json!(["cat", "/app/combined"])
+    );
+    assert_eq!(config["process"]["user"]["uid"], 1000);
+    // umoci asks for a terminal; a test has none.
+    config["process"]["terminal"] = serde_json::json!(false);
+    fs::write(
+        bundle.join("config.json"),
+        serde_json::to_vec(&config).unwrap(),
+    )
+    .unwrap();
+    let runc_root = out.path().join("runc");
+    let ran = Command::new("runc")
+        .arg("--root")
+        .arg(&runc_root)
+        .args(["run", "--bundle"])
+        .arg(&bundle)
+        .arg(format!("kiln-test-{}", std::process::id()))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&ran.stdout),
+        "alpha\nbeta\n",
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+}
+
+#[test]
+fn the_cache_persists_and_follows_exactly_what_copy_selects() {
+    let setup = app_setup();
+    setup.build_ok(&["-t", "app:1"]);
+    let second = setup.build_ok(&["-t", "app:1"]);
+    assert_eq!(
+        cached_steps(&second),
+        9,
+        "everything but the context is cached:\n{second}"
+    );
+    assert!(!printed(&second, "built"), "no RUN ran:\n{second}");
+
+    // Files no COPY selects: ignored ones and unrelated ones.
+    setup.file("src/secret.txt", "changed\n");
+    setup.file("unrelated.md", "changed\n");
+    let third = setup.build_ok(&["-t", "app:1"]);
+    assert_eq!(cached_steps(&third), 9, "{third}");
+
+    // A selected file: its COPY and everything after it in that stage rerun.
+    setup.file("src/b.txt", "BETA\n");
+    let fourth = setup.build_ok(&["-t", "app:1"]);
+    assert!(printed(&fourth, "built"), "{fourth}");
+    assert!(cached_steps(&fourth) < 9, "{fourth}");
+
+    let no_cache = setup.build_ok(&["--no-cache", "-t", "app:1"]);
+    // Only the base image itself may be reused.
+    assert!(cached_steps(&no_cache) <= 1, "{no_cache}");
+    assert!(printed(&no_cache, "built"), "{no_cache}");
+}
+
+#[test]
+fn failures_point_at_the_cause_and_leave_the_store_usable() {
+    let setup =
+        Setup::new("FROM busybox:1\nRUN echo about to fail\nRUN echo last words && exit 3\n");
+    let out = setup.build(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(" > [stage-0 3/3] RUN echo last words && exit 3:\nlast words\n"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(">>> RUN echo last words && exit 3"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("ERROR: failed to solve: process \"/bin/sh -c echo last words && exit 3\" did not complete successfully: exit code: 3"), "{stderr}");
+
+    fs::write(
+        setup.context.path().join("Dockerfile"),
+        "FROM busybox:1\nCOPY missing.txt /\n",
+    )
+    .unwrap();
+    let out = setup.build(&[]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("\"/missing.txt\": not found"), "{stderr}");
+    assert!(stderr.contains(">>> COPY missing.txt /"), "{stderr}");
+
+    fs::write(
+        setup.context.path().join("Dockerfile"),
+        "FROM busybox:1\nRUN echo fine > /ok\n",
+    )
+    .unwrap();
+    setup.build_ok(&["-t", "ok:1"]);
+    assert_no_leftovers(setup.root.path());
+}
+
+/// No mounts and no scratch directories remain after builds.
+fn assert_no_leftovers(root: &Path) {
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(root.to_str().unwrap()),
+        "mounts left behind:\n{mounts}"
+    );
+    let work: Vec<PathBuf> = fs::read_dir(root.join("snapshots/work"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(work.is_empty(), "scratch left behind: {work:?}");
+}
+
+#[test]
+fn local_and_tar_outputs_hold_the_root_filesystem() {
+    let setup = Setup::new(
+        "FROM busybox:1\nRUN mkdir -p /data && echo payload > /data/file && ln -s file /data/link\n",
+    );
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("rootfs");
+    let tarball = out.path().join("rootfs.tar");
+    setup.build_ok(&[
+        "-o",
+        &format!("type=local,dest={}", dir.display()),
+        "-o",
+        &format!("type=tar,dest={}", tarball.display()),
+    ]);
+    assert_eq!(
+        fs::read_to_string(dir.join("data/file")).unwrap(),
+        "payload\n"
+    );
+    assert_eq!(
+        fs::read_link(dir.join("data/link")).unwrap(),
+        Path::new("file")
+    );
+    assert!(dir.join("bin/busybox").exists());
+    let listing = run(Command::new("tar").arg("-tf").arg(&tarball), true);
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(listing.lines().any(|l| l == "data/file"), "{listing}");
+}
