@@ -88,25 +88,8 @@ pub fn busybox_archives() -> BusyboxArchives {
         );
     }
     let dir = tempfile::tempdir().expect("temp dir");
-    let script = r#"
-set -e
-umoci init --layout L
-umoci new --image L:busybox
-umoci unpack --image L:busybox B >/dev/null
-mkdir -p B/rootfs/bin B/rootfs/etc B/rootfs/tmp
-cp "$(command -v busybox)" B/rootfs/bin/busybox
-for a in sh echo cat ls mkdir touch id env pwd sleep true wc; do ln -s busybox "B/rootfs/bin/$a"; done
-echo 'root:x:0:0:root:/root:/bin/sh' > B/rootfs/etc/passwd
-echo 'root:x:0:' > B/rootfs/etc/group
-umoci repack --image L:busybox B
-umoci config --image L:busybox --config.cmd sh --config.env PATH=/bin
-skopeo copy -q oci:L:busybox oci-archive:oci.tar:busybox:1
-skopeo copy -q oci:L:busybox docker-archive:docker.tar:busybox:1
-"#;
     run(
-        Command::new("sh")
-            .args(["-c", script])
-            .current_dir(dir.path()),
+        Command::new(repo_root().join("scripts/make-busybox-image")).arg(dir.path()),
         true,
     );
     BusyboxArchives {
