@@ -251,6 +251,30 @@ pub struct CopyAction {
     pub exclude_patterns: Vec<String>,
 }
 
+impl CopyAction {
+    /// A plain copy of `src` from input `input` to `dest`: no wildcards,
+    /// owners and modes kept, a directory's contents copied, missing
+    /// destination parents created. Set the other fields as needed.
+    pub fn new(input: usize, src: impl Into<String>, dest: impl Into<String>) -> Self {
+        CopyAction {
+            input,
+            src: src.into(),
+            dest: dest.into(),
+            chown: None,
+            chmod: None,
+            follow_symlinks: false,
+            dir_contents_only: true,
+            allow_wildcard: false,
+            allow_empty_wildcard: false,
+            create_dest_path: true,
+            unpack_archives: false,
+            parents: false,
+            include_patterns: Vec::new(),
+            exclude_patterns: Vec::new(),
+        }
+    }
+}
+
 /// mkdir.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MkdirAction {

@@ -98,28 +98,8 @@ pub fn write_output(
                 ignore: Some(&nothing_ignored),
                 is_context: false,
             };
-            fileop::copy(&tree, &whole_tree(), dest)
+            fileop::copy(&tree, &CopyAction::new(0, "/", "/"), dest)
         }
-    }
-}
-
-/// A COPY of a whole filesystem, keeping owners.
-fn whole_tree() -> CopyAction {
-    CopyAction {
-        input: 0,
-        src: "/".into(),
-        dest: "/".into(),
-        chown: None,
-        chmod: None,
-        follow_symlinks: false,
-        dir_contents_only: true,
-        allow_wildcard: false,
-        allow_empty_wildcard: false,
-        create_dest_path: true,
-        unpack_archives: false,
-        parents: false,
-        include_patterns: vec![],
-        exclude_patterns: vec![],
     }
 }
 

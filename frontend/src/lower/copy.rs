@@ -135,20 +135,11 @@ fn lower_copy_request(
     };
     let chown_opt = chown.as_deref().and_then(parse_chown);
     let base_action = |input: usize, src: String| CopyAction {
-        input,
-        src,
-        dest: dest.clone(),
         chown: chown_opt.clone(),
         chmod: chmod.clone(),
-        follow_symlinks: false,
         dir_contents_only: false,
-        allow_wildcard: false,
-        allow_empty_wildcard: false,
-        create_dest_path: true,
-        unpack_archives: false,
-        parents: false,
-        include_patterns: Vec::new(),
         exclude_patterns: excludes.clone(),
+        ..CopyAction::new(input, src, dest.clone())
     };
 
     let mut actions = Vec::new();

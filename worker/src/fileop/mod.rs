@@ -24,11 +24,7 @@ pub use select::{Item, SourceTree, select};
 /// `--chown` names resolved in `root` and `--chmod` applied.
 pub fn copy(tree: &SourceTree<'_>, action: &CopyAction, root: &Path) -> Result<()> {
     let items = select(tree, action, Some(root))?;
-    let owner = action
-        .chown
-        .as_ref()
-        .map(|c| chown_ids(root, c))
-        .transpose()?;
+    let owner = owner(root, action.chown.as_ref())?;
     let parent_owner = owner.unwrap_or_default();
     if action.dest.ends_with('/') || items.len() > 1 {
         mkdir_all(root, &action.dest, 0o755, parent_owner)?;
@@ -130,12 +126,7 @@ fn hex_digest(hasher: Sha256) -> String {
 
 /// `mkdir` (WORKDIR and friends).
 pub fn mkdir(root: &Path, action: &MkdirAction) -> Result<()> {
-    let ids = action
-        .chown
-        .as_ref()
-        .map(|c| chown_ids(root, c))
-        .transpose()?
-        .unwrap_or_default();
+    let ids = owner(root, action.chown.as_ref())?.unwrap_or_default();
     if action.make_parents {
         mkdir_all(root, &action.path, action.mode, ids)
     } else {
@@ -150,12 +141,7 @@ pub fn mkdir(root: &Path, action: &MkdirAction) -> Result<()> {
 
 /// A file with literal content (heredoc COPY sources).
 pub fn mkfile(root: &Path, action: &MkfileAction) -> Result<()> {
-    let ids = action
-        .chown
-        .as_ref()
-        .map(|c| chown_ids(root, c))
-        .transpose()?
-        .unwrap_or_default();
+    let ids = owner(root, action.chown.as_ref())?.unwrap_or_default();
     let target = resolve_in_root(root, &action.path, false)?;
     remove(&target)?;
     let mut file = fs::OpenOptions::new()
@@ -201,6 +187,11 @@ fn set_owner_mode(path: &Path, ids: Ids, mode: u32) -> Result<()> {
     lchown(path, Some(ids.uid), Some(ids.gid))?;
     fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
     Ok(())
+}
+
+/// The ids a `--chown` value names in the root filesystem, if one is given.
+fn owner(root: &Path, chown: Option<&ChownOpt>) -> Result<Option<Ids>> {
+    chown.map(|c| chown_ids(root, c)).transpose()
 }
 
 fn chown_ids(root: &Path, chown: &ChownOpt) -> Result<Ids> {

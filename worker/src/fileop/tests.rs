@@ -9,22 +9,13 @@ use kiln_solver::{ChownOpt, CopyAction};
 
 use super::*;
 
+/// COPY as the Dockerfile frontend lowers it: wildcards on, symlinks named
+/// by the source followed.
 fn action(src: &str, dest: &str) -> CopyAction {
     CopyAction {
-        input: 0,
-        src: src.into(),
-        dest: dest.into(),
-        chown: None,
-        chmod: None,
         follow_symlinks: true,
-        dir_contents_only: true,
         allow_wildcard: true,
-        allow_empty_wildcard: false,
-        create_dest_path: true,
-        unpack_archives: false,
-        parents: false,
-        include_patterns: vec![],
-        exclude_patterns: vec![],
+        ..CopyAction::new(0, src, dest)
     }
 }
 
