@@ -73,7 +73,9 @@ fn run_op(fixture: &Fixture, op: &ExecOp) -> (String, anyhow::Result<Snapshot>) 
         .prepare(&fixture.base, &fixture.content)
         .unwrap();
     let scratch = tempfile::tempdir().unwrap();
+    // Standard error is kept apart: the two streams interleave at random.
     let output = Mutex::new(Vec::new());
+    let errors = Mutex::new(Vec::new());
     let request = ExecRequest {
         op,
         extra_env: &[],
@@ -84,10 +86,15 @@ fn run_op(fixture: &Fixture, op: &ExecOp) -> (String, anyhow::Result<Snapshot>) 
     let result = run(
         &runtime,
         &request,
-        &|_, bytes| output.lock().unwrap().extend_from_slice(bytes),
+        &|stream, bytes| match stream {
+            LogStream::Stdout => output.lock().unwrap().extend_from_slice(bytes),
+            LogStream::Stderr => errors.lock().unwrap().extend_from_slice(bytes),
+        },
         &AtomicBool::new(false),
     );
-    let output = String::from_utf8(output.into_inner().unwrap()).unwrap();
+    let mut output = output.into_inner().unwrap();
+    output.extend(errors.into_inner().unwrap());
+    let output = String::from_utf8(output).unwrap();
     let result = result
         .and_then(|()| active.commit(&fixture.base, &fixture.content, WriteOptions::default()));
     (output, result)
