@@ -311,3 +311,58 @@ fn local_and_tar_outputs_hold_the_root_filesystem() {
     let listing = String::from_utf8_lossy(&listing.stdout);
     assert!(listing.lines().any(|l| l == "data/file"), "{listing}");
 }
+
+#[test]
+fn ctrl_c_stops_a_running_step_and_cleans_up() {
+    let setup = Setup::new("FROM busybox:1\nRUN echo started && sleep 60\n");
+    let mut child = kiln()
+        .arg("--root")
+        .arg(setup.root.path())
+        .arg("build")
+        .arg(setup.context.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the step is running, then interrupt kiln (not the step).
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    while !printed(&seen, "started") {
+        let mut line = String::new();
+        assert!(
+            std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0,
+            "build ended early:\n{seen}"
+        );
+        seen.push_str(&line);
+    }
+    let started = std::time::Instant::now();
+    run(
+        Command::new("kill").args(["-INT", &child.id().to_string()]),
+        true,
+    );
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert_eq!(status.code(), Some(1), "{seen}{rest}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "cancellation took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        rest.contains("CANCELED") && rest.contains("build cancelled"),
+        "{rest}"
+    );
+    assert_no_leftovers(setup.root.path());
+    let containers = run(
+        Command::new("runc")
+            .arg("--root")
+            .arg(setup.root.path().join("runc"))
+            .args(["list", "-q"]),
+        true,
+    );
+    assert!(
+        containers.stdout.is_empty(),
+        "containers left: {}",
+        String::from_utf8_lossy(&containers.stdout)
+    );
+}

@@ -1,7 +1,8 @@
 //! `kiln build`: build an image from a Dockerfile and a context.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Args;
 use kiln_cache::StateDir;
@@ -110,7 +111,12 @@ pub fn run(state: &StateDir, args: BuildArgs) -> Result<(), Failure> {
         source_date_epoch,
     };
     let printer = PlainProgress::new(std::io::stderr(), args.progress);
-    let cancel = AtomicBool::new(false);
+    // Ctrl-C (and SIGTERM) cancel the build: running steps are killed, their mounts and
+    // scratch space removed, and nothing half-written is named.
+    let cancel = Arc::new(AtomicBool::new(false));
+    let on_signal = Arc::clone(&cancel);
+    ctrlc::set_handler(move || on_signal.store(true, Ordering::Relaxed))
+        .map_err(|e| Failure::msg(format!("cannot install the Ctrl-C handler: {e}")))?;
     let result = build(
         state,
         request,

@@ -162,7 +162,10 @@ pub fn build(
     let forward = |event| progress(definition, event);
     let output =
         solve(definition, &worker, &cache, options, &forward, cancel).map_err(|failure| {
-            let meta = failure.vertex.and_then(|v| definition.meta(&v));
+            let Some(vertex) = failure.vertex else {
+                return BuildError::Other(failure.error);
+            };
+            let meta = definition.meta(&vertex);
             BuildError::Step {
                 description: meta.map(|m| m.description.clone()).unwrap_or_default(),
                 location: meta.and_then(|m| m.location),
