@@ -20,6 +20,24 @@ use crate::layer::{LayerBlob, WriteOptions};
 use crate::rootfs::resolve_in_root;
 use crate::snapshot::{ActiveSnapshot, Snapshot, Snapshotter};
 
+/// Looks `reference` up in the local store for `platform`; errors are
+/// user-facing sentences. The frontend (base configs) and the worker (base
+/// layers) both resolve through here.
+pub fn resolve_image(
+    content: &ContentStore,
+    images: &ImageStore,
+    reference: &str,
+    platform: &Platform,
+) -> Result<ResolvedImage, String> {
+    let variant = (!platform.variant.is_empty()).then_some(platform.variant.as_str());
+    let wanted = PlatformWanted {
+        os: &platform.os,
+        architecture: &platform.architecture,
+        variant,
+    };
+    resolve_local(content, images, reference, &wanted)
+}
+
 /// A vertex's result.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
@@ -69,19 +87,8 @@ impl Worker {
         }
     }
 
-    /// The content store layers are written to.
-    pub fn content(&self) -> &ContentStore {
-        &self.content
-    }
-
     fn resolve_image(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage> {
-        let variant = (!platform.variant.is_empty()).then_some(platform.variant.as_str());
-        let wanted = PlatformWanted {
-            os: &platform.os,
-            architecture: &platform.architecture,
-            variant,
-        };
-        resolve_local(&self.content, &self.images, reference, &wanted).map_err(|e| anyhow!(e))
+        resolve_image(&self.content, &self.images, reference, platform).map_err(|e| anyhow!(e))
     }
 
     fn context_dir(&self, name: &str) -> Result<&Path> {
@@ -89,6 +96,22 @@ impl Worker {
             .get(name)
             .map(PathBuf::as_path)
             .ok_or_else(|| anyhow!("no local context named {name:?} was provided"))
+    }
+
+    /// Calls `f` with the context `name` as a COPY source, `.dockerignore`
+    /// patterns applied.
+    fn with_context_tree<T>(
+        &self,
+        name: &str,
+        exclude_patterns: &[String],
+        f: impl FnOnce(&SourceTree<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let ignore = PatternMatcher::new(exclude_patterns).context("bad .dockerignore pattern")?;
+        f(&SourceTree {
+            root: self.context_dir(name)?,
+            ignore: Some(&ignore),
+            is_context: true,
+        })
     }
 
     fn snapshot<'a>(&self, input: &'a WorkerRef) -> Result<&'a Snapshot> {
@@ -229,16 +252,9 @@ impl Worker {
             WorkerRef::Local {
                 name,
                 exclude_patterns,
-            } => {
-                let ignore =
-                    PatternMatcher::new(exclude_patterns).context("bad .dockerignore pattern")?;
-                let tree = SourceTree {
-                    root: self.context_dir(name)?,
-                    ignore: Some(&ignore),
-                    is_context: true,
-                };
-                fileop::copy(&tree, copy, root)
-            }
+            } => self.with_context_tree(name, exclude_patterns, |tree| {
+                fileop::copy(tree, copy, root)
+            }),
             WorkerRef::Snapshot(snapshot) => {
                 let view = self.snapshots.prepare(snapshot, &self.content)?;
                 let tree = SourceTree {
@@ -274,14 +290,9 @@ impl Executor for Worker {
                             exclude_patterns,
                         } = &inputs[copy.input]
                     {
-                        let ignore = PatternMatcher::new(exclude_patterns)
-                            .context("bad .dockerignore pattern")?;
-                        let tree = SourceTree {
-                            root: self.context_dir(name)?,
-                            ignore: Some(&ignore),
-                            is_context: true,
-                        };
-                        sums.push(fileop::checksum(&tree, copy)?);
+                        sums.push(self.with_context_tree(name, exclude_patterns, |tree| {
+                            fileop::checksum(tree, copy)
+                        })?);
                     }
                 }
                 Ok((!sums.is_empty()).then(|| sums.join(",")))

@@ -9,4 +9,4 @@ pub mod layer;
 pub mod rootfs;
 pub mod snapshot;
 
-pub use executor::{Worker, WorkerRef};
+pub use executor::{Worker, WorkerRef, resolve_image};

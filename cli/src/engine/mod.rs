@@ -16,12 +16,12 @@ use std::sync::atomic::AtomicBool;
 use anyhow::{Context, Result};
 use kiln_cache::{CacheIndexStore, ContentStore, Digest, ImageStore, StateDir};
 use kiln_frontend::lower::{BuildOptions, ImageResolver, lower};
-use kiln_image::{Image, PlatformWanted, resolve_local};
+use kiln_image::Image;
 use kiln_solver::{CacheIndex, Definition, Platform, ProgressEvent, SolveOptions, solve};
 use kiln_worker::exec::ExternalRuntime;
 use kiln_worker::layer::WriteOptions;
 use kiln_worker::snapshot::Snapshotter;
-use kiln_worker::{Worker, WorkerRef};
+use kiln_worker::{Worker, WorkerRef, resolve_image};
 
 /// Everything a build needs from its client.
 pub struct BuildRequest {
@@ -88,13 +88,7 @@ struct LocalImages<'a> {
 
 impl ImageResolver for LocalImages<'_> {
     fn resolve_config(&self, reference: &str, platform: &Platform) -> Result<Image, String> {
-        let variant = (!platform.variant.is_empty()).then_some(platform.variant.as_str());
-        let wanted = PlatformWanted {
-            os: &platform.os,
-            architecture: &platform.architecture,
-            variant,
-        };
-        resolve_local(self.content, self.images, reference, &wanted).map(|image| image.config)
+        resolve_image(self.content, self.images, reference, platform).map(|image| image.config)
     }
 }
 

@@ -4,7 +4,7 @@
 mod chmod;
 mod select;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt, lchown, symlink};
@@ -31,12 +31,17 @@ pub fn copy(tree: &SourceTree<'_>, action: &CopyAction, root: &Path) -> Result<(
     }
     let mut links: HashMap<(u64, u64), std::path::PathBuf> = HashMap::new();
     let mut dir_times = Vec::new();
+    // Destination directories known to exist: items come parents first, so
+    // most parents were just copied and need no `mkdir -p` walk.
+    let mut present: HashSet<&str> = HashSet::new();
     for item in &items {
         let parent = item
             .dest
             .rsplit_once('/')
             .map_or("/", |(p, _)| if p.is_empty() { "/" } else { p });
-        mkdir_all(root, parent, 0o755, parent_owner)?;
+        if present.insert(parent) {
+            mkdir_all(root, parent, 0o755, parent_owner)?;
+        }
         let kind = item.meta.file_type();
         let target = resolve_in_root(root, &item.dest, kind.is_dir())?;
         let ids = owner.unwrap_or(if tree.is_context {
@@ -49,6 +54,7 @@ pub fn copy(tree: &SourceTree<'_>, action: &CopyAction, root: &Path) -> Result<(
         });
         let context = || format!("cannot copy {} to {}", item.rel, item.dest);
         if kind.is_dir() {
+            present.insert(&item.dest);
             match fs::symlink_metadata(&target) {
                 Ok(existing) if existing.is_dir() => {}
                 Ok(_) => {
@@ -58,6 +64,7 @@ pub fn copy(tree: &SourceTree<'_>, action: &CopyAction, root: &Path) -> Result<(
                 Err(_) => fs::create_dir(&target).with_context(context)?,
             }
         } else {
+            present.remove(item.dest.as_str());
             remove(&target)?;
             if kind.is_symlink() {
                 symlink(fs::read_link(&item.host)?, &target).with_context(context)?;

@@ -38,8 +38,7 @@ pub struct Item {
     pub rel: String,
 }
 
-/// The entries `action` copies from `tree`, parents before children, and
-/// whether the destination is a directory that must exist.
+/// The entries `action` copies from `tree`, parents before children.
 ///
 /// `dest_root` is the destination filesystem, consulted for whether a
 /// destination without a trailing `/` is an existing directory (then a file
@@ -56,51 +55,39 @@ pub fn select(
         .is_some_and(|path| path.is_dir());
     let dest_is_dir =
         action.dest.ends_with('/') || sources.len() > 1 || action.parents || dest_exists_as_dir;
-    let dest_root = clean(&format!("/{}", action.dest));
+    let dest_base = clean(&format!("/{}", action.dest));
+    let excludes = PatternMatcher::new(&action.exclude_patterns)?;
+    let includes = PatternMatcher::new(&action.include_patterns)?;
     let mut items = Vec::new();
     for rel in sources {
         let host = resolve_source(tree, &rel, action.follow_symlinks)?;
         let meta = fs::symlink_metadata(&host).with_context(|| format!("\"/{rel}\": not found"))?;
-        let excludes = PatternMatcher::new(&action.exclude_patterns)?;
-        let includes = PatternMatcher::new(&action.include_patterns)?;
+        let walker = Walker {
+            tree,
+            excludes: &excludes,
+            includes: &includes,
+            top: &rel,
+        };
         if meta.is_dir() && action.dir_contents_only {
-            let walker = Walker {
-                tree,
-                excludes: &excludes,
-                includes: &includes,
-                top: &rel,
-            };
-            walker.walk(&host, &dest_root, "", &mut items)?;
+            walker.walk(&host, &dest_base, "", &mut items)?;
+            continue;
+        }
+        let name = rel.rsplit('/').next().unwrap_or(&rel);
+        let dest = if dest_is_dir {
+            let kept = if action.parents { rel.as_str() } else { name };
+            join(&dest_base, kept)
         } else {
-            let name = rel.rsplit('/').next().unwrap_or(&rel);
-            let dest = if dest_is_dir {
-                let kept = if action.parents { rel.as_str() } else { name };
-                join(&dest_root, kept)
-            } else {
-                dest_root.clone()
-            };
-            if meta.is_dir() {
-                let walker = Walker {
-                    tree,
-                    excludes: &excludes,
-                    includes: &includes,
-                    top: &rel,
-                };
-                items.push(Item {
-                    host: host.clone(),
-                    dest: dest.clone(),
-                    meta,
-                    rel: rel.clone(),
-                });
-                walker.walk(&host, &dest, "", &mut items)?;
-            } else {
-                items.push(Item {
-                    host,
-                    dest,
-                    meta,
-                    rel,
-                });
-            }
+            dest_base.clone()
+        };
+        let is_dir = meta.is_dir();
+        items.push(Item {
+            host: host.clone(),
+            dest: dest.clone(),
+            meta,
+            rel: rel.clone(),
+        });
+        if is_dir {
+            walker.walk(&host, &dest, "", &mut items)?;
         }
     }
     Ok(items)

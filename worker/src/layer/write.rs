@@ -160,7 +160,7 @@ impl<W: Write> LayerTarWriter<W> {
             let header = self.header(meta, EntryType::Symlink);
             return self.append(header, archive_path, Some(target), &xattrs, io::empty());
         }
-        if !kind.is_dir() && meta.nlink() > 1 {
+        if meta.nlink() > 1 {
             let key = (meta.dev(), meta.ino());
             if let Some(first) = self.links.get(&key).cloned() {
                 let mut header = self.header(meta, EntryType::Link);
