@@ -67,6 +67,11 @@ impl StateDir {
     pub fn runtime_state(&self) -> PathBuf {
         self.root.join("runc")
     }
+
+    /// State of the embedded libcontainer runtime (`containers/`).
+    pub fn embedded_runtime_state(&self) -> PathBuf {
+        self.root.join("containers")
+    }
 }
 
 /// Whether the effective user is root, read from `/proc/self/status`.

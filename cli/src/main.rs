@@ -34,6 +34,9 @@ enum Command {
     Images,
     /// Remove image names from the local store.
     Rmi(commands::images::RmiArgs),
+    /// The embedded OCI runtime, which kiln runs in a child process for each RUN step.
+    #[command(name = "oci-runtime", hide = true)]
+    OciRuntime(commands::oci_runtime::OciRuntimeArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
         Command::Load(args) => commands::images::load(&state, args),
         Command::Images => commands::images::list(&state),
         Command::Rmi(args) => commands::images::remove(&state, args),
+        Command::OciRuntime(args) => return commands::oci_runtime::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

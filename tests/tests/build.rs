@@ -1,5 +1,6 @@
-//! `kiln build` end to end: real RUN steps (runc), the persistent cache,
-//! and outputs checked by tools kiln did not write (skopeo, umoci, runc).
+//! `kiln build` end to end: real RUN steps, the persistent cache, and outputs checked by
+//! tools kiln did not write (skopeo, umoci, runc). Every test runs twice: with the embedded
+//! runtime and with `--oci-runtime runc`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -7,14 +8,43 @@ use std::process::{Command, Output};
 
 use kiln_tests::{busybox_archives, kiln, run};
 
+/// Which OCI runtime runs the RUN steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Runtime {
+    Embedded,
+    Runc,
+}
+
+/// Generates, for each named test function taking a [`Runtime`], one test per runtime.
+macro_rules! for_each_runtime {
+    ($($test:ident),* $(,)?) => {
+        mod embedded {
+            $(#[test] fn $test() { super::$test(super::Runtime::Embedded) })*
+        }
+        mod runc {
+            $(#[test] fn $test() { super::$test(super::Runtime::Runc) })*
+        }
+    };
+}
+
+for_each_runtime!(
+    builds_an_image_that_other_tools_can_run,
+    the_cache_persists_and_follows_exactly_what_copy_selects,
+    failures_point_at_the_cause_and_leave_the_store_usable,
+    run_steps_are_sandboxed_like_docker,
+    local_and_tar_outputs_hold_the_root_filesystem,
+    ctrl_c_stops_a_running_step_and_cleans_up,
+);
+
 /// A state directory with `busybox:1` loaded, and a build context.
 struct Setup {
     root: tempfile::TempDir,
     context: tempfile::TempDir,
+    runtime: Runtime,
 }
 
 impl Setup {
-    fn new(dockerfile: &str) -> Self {
+    fn new(runtime: Runtime, dockerfile: &str) -> Self {
         let archives = busybox_archives();
         let root = tempfile::tempdir().unwrap();
         run(
@@ -27,7 +57,11 @@ impl Setup {
         );
         let context = tempfile::tempdir().unwrap();
         fs::write(context.path().join("Dockerfile"), dockerfile).unwrap();
-        Setup { root, context }
+        Setup {
+            root,
+            context,
+            runtime,
+        }
     }
 
     fn file(&self, name: &str, content: &str) {
@@ -36,11 +70,18 @@ impl Setup {
         fs::write(path, content).unwrap();
     }
 
+    /// `kiln build` of the context with this setup's runtime.
+    fn command(&self) -> Command {
+        let mut command = kiln();
+        command.arg("--root").arg(self.root.path()).arg("build");
+        if self.runtime == Runtime::Runc {
+            command.args(["--oci-runtime", "runc"]);
+        }
+        command
+    }
+
     fn build(&self, extra: &[&str]) -> Output {
-        kiln()
-            .arg("--root")
-            .arg(self.root.path())
-            .arg("build")
+        self.command()
             .args(extra)
             .arg(self.context.path())
             .output()
@@ -86,8 +127,8 @@ RUN id -u > uid && pwd > where
 CMD [\"cat\", \"/app/combined\"]
 ";
 
-fn app_setup() -> Setup {
-    let setup = Setup::new(APP);
+fn app_setup(runtime: Runtime) -> Setup {
+    let setup = Setup::new(runtime, APP);
     setup.file("src/a.txt", "alpha\n");
     setup.file("src/b.txt", "beta\n");
     setup.file("src/secret.txt", "do not ship\n");
@@ -97,9 +138,8 @@ fn app_setup() -> Setup {
     setup
 }
 
-#[test]
-fn builds_an_image_that_other_tools_can_run() {
-    let setup = app_setup();
+fn builds_an_image_that_other_tools_can_run(runtime: Runtime) {
+    let setup = app_setup(runtime);
     let out = tempfile::tempdir().unwrap();
     let archive = out.path().join("app.tar");
     let progress = setup.build_ok(&[
@@ -203,9 +243,8 @@ fn builds_an_image_that_other_tools_can_run() {
     );
 }
 
-#[test]
-fn the_cache_persists_and_follows_exactly_what_copy_selects() {
-    let setup = app_setup();
+fn the_cache_persists_and_follows_exactly_what_copy_selects(runtime: Runtime) {
+    let setup = app_setup(runtime);
     setup.build_ok(&["-t", "app:1"]);
     let second = setup.build_ok(&["-t", "app:1"]);
     assert_eq!(
@@ -233,10 +272,11 @@ fn the_cache_persists_and_follows_exactly_what_copy_selects() {
     assert!(printed(&no_cache, "built"), "{no_cache}");
 }
 
-#[test]
-fn failures_point_at_the_cause_and_leave_the_store_usable() {
-    let setup =
-        Setup::new("FROM busybox:1\nRUN echo about to fail\nRUN echo last words && exit 3\n");
+fn failures_point_at_the_cause_and_leave_the_store_usable(runtime: Runtime) {
+    let setup = Setup::new(
+        runtime,
+        "FROM busybox:1\nRUN echo about to fail\nRUN echo last words && exit 3\n",
+    );
     let out = setup.build(&[]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -270,8 +310,14 @@ fn failures_point_at_the_cause_and_leave_the_store_usable() {
     assert_no_leftovers(setup.root.path());
 }
 
-/// No mounts and no scratch directories remain after builds.
+/// No mounts, scratch directories or containers remain after builds.
 fn assert_no_leftovers(root: &Path) {
+    for runtime_state in ["runc", "containers"] {
+        if let Ok(entries) = fs::read_dir(root.join(runtime_state)) {
+            let left: Vec<PathBuf> = entries.map(|e| e.unwrap().path()).collect();
+            assert!(left.is_empty(), "containers left behind: {left:?}");
+        }
+    }
     let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(
         !mounts.contains(root.to_str().unwrap()),
@@ -284,9 +330,41 @@ fn assert_no_leftovers(root: &Path) {
     assert!(work.is_empty(), "scratch left behind: {work:?}");
 }
 
-#[test]
-fn local_and_tar_outputs_hold_the_root_filesystem() {
+fn run_steps_are_sandboxed_like_docker(runtime: Runtime) {
+    let marker = tempfile::NamedTempFile::new().unwrap();
     let setup = Setup::new(
+        runtime,
+        &format!(
+            "FROM busybox:1\n\
+             RUN cat /proc/sys/kernel/hostname /etc/hosts && \\\n\
+             \x20   while read -r key value; do [ \"$key\" = CapEff: ] && echo \"caps $value\"; done < /proc/self/status; \\\n\
+             \x20   if [ -e {host} ]; then echo host file visible; else echo host file hidden; fi\n\
+             RUN --network=none while read -r line; do echo \"net $line\"; done < /proc/net/dev\n",
+            host = marker.path().display()
+        ),
+    );
+    let progress = setup.build_ok(&["--progress", "plain"]);
+    for line in [
+        "buildkitsandbox",
+        "127.0.0.1\tlocalhost buildkitsandbox",
+        // Docker's 14 default capabilities and no more.
+        "caps 00000000a80425fb",
+        "host file hidden",
+    ] {
+        assert!(printed(&progress, line), "{line:?} missing:\n{progress}");
+    }
+    let interfaces: Vec<&str> = progress
+        .lines()
+        .filter_map(|l| l.split_once(" net ").map(|(_, rest)| rest))
+        .filter(|rest| rest.contains(':'))
+        .collect();
+    assert_eq!(interfaces.len(), 1, "only loopback: {interfaces:?}");
+    assert!(interfaces[0].starts_with("lo:"), "{interfaces:?}");
+}
+
+fn local_and_tar_outputs_hold_the_root_filesystem(runtime: Runtime) {
+    let setup = Setup::new(
+        runtime,
         "FROM busybox:1\nRUN mkdir -p /data && echo payload > /data/file && ln -s file /data/link\n",
     );
     let out = tempfile::tempdir().unwrap();
@@ -312,13 +390,16 @@ fn local_and_tar_outputs_hold_the_root_filesystem() {
     assert!(listing.lines().any(|l| l == "data/file"), "{listing}");
 }
 
-#[test]
-fn ctrl_c_stops_a_running_step_and_cleans_up() {
-    let setup = Setup::new("FROM busybox:1\nRUN echo started && sleep 60\n");
-    let mut child = kiln()
-        .arg("--root")
-        .arg(setup.root.path())
-        .arg("build")
+fn ctrl_c_stops_a_running_step_and_cleans_up(runtime: Runtime) {
+    // A duration no other test uses, to find the step's process afterwards.
+    let seconds = 600 + runtime as u32;
+    let nap = format!("sleep\0{seconds}\0");
+    let setup = Setup::new(
+        runtime,
+        &format!("FROM busybox:1\nRUN echo started && sleep {seconds}\n"),
+    );
+    let mut child = setup
+        .command()
         .arg(setup.context.path())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -353,16 +434,10 @@ fn ctrl_c_stops_a_running_step_and_cleans_up() {
         "{rest}"
     );
     assert_no_leftovers(setup.root.path());
-    let containers = run(
-        Command::new("runc")
-            .arg("--root")
-            .arg(setup.root.path().join("runc"))
-            .args(["list", "-q"]),
-        true,
-    );
-    assert!(
-        containers.stdout.is_empty(),
-        "containers left: {}",
-        String::from_utf8_lossy(&containers.stdout)
-    );
+    // The step's process is gone too, not just kiln.
+    let sleeping = fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| fs::read(e.unwrap().path().join("cmdline")).ok())
+        .any(|cmdline| cmdline == nap.as_bytes());
+    assert!(!sleeping, "the step's process survived");
 }

@@ -48,9 +48,10 @@ pub struct BuildArgs {
     /// How many steps may run at once (default: the number of CPUs).
     #[arg(long)]
     max_parallelism: Option<usize>,
-    /// The OCI runtime binary that runs RUN steps.
-    #[arg(long, default_value = "runc")]
-    oci_runtime: PathBuf,
+    /// An OCI runtime binary with runc's command line (e.g. `runc`) to run RUN steps
+    /// instead of the embedded runtime.
+    #[arg(long, value_name = "PATH")]
+    oci_runtime: Option<PathBuf>,
     /// Also write the result elsewhere: `type=oci|docker|tar,dest=FILE`,
     /// `type=local,dest=DIR`, or a directory (repeatable).
     #[arg(short = 'o', long = "output")]

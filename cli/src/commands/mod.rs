@@ -3,6 +3,7 @@
 pub mod build;
 pub mod debug;
 pub mod images;
+pub mod oci_runtime;
 
 use std::collections::BTreeMap;
 use std::fmt;

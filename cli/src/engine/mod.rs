@@ -39,8 +39,8 @@ pub struct BuildRequest {
     pub outputs: Vec<Output>,
     /// How many steps may run at once.
     pub max_parallelism: usize,
-    /// The OCI runtime binary for RUN.
-    pub oci_runtime: PathBuf,
+    /// The OCI runtime binary for RUN; `None` for the embedded runtime.
+    pub oci_runtime: Option<PathBuf>,
     /// `SOURCE_DATE_EPOCH`: clamps layer mtimes and the image's timestamps.
     pub source_date_epoch: Option<u64>,
 }
@@ -135,7 +135,13 @@ pub fn build(
 
     let snapshots = Snapshotter::open(state.snapshots())?;
     let outputs_view = snapshots.clone();
-    let runtime = ExternalRuntime::new(&request.oci_runtime, state.runtime_state());
+    let runtime = match &request.oci_runtime {
+        Some(binary) => ExternalRuntime::new(binary, state.runtime_state()),
+        None => ExternalRuntime::embedded(
+            std::env::current_exe().context("cannot find the kiln binary")?,
+            state.embedded_runtime_state(),
+        ),
+    };
     let contexts = HashMap::from([("context".to_string(), request.context.clone())]);
     let layer_options = WriteOptions {
         source_date_epoch: request.source_date_epoch,

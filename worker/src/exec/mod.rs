@@ -1,6 +1,7 @@
 //! RUN: a process in an OCI runtime bundle over a mounted snapshot.
 
-mod runc;
+pub mod embedded;
+mod runtime;
 mod spec;
 
 use std::fs;
@@ -12,7 +13,7 @@ use kiln_solver::{ExecOp, NetworkMode};
 
 use crate::rootfs::{resolve_in_root, resolve_user};
 pub use kiln_solver::LogStream;
-pub use runc::{ExternalRuntime, OciRuntime};
+pub use runtime::{EMBEDDED_RUNTIME_COMMAND, ExternalRuntime, OciRuntime};
 
 /// The hostname RUN steps see (BuildKit's, which scripts sometimes expect).
 pub const SANDBOX_HOSTNAME: &str = "buildkitsandbox";

@@ -1,5 +1,7 @@
-//! Running a bundle with an external OCI runtime binary (runc and friends).
+//! Running a bundle with an OCI runtime process: runc and friends, or kiln's embedded
+//! runtime, which re-executes the kiln binary with the same command line.
 
+use std::ffi::OsString;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -22,25 +24,43 @@ pub trait OciRuntime: Send + Sync {
     ) -> Result<i32>;
 }
 
-/// An OCI runtime binary with runc's command line (`runc`, `crun`, `youki`).
+/// The hidden kiln command that serves the embedded runtime (see [`super::embedded`]).
+pub const EMBEDDED_RUNTIME_COMMAND: &str = "oci-runtime";
+
+/// A runtime program with runc's `run`, `kill` and `delete` commands, run as a child process.
 #[derive(Debug, Clone)]
 pub struct ExternalRuntime {
     binary: PathBuf,
-    state: PathBuf,
+    /// Arguments before the command: where the runtime keeps container state.
+    global_args: Vec<OsString>,
 }
 
 impl ExternalRuntime {
-    /// `binary` keeps its container state under `state`.
+    /// An external runtime binary (`runc`, `crun`, `youki`) keeping its container state
+    /// under `state`.
     pub fn new(binary: impl Into<PathBuf>, state: impl Into<PathBuf>) -> Self {
         Self {
             binary: binary.into(),
-            state: state.into(),
+            global_args: vec!["--root".into(), state.into().into_os_string()],
+        }
+    }
+
+    /// kiln's embedded libcontainer runtime, served by `kiln_binary oci-runtime`, keeping
+    /// its container state under `state`.
+    pub fn embedded(kiln_binary: impl Into<PathBuf>, state: impl Into<PathBuf>) -> Self {
+        Self {
+            binary: kiln_binary.into(),
+            global_args: vec![
+                EMBEDDED_RUNTIME_COMMAND.into(),
+                "--state".into(),
+                state.into().into_os_string(),
+            ],
         }
     }
 
     fn command(&self) -> Command {
         let mut command = Command::new(&self.binary);
-        command.arg("--root").arg(&self.state);
+        command.args(&self.global_args);
         command
     }
 }
