@@ -3,6 +3,7 @@
 //! It holds the [`Digest`] type every other crate uses to name content, the
 //! [`ContentStore`] of blobs and the [`ImageStore`] of names.
 
+mod checksums;
 mod content;
 mod db;
 mod digest;
@@ -10,6 +11,7 @@ mod images;
 mod index;
 mod state;
 
+pub use checksums::ChecksumCache;
 pub use content::{BlobWriter, ContentError, ContentStore};
 pub use digest::{Digest, DigestError};
 pub use images::{ImageRecord, ImageStore, ImageStoreError};

@@ -68,6 +68,11 @@ impl StateDir {
         self.root.join("runc")
     }
 
+    /// The checksum cache of context files (`checksums.redb`).
+    pub fn checksums(&self) -> PathBuf {
+        self.root.join("checksums.redb")
+    }
+
     /// State of the embedded libcontainer runtime (`containers/`).
     pub fn embedded_runtime_state(&self) -> PathBuf {
         self.root.join("containers")

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
-use kiln_cache::{ContentStore, ImageStore};
+use kiln_cache::{ChecksumCache, ContentStore, ImageStore};
 use kiln_image::{PlatformWanted, ResolvedImage, resolve_local};
 use kiln_patterns::PatternMatcher;
 use kiln_solver::{
@@ -53,6 +53,26 @@ pub enum WorkerRef {
     },
 }
 
+/// What a [`Worker`] works with.
+pub struct WorkerConfig {
+    /// Blobs: layers, configs, manifests.
+    pub content: ContentStore,
+    /// Image names, for FROM.
+    pub images: ImageStore,
+    /// Unpacked layers and step filesystems.
+    pub snapshots: Snapshotter,
+    /// What runs RUN steps.
+    pub runtime: Box<dyn OciRuntime>,
+    /// Local source names (`context`, `--build-context` names) → directories.
+    pub contexts: HashMap<String, PathBuf>,
+    /// Where `RUN --mount=type=cache` directories live.
+    pub cache_mounts: PathBuf,
+    /// Remembered digests of context files.
+    pub checksums: ChecksumCache,
+    /// How layers are written.
+    pub layer_options: WriteOptions,
+}
+
 /// Executes vertices on this machine.
 pub struct Worker {
     content: ContentStore,
@@ -61,21 +81,23 @@ pub struct Worker {
     runtime: Box<dyn OciRuntime>,
     contexts: HashMap<String, PathBuf>,
     cache_mounts: PathBuf,
+    checksums: ChecksumCache,
     layer_options: WriteOptions,
 }
 
 impl Worker {
-    /// A worker over the given stores; `contexts` maps local source names
-    /// (`context`, `--build-context` names) to directories.
-    pub fn new(
-        content: ContentStore,
-        images: ImageStore,
-        snapshots: Snapshotter,
-        runtime: Box<dyn OciRuntime>,
-        contexts: HashMap<String, PathBuf>,
-        cache_mounts: PathBuf,
-        layer_options: WriteOptions,
-    ) -> Self {
+    /// A worker over the given stores.
+    pub fn new(config: WorkerConfig) -> Self {
+        let WorkerConfig {
+            content,
+            images,
+            snapshots,
+            runtime,
+            contexts,
+            cache_mounts,
+            checksums,
+            layer_options,
+        } = config;
         Self {
             content,
             images,
@@ -83,8 +105,14 @@ impl Worker {
             runtime,
             contexts,
             cache_mounts,
+            checksums,
             layer_options,
         }
+    }
+
+    /// Remembered digests of context files; persist them after a build.
+    pub fn checksums(&self) -> &ChecksumCache {
+        &self.checksums
     }
 
     fn resolve_image(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage> {
@@ -291,7 +319,7 @@ impl Executor for Worker {
                         } = &inputs[copy.input]
                     {
                         sums.push(self.with_context_tree(name, exclude_patterns, |tree| {
-                            fileop::checksum(tree, copy)
+                            fileop::checksum(tree, copy, &self.checksums)
                         })?);
                     }
                 }

@@ -9,4 +9,4 @@ pub mod layer;
 pub mod rootfs;
 pub mod snapshot;
 
-pub use executor::{Worker, WorkerRef, resolve_image};
+pub use executor::{Worker, WorkerConfig, WorkerRef, resolve_image};

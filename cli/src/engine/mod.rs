@@ -14,14 +14,14 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result};
-use kiln_cache::{CacheIndexStore, ContentStore, Digest, ImageStore, StateDir};
+use kiln_cache::{CacheIndexStore, ChecksumCache, ContentStore, Digest, ImageStore, StateDir};
 use kiln_frontend::lower::{BuildOptions, ImageResolver, lower};
 use kiln_image::Image;
 use kiln_solver::{CacheIndex, Definition, Platform, ProgressEvent, SolveOptions, solve};
 use kiln_worker::exec::ExternalRuntime;
 use kiln_worker::layer::WriteOptions;
 use kiln_worker::snapshot::Snapshotter;
-use kiln_worker::{Worker, WorkerRef, resolve_image};
+use kiln_worker::{Worker, WorkerConfig, WorkerRef, resolve_image};
 
 /// Everything a build needs from its client.
 pub struct BuildRequest {
@@ -146,32 +146,34 @@ pub fn build(
     let layer_options = WriteOptions {
         source_date_epoch: request.source_date_epoch,
     };
-    let worker = Worker::new(
-        content.clone(),
-        images.clone(),
+    let worker = Worker::new(WorkerConfig {
+        content: content.clone(),
+        images: images.clone(),
         snapshots,
-        Box::new(runtime),
+        runtime: Box::new(runtime),
         contexts,
-        state.root().join("cache-mounts"),
+        cache_mounts: state.root().join("cache-mounts"),
+        checksums: ChecksumCache::open(state.checksums()),
         layer_options,
-    );
+    });
     let cache = PersistentCache(state.cache_index());
     let options = SolveOptions {
         max_parallelism: request.max_parallelism,
     };
     let forward = |event| progress(definition, event);
-    let output =
-        solve(definition, &worker, &cache, options, &forward, cancel).map_err(|failure| {
-            let Some(vertex) = failure.vertex else {
-                return BuildError::Other(failure.error);
-            };
-            let meta = definition.meta(&vertex);
-            BuildError::Step {
-                description: meta.map(|m| m.description.clone()).unwrap_or_default(),
-                location: meta.and_then(|m| m.location),
-                error: failure.error,
-            }
-        })?;
+    let solved = solve(definition, &worker, &cache, options, &forward, cancel);
+    worker.checksums().persist();
+    let output = solved.map_err(|failure| {
+        let Some(vertex) = failure.vertex else {
+            return BuildError::Other(failure.error);
+        };
+        let meta = definition.meta(&vertex);
+        BuildError::Step {
+            description: meta.map(|m| m.description.clone()).unwrap_or_default(),
+            location: meta.and_then(|m| m.location),
+            error: failure.error,
+        }
+    })?;
     let snapshot = match output {
         Some(WorkerRef::Snapshot(snapshot)) => snapshot,
         Some(WorkerRef::Local { .. }) => {

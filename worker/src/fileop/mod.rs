@@ -12,6 +12,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use filetime::FileTime;
+use kiln_cache::ChecksumCache;
 use kiln_solver::{ChownOpt, CopyAction, MkdirAction, MkfileAction, SymlinkAction};
 use sha2::{Digest as _, Sha256};
 
@@ -108,7 +109,13 @@ pub fn copy(tree: &SourceTree<'_>, action: &CopyAction, root: &Path) -> Result<(
 /// sha256 over what `action` selects from `tree`: each entry's path below
 /// the source, type, mode, link target and content. Owners and mtimes are
 /// left out, so a fresh checkout of the same files gives the same sum.
-pub fn checksum(tree: &SourceTree<'_>, action: &CopyAction) -> Result<String> {
+///
+/// File contents enter as their sha256, taken from `digests` when the file is unchanged.
+pub fn checksum(
+    tree: &SourceTree<'_>,
+    action: &CopyAction,
+    digests: &ChecksumCache,
+) -> Result<String> {
     let mut hasher = Sha256::new();
     for item in select(tree, action, None)? {
         let kind = item.meta.file_type();
@@ -118,9 +125,10 @@ pub fn checksum(tree: &SourceTree<'_>, action: &CopyAction) -> Result<String> {
         if kind.is_symlink() {
             hasher.update(fs::read_link(&item.host)?.as_os_str().as_encoded_bytes());
         } else if kind.is_file() {
-            let mut file =
-                fs::File::open(&item.host).with_context(|| format!("cannot read {}", item.rel))?;
-            std::io::copy(&mut file, &mut hasher)?;
+            let digest = digests
+                .file_digest(&item.host, &item.meta)
+                .with_context(|| format!("cannot read {}", item.rel))?;
+            hasher.update(digest);
         }
         hasher.update([0xff]);
     }
