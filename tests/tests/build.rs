@@ -441,3 +441,59 @@ fn ctrl_c_stops_a_running_step_and_cleans_up(runtime: Runtime) {
         .any(|cmdline| cmdline == nap.as_bytes());
     assert!(!sleeping, "the step's process survived");
 }
+
+#[test]
+fn add_extracts_local_tar_archives_and_copy_does_not() {
+    let setup = Setup::new(
+        Runtime::Embedded,
+        "FROM busybox:1\n\
+         ADD app.tar.gz /opt/\n\
+         ADD app.tar.xz /xz\n\
+         ADD app.tar.bz2 app.tar.zst /more/\n\
+         ADD plain.txt.gz /raw/\n\
+         COPY app.tar.gz /copied/\n",
+    );
+    let ctx = setup.context.path();
+    setup.file("pkg/hello.txt", "hello\n");
+    setup.file("pkg/.wh.keep", "not a whiteout\n");
+    for (name, flag) in [
+        ("app.tar.gz", "-z"),
+        ("app.tar.xz", "-J"),
+        ("app.tar.bz2", "-j"),
+        ("app.tar.zst", "--zstd"),
+    ] {
+        run(
+            Command::new("tar")
+                .arg("-C")
+                .arg(ctx)
+                .args(["--owner=123", "--group=456", flag, "-cf"])
+                .arg(ctx.join(name))
+                .arg("pkg"),
+            true,
+        );
+    }
+    setup.file("plain.txt", "just text\n");
+    run(Command::new("gzip").arg(ctx.join("plain.txt")), true);
+
+    let out = tempfile::tempdir().unwrap();
+    setup.build_ok(&["-o", &format!("type=local,dest={}", out.path().display())]);
+    let root = out.path();
+    for dir in ["opt", "xz", "more"] {
+        let hello = root.join(dir).join("pkg/hello.txt");
+        assert_eq!(fs::read_to_string(&hello).unwrap(), "hello\n", "{dir}");
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::uid(&fs::metadata(&hello).unwrap()),
+            123,
+            "owners come from the archive"
+        );
+        assert_eq!(
+            fs::read_to_string(root.join(dir).join("pkg/.wh.keep")).unwrap(),
+            "not a whiteout\n"
+        );
+    }
+    assert!(root.join("raw/plain.txt.gz").is_file(), "not a tar: copied");
+    assert!(
+        root.join("copied/app.tar.gz").is_file(),
+        "COPY never extracts"
+    );
+}

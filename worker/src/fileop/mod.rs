@@ -16,6 +16,7 @@ use kiln_cache::ChecksumCache;
 use kiln_solver::{ChownOpt, CopyAction, MkdirAction, MkfileAction, SymlinkAction};
 use sha2::{Digest as _, Sha256};
 
+use crate::layer::{extract_archive, is_tar_archive};
 use crate::rootfs::{Ids, resolve_in_root, resolve_user};
 pub use chmod::apply_chmod;
 pub use select::{Item, SourceTree, select};
@@ -44,6 +45,11 @@ pub fn copy(tree: &SourceTree<'_>, action: &CopyAction, root: &Path) -> Result<(
             mkdir_all(root, parent, 0o755, parent_owner)?;
         }
         let kind = item.meta.file_type();
+        if action.unpack_archives && item.is_source && kind.is_file() && is_tar_archive(&item.host)
+        {
+            extract_into(item, action, root)?;
+            continue;
+        }
         let target = resolve_in_root(root, &item.dest, kind.is_dir())?;
         let ids = owner.unwrap_or(if tree.is_context {
             Ids::default()
@@ -104,6 +110,23 @@ pub fn copy(tree: &SourceTree<'_>, action: &CopyAction, root: &Path) -> Result<(
         filetime::set_symlink_file_times(&path, mtime, mtime)?;
     }
     Ok(())
+}
+
+/// ADD of a local archive: its contents go into the destination directory, owners and
+/// modes as the archive says (owners as `--chown` says, if given).
+fn extract_into(item: &Item, action: &CopyAction, root: &Path) -> Result<()> {
+    let scratch = tempfile::tempdir()?;
+    let archive = fs::File::open(&item.host)?;
+    extract_archive(archive, scratch.path())
+        .with_context(|| format!("cannot extract {}", item.rel))?;
+    let mut contents = CopyAction::new(0, "/", format!("{}/", action.dest.trim_end_matches('/')));
+    contents.chown = action.chown.clone();
+    let tree = SourceTree {
+        root: scratch.path(),
+        ignore: None,
+        is_context: false,
+    };
+    copy(&tree, &contents, root)
 }
 
 /// sha256 over what `action` selects from `tree`: each entry's path below

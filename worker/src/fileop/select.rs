@@ -36,6 +36,9 @@ pub struct Item {
     pub meta: Metadata,
     /// Path relative to the source root, for checksums and errors.
     pub rel: String,
+    /// Named by the source path itself, not found inside a directory it names (only such
+    /// files are archives that ADD extracts).
+    pub is_source: bool,
 }
 
 /// The entries `action` copies from `tree`, parents before children.
@@ -85,6 +88,7 @@ pub fn select(
             dest: dest.clone(),
             meta,
             rel: rel.clone(),
+            is_source: true,
         });
         if is_dir {
             walker.walk(&host, &dest, "", &mut items)?;
@@ -220,6 +224,7 @@ impl Walker<'_> {
                         dest: dest_child.clone(),
                         meta,
                         rel,
+                        is_source: false,
                     });
                 }
                 if descend {
@@ -235,6 +240,7 @@ impl Walker<'_> {
                     dest: dest_child,
                     meta,
                     rel,
+                    is_source: false,
                 });
             }
         }

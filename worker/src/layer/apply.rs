@@ -24,28 +24,84 @@ pub struct ApplyStats {
     pub bytes: u64,
 }
 
-/// Unpacks a layer (plain or gzip-compressed tar) into `dest`, which should
+/// Unpacks a layer (a plain, gzip or zstd tar) into `dest`, which should
 /// be a fresh directory. OCI whiteouts become overlay whiteouts; owners,
 /// modes (including setuid/setgid), xattrs and mtimes are kept. Entries
 /// whose names contain `..`, or that would be written through a symlink, are
 /// refused.
 pub fn apply_layer(reader: impl Read, dest: &Path) -> Result<ApplyStats> {
-    let mut reader = BufReader::new(reader);
-    let magic = reader.fill_buf().context("cannot read the layer")?;
-    let stream: Box<dyn Read> = match magic {
-        [0x1f, 0x8b, ..] => Box::new(GzDecoder::new(reader)),
-        [0x28, 0xb5, 0x2f, 0xfd, ..] => bail!("zstd-compressed layers are not supported yet"),
-        _ => Box::new(reader),
+    unpack(decompressed(reader)?, dest, Whiteouts::Convert).context("cannot read the layer")
+}
+
+/// Extracts a tar archive (plain, gzip, bzip2, xz or zstd) into the fresh directory `dest`,
+/// as ADD does: like [`apply_layer`], but `.wh.` names are ordinary files.
+pub fn extract_archive(reader: impl Read, dest: &Path) -> Result<ApplyStats> {
+    unpack(decompressed(reader)?, dest, Whiteouts::Keep)
+}
+
+/// Whether `path` holds a tar archive, possibly compressed: the first header of the
+/// decompressed stream has a valid checksum (how Docker decides what ADD extracts).
+pub fn is_tar_archive(path: &Path) -> bool {
+    let Ok(file) = fs::File::open(path) else {
+        return false;
     };
+    let Ok(mut stream) = decompressed(file) else {
+        return false;
+    };
+    let mut header = [0u8; 512];
+    if stream.read_exact(&mut header).is_err() {
+        return false;
+    }
+    let recorded = std::str::from_utf8(&header[148..156])
+        .ok()
+        .map(|field| field.trim_matches(|c: char| c == '\0' || c == ' '))
+        .and_then(|octal| u32::from_str_radix(octal, 8).ok());
+    let computed: u32 = header
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                u32::from(b)
+            }
+        })
+        .sum();
+    recorded == Some(computed)
+}
+
+/// `reader`'s content, decompressed according to its magic bytes.
+fn decompressed<'a>(reader: impl Read + 'a) -> Result<Box<dyn Read + 'a>> {
+    let mut reader = BufReader::new(reader);
+    let magic = reader.fill_buf().context("cannot read the archive")?;
+    Ok(match magic {
+        [0x1f, 0x8b, ..] => Box::new(GzDecoder::new(reader)),
+        [0x28, 0xb5, 0x2f, 0xfd, ..] => Box::new(zstd::Decoder::with_buffer(reader)?),
+        [b'B', b'Z', b'h', ..] => Box::new(bzip2::read::BzDecoder::new(reader)),
+        [0xfd, b'7', b'z', b'X', b'Z', 0x00, ..] => Box::new(xz2::read::XzDecoder::new(reader)),
+        _ => Box::new(reader),
+    })
+}
+
+/// What `.wh.` entries mean.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Whiteouts {
+    /// OCI whiteouts, to become overlay whiteouts (layers).
+    Convert,
+    /// Ordinary names (archives that ADD extracts).
+    Keep,
+}
+
+fn unpack(stream: impl Read, dest: &Path, whiteouts: Whiteouts) -> Result<ApplyStats> {
     let mut archive = tar::Archive::new(stream);
     let mut stats = ApplyStats::default();
     let mut dir_times = Vec::new();
-    for entry in archive.entries().context("cannot read the layer tar")? {
-        let mut entry = entry.context("corrupt layer tar")?;
+    for entry in archive.entries().context("cannot read the tar")? {
+        let mut entry = entry.context("corrupt tar")?;
         let raw_path = entry.path_bytes().into_owned();
         let shown = String::from_utf8_lossy(&raw_path).into_owned();
-        let applied = apply_entry(&mut entry, &raw_path, dest, &mut dir_times)
-            .with_context(|| format!("layer entry {shown:?}"))?;
+        let applied = apply_entry(&mut entry, &raw_path, dest, whiteouts, &mut dir_times)
+            .with_context(|| format!("tar entry {shown:?}"))?;
         stats.entries += 1;
         stats.bytes += applied;
     }
@@ -62,6 +118,7 @@ fn apply_entry<R: Read>(
     entry: &mut tar::Entry<R>,
     raw_path: &[u8],
     dest: &Path,
+    whiteouts: Whiteouts,
     dir_times: &mut Vec<(PathBuf, FileTime)>,
 ) -> Result<u64> {
     let components = sanitize(raw_path)?;
@@ -70,12 +127,14 @@ fn apply_entry<R: Read>(
         return Ok(0);
     };
     let parent = ensure_parents(dest, parents)?;
-    if base.as_str() == OPAQUE_MARKER {
+    if whiteouts == Whiteouts::Convert && base.as_str() == OPAQUE_MARKER {
         xattr::set(&parent, OVERLAY_OPAQUE_XATTR, b"y")
             .context("cannot mark the directory opaque")?;
         return Ok(0);
     }
-    if let Some(hidden) = base.strip_prefix(WHITEOUT_PREFIX) {
+    if whiteouts == Whiteouts::Convert
+        && let Some(hidden) = base.strip_prefix(WHITEOUT_PREFIX)
+    {
         let target = parent.join(hidden);
         remove_existing(&target)?;
         mknodat(

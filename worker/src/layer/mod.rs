@@ -10,7 +10,7 @@
 mod apply;
 mod write;
 
-pub use apply::{ApplyStats, apply_layer};
+pub use apply::{ApplyStats, apply_layer, extract_archive, is_tar_archive};
 pub use write::{LayerBlob, WriteOptions, store_layer, write_layer};
 
 /// Prefix of an OCI whiteout entry's file name.
