@@ -6,7 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use kiln_tests::{busybox_archives, kiln, run};
+use kiln_tests::{busybox_archives, kiln, run, serve_http};
 
 /// Which OCI runtime runs the RUN steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -495,5 +495,69 @@ fn add_extracts_local_tar_archives_and_copy_does_not() {
     assert!(
         root.join("copied/app.tar.gz").is_file(),
         "COPY never extracts"
+    );
+}
+
+#[test]
+fn add_downloads_urls_and_checks_their_checksum() {
+    let base = serve_http(vec![("/files/data.txt", b"downloaded\n".to_vec())]);
+    // sha256 of "downloaded\n".
+    let right = "sha256:30031a9831674dd684c3817399acebc88a116ce5a7a3fbc0cf34d92521a534e6";
+    let setup = Setup::new(
+        Runtime::Embedded,
+        &format!("FROM busybox:1\nADD {base}/files/data.txt /dl/\n"),
+    );
+    let out = tempfile::tempdir().unwrap();
+    setup.build_ok(&["-o", &format!("type=local,dest={}", out.path().display())]);
+    let file = out.path().join("dl/data.txt");
+    assert_eq!(fs::read_to_string(&file).unwrap(), "downloaded\n");
+    let meta = fs::metadata(&file).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777,
+        0o600
+    );
+    assert_eq!(std::os::unix::fs::MetadataExt::mtime(&meta), 1_445_412_480);
+    let second = setup.build_ok(&[]);
+    assert_eq!(
+        cached_steps(&second),
+        3,
+        "unchanged content is cached:\n{second}"
+    );
+
+    fs::write(
+        setup.context.path().join("Dockerfile"),
+        format!("FROM busybox:1\nADD --checksum={right} {base}/files/data.txt /dl/\n"),
+    )
+    .unwrap();
+    setup.build_ok(&[]);
+
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    fs::write(
+        setup.context.path().join("Dockerfile"),
+        format!("FROM busybox:1\nADD --checksum={wrong} {base}/files/data.txt /dl/\n"),
+    )
+    .unwrap();
+    let failed = setup.build(&[]);
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success());
+    assert!(
+        stderr.contains(&format!(
+            "checksum mismatch for {base}/files/data.txt: expected {wrong}, got sha256:"
+        )),
+        "{stderr}"
+    );
+
+    fs::write(
+        setup.context.path().join("Dockerfile"),
+        format!("FROM busybox:1\nADD {base}/missing /dl/\n"),
+    )
+    .unwrap();
+    let failed = setup.build(&[]);
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "cannot download {base}/missing: the server answered 404 Not Found"
+        )),
+        "{stderr}"
     );
 }

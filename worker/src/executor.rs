@@ -2,7 +2,10 @@
 //! snapshots, file ops and the sandbox.
 
 use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use anyhow::{Context, Result, anyhow, bail};
 use kiln_cache::{ChecksumCache, ContentStore, ImageStore};
@@ -16,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::exec::{self, ExecRequest, OciRuntime, SandboxMount};
 use crate::fileop::{self, SourceTree};
+use crate::http::{self, Download};
 use crate::layer::{LayerBlob, WriteOptions};
 use crate::rootfs::resolve_in_root;
 use crate::snapshot::{ActiveSnapshot, Snapshot, Snapshotter};
@@ -83,6 +87,8 @@ pub struct Worker {
     cache_mounts: PathBuf,
     checksums: ChecksumCache,
     layer_options: WriteOptions,
+    /// URL → its download, made when the cache key needed the content and used by the step.
+    downloads: Mutex<HashMap<String, Download>>,
 }
 
 impl Worker {
@@ -107,6 +113,7 @@ impl Worker {
             cache_mounts,
             checksums,
             layer_options,
+            downloads: Mutex::default(),
         }
     }
 
@@ -275,6 +282,34 @@ impl Worker {
         )?))
     }
 
+    /// ADD of a URL: a snapshot holding just `/filename`, mode 0600 as in Docker, its mtime
+    /// the server's `Last-Modified`.
+    fn fetch(&self, url: &str, checksum: Option<&str>, filename: &str) -> Result<WorkerRef> {
+        if filename.is_empty() || filename == "." || filename == ".." || filename.contains('/') {
+            bail!("invalid file name {filename:?} for {url}");
+        }
+        let known = self.downloads.lock().unwrap().remove(url);
+        let download = match known {
+            Some(download) => download,
+            None => http::download(url, checksum)?,
+        };
+        let active = self
+            .snapshots
+            .prepare(&Snapshot::default(), &self.content)?;
+        let target = active.rootfs().join(filename);
+        fs::copy(download.file.path(), &target)?;
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o600))?;
+        if let Some(modified) = download.last_modified {
+            let mtime = filetime::FileTime::from_system_time(modified);
+            filetime::set_file_times(&target, mtime, mtime)?;
+        }
+        Ok(WorkerRef::Snapshot(active.commit(
+            &Snapshot::default(),
+            &self.content,
+            self.layer_options,
+        )?))
+    }
+
     fn copy(&self, copy: &CopyAction, inputs: &[WorkerRef], root: &Path) -> Result<()> {
         match &inputs[copy.input] {
             WorkerRef::Local {
@@ -309,6 +344,17 @@ impl Executor for Worker {
                     .manifest_digest
                     .to_string(),
             )),
+            // With --checksum the content is known without asking the server.
+            Op::Source(SourceOp::Http {
+                checksum: Some(sum),
+                ..
+            }) => Ok(Some(sum.clone())),
+            Op::Source(SourceOp::Http { url, .. }) => {
+                let download = http::download(url, None)?;
+                let digest = download.digest.clone();
+                self.downloads.lock().unwrap().insert(url.clone(), download);
+                Ok(Some(digest))
+            }
             Op::File(file) => {
                 let mut sums = Vec::new();
                 for action in &file.actions {
@@ -377,9 +423,11 @@ impl Executor for Worker {
                     exclude_patterns: exclude_patterns.clone(),
                 })
             }
-            Op::Source(SourceOp::Http { url, .. }) => {
-                bail!("ADD from a URL is not supported yet: {url}")
-            }
+            Op::Source(SourceOp::Http {
+                url,
+                checksum,
+                filename,
+            }) => self.fetch(url, checksum.as_deref(), filename),
             Op::Source(SourceOp::Git { remote, .. }) => {
                 bail!("ADD from a git repository is not supported yet: {remote}")
             }

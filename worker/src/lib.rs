@@ -5,6 +5,7 @@
 pub mod exec;
 mod executor;
 pub mod fileop;
+pub mod http;
 pub mod layer;
 pub mod rootfs;
 pub mod snapshot;

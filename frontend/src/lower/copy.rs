@@ -307,7 +307,7 @@ fn url_filename(url: &str) -> String {
         .split_once('/')
         .map_or("", |(_, p)| p);
     match path.trim_end_matches('/').rsplit('/').next() {
-        Some(base) if !base.is_empty() && base != "." => base.to_string(),
+        Some(base) if !base.is_empty() && base != "." && base != ".." => base.to_string(),
         _ => "__unnamed__".to_string(),
     }
 }
