@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use redb::TableDefinition;
+use redb::{ReadableTable, TableDefinition};
 
 const RESULTS: TableDefinition<&str, &[u8]> = TableDefinition::new("results");
 
@@ -30,6 +30,37 @@ impl CacheIndexStore {
         let table = txn.open_table(RESULTS).ok()?;
         let value = table.get(key).ok()??;
         Some(value.value().to_vec())
+    }
+
+    /// Keeps the entries whose value `keep` accepts and deletes the rest; returns how many
+    /// were kept and how many deleted.
+    pub fn retain(
+        &self,
+        keep: impl Fn(&[u8]) -> bool,
+    ) -> Result<(usize, usize), Box<dyn std::error::Error>> {
+        if !self.path.exists() {
+            return Ok((0, 0));
+        }
+        let db = crate::db::open_waiting(&self.path)?;
+        let txn = db.begin_write()?;
+        let mut kept = 0;
+        let mut doomed = Vec::new();
+        {
+            let mut table = txn.open_table(RESULTS)?;
+            for entry in table.iter()? {
+                let (key, value) = entry?;
+                if keep(value.value()) {
+                    kept += 1;
+                } else {
+                    doomed.push(key.value().to_string());
+                }
+            }
+            for key in &doomed {
+                table.remove(key.as_str())?;
+            }
+        }
+        txn.commit()?;
+        Ok((kept, doomed.len()))
     }
 
     /// Stores `value` under `key`; returns whether it was written.
@@ -59,5 +90,16 @@ mod tests {
             CacheIndexStore::new(dir.path().join("cache.redb")).get("k"),
             Some(b"v".to_vec())
         );
+    }
+
+    #[test]
+    fn retain_deletes_what_is_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = CacheIndexStore::new(dir.path().join("cache.redb"));
+        assert!(index.put("a", b"keep"));
+        assert!(index.put("b", b"drop"));
+        assert_eq!(index.retain(|v| v == b"keep").unwrap(), (1, 1));
+        assert_eq!(index.get("a"), Some(b"keep".to_vec()));
+        assert_eq!(index.get("b"), None);
     }
 }

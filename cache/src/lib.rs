@@ -16,4 +16,4 @@ pub use content::{BlobWriter, ContentError, ContentStore};
 pub use digest::{Digest, DigestError};
 pub use images::{ImageRecord, ImageStore, ImageStoreError};
 pub use index::CacheIndexStore;
-pub use state::StateDir;
+pub use state::{StateDir, StateLock};

@@ -1,9 +1,17 @@
 //! The state directory (`kiln --root DIR`, `KILN_ROOT`): where the content store and the
 //! metadata database live.
 
+use std::fs::File;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::{CacheIndexStore, ContentError, ContentStore, ImageStore};
+
+/// A held lock on the state directory (see [`StateDir::lock`]); released on drop.
+#[derive(Debug)]
+pub struct StateLock {
+    _file: File,
+}
 
 /// kiln's state directory and the stores inside it.
 #[derive(Clone, Debug)]
@@ -53,9 +61,37 @@ impl StateDir {
         Ok(ImageStore::new(self.root.join("kiln.redb")))
     }
 
+    /// Locks the state directory until the guard drops: shared for builds, which may run
+    /// side by side, exclusive for garbage collection, which must run alone. Waits for the
+    /// lock.
+    pub fn lock(&self, exclusive: bool) -> io::Result<StateLock> {
+        std::fs::create_dir_all(&self.root)?;
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.root.join("lock"))?;
+        if exclusive {
+            file.lock()?;
+        } else {
+            file.lock_shared()?;
+        }
+        Ok(StateLock { _file: file })
+    }
+
+    /// Directories of `RUN --mount=type=cache` (`cache-mounts/`).
+    pub fn cache_mounts(&self) -> PathBuf {
+        self.root.join("cache-mounts")
+    }
+
     /// The cache index (`cache.redb`).
     pub fn cache_index(&self) -> CacheIndexStore {
-        CacheIndexStore::new(self.root.join("cache.redb"))
+        CacheIndexStore::new(self.cache_index_path())
+    }
+
+    /// The cache index's database file.
+    pub fn cache_index_path(&self) -> PathBuf {
+        self.root.join("cache.redb")
     }
 
     /// Where unpacked layers and step scratch space live (`snapshots/`).

@@ -34,6 +34,10 @@ enum Command {
     Images,
     /// Remove image names from the local store.
     Rmi(commands::images::RmiArgs),
+    /// Show the disk space the state directory uses.
+    Du,
+    /// Remove build cache (what no named image uses; everything with --all).
+    Prune(commands::store::PruneArgs),
     /// The embedded OCI runtime, which kiln runs in a child process for each RUN step.
     #[command(name = "oci-runtime", hide = true)]
     OciRuntime(commands::oci_runtime::OciRuntimeArgs),
@@ -48,6 +52,8 @@ fn main() -> ExitCode {
         Command::Load(args) => commands::images::load(&state, args),
         Command::Images => commands::images::list(&state),
         Command::Rmi(args) => commands::images::remove(&state, args),
+        Command::Du => commands::store::du(&state),
+        Command::Prune(args) => commands::store::prune(&state, args),
         Command::OciRuntime(args) => return commands::oci_runtime::run(args),
     };
     match result {

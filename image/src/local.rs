@@ -139,3 +139,54 @@ pub fn resolve_local(
         layers,
     })
 }
+
+/// Everything in the content store that some images need.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageContent {
+    /// Indexes, manifests, configs and layer blobs.
+    pub blobs: std::collections::HashSet<Digest>,
+    /// The uncompressed digests of their layers (names of unpacked layers).
+    pub diff_ids: std::collections::HashSet<Digest>,
+}
+
+impl ImageContent {
+    /// Adds what the index or manifest `root` needs, following an index to every manifest.
+    /// Blobs that are missing or unreadable are skipped: they cannot be kept anyway.
+    pub fn add(&mut self, content: &ContentStore, root: &Digest) {
+        if !self.blobs.insert(*root) {
+            return;
+        }
+        let Some(document) = content
+            .read(root)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        else {
+            return;
+        };
+        let digest_of = |v: &serde_json::Value| v["digest"].as_str()?.parse::<Digest>().ok();
+        for manifest in document["manifests"].as_array().into_iter().flatten() {
+            if let Some(child) = digest_of(manifest) {
+                self.add(content, &child);
+            }
+        }
+        if let Some(config) = digest_of(&document["config"]) {
+            self.blobs.insert(config);
+            if let Some(image) = content
+                .read(&config)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Image>(&b).ok())
+            {
+                self.diff_ids.extend(
+                    image
+                        .rootfs
+                        .diff_ids
+                        .iter()
+                        .filter_map(|d| d.parse::<Digest>().ok()),
+                );
+            }
+        }
+        for layer in document["layers"].as_array().into_iter().flatten() {
+            self.blobs.extend(digest_of(layer));
+        }
+    }
+}

@@ -561,3 +561,49 @@ fn add_downloads_urls_and_checks_their_checksum() {
         "{stderr}"
     );
 }
+
+#[test]
+fn prune_keeps_named_images_and_their_cache() {
+    let setup = app_setup(Runtime::Embedded);
+    setup.build_ok(&["-t", "app:1"]);
+    // An untagged build leaves cache that no named image uses.
+    let other = Setup::new(
+        Runtime::Embedded,
+        "FROM busybox:1\nRUN echo scratch > /tmp/x\n",
+    );
+    let untagged = other.context.path().to_str().unwrap().to_string();
+    let kiln_at = |args: &[&str]| {
+        let out = run(kiln().arg("--root").arg(setup.root.path()).args(args), true);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    kiln_at(&["build", "--progress", "quiet", &untagged]);
+
+    let usage = kiln_at(&["du"]);
+    assert!(usage.contains("build cache blobs"), "{usage}");
+    // Gone: the untagged RUN and the three steps of app:1's build stage, whose layers
+    // are not in the image.
+    let pruned = kiln_at(&["prune"]);
+    assert!(
+        pruned.contains("Removed 4 build cache entries; kept 6"),
+        "{pruned}"
+    );
+    assert!(pruned.contains("Total reclaimed space:"), "{pruned}");
+    let again = setup.build_ok(&["-t", "app:1"]);
+    assert!(printed(&again, "built"), "the build stage reruns:\n{again}");
+    assert_eq!(
+        cached_steps(&again),
+        6,
+        "the image's own steps stay cached:\n{again}"
+    );
+
+    let all = kiln_at(&["prune", "--all"]);
+    assert!(all.contains("Removed all build cache"), "{all}");
+    let usage = kiln_at(&["du"]);
+    assert!(
+        usage.contains("Reclaimable: 0B (kiln prune), 0B (kiln prune --all)"),
+        "{usage}"
+    );
+    assert!(kiln_at(&["images"]).contains("app "), "images stay");
+    let rebuilt = setup.build_ok(&["-t", "app:1"]);
+    assert!(printed(&rebuilt, "built"), "no cache is left:\n{rebuilt}");
+}

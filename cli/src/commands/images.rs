@@ -9,7 +9,7 @@ use clap::Args;
 use kiln_cache::{ContentStore, Digest, ImageRecord, StateDir};
 use kiln_image::{Reference, import_archive};
 
-use super::Failure;
+use super::{Failure, human_size, print_table};
 
 /// Arguments of `kiln load`.
 #[derive(Args)]
@@ -44,6 +44,7 @@ fn parse_name(name: &str) -> Result<Reference, Failure> {
 pub fn load(state: &StateDir, args: LoadArgs) -> Result<(), Failure> {
     let file = File::open(&args.input)
         .map_err(|e| Failure::msg(format!("cannot open {}: {e}", args.input.display())))?;
+    let _lock = state.lock(false).map_err(Failure::msg)?;
     let content = state.content().map_err(Failure::msg)?;
     let images = state.images().map_err(Failure::msg)?;
     let imported = import_archive(BufReader::new(file), &content)
@@ -126,26 +127,6 @@ fn id_and_size(content: &ContentStore, record: &ImageRecord) -> (String, u64) {
     }
 }
 
-/// Docker's human sizes: `1.09MB`, `723kB`.
-fn human_size(bytes: u64) -> String {
-    let units = ["B", "kB", "MB", "GB", "TB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1000.0 && unit < units.len() - 1 {
-        value /= 1000.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes}B")
-    } else {
-        format!("{:.3}", value)
-            .trim_end_matches('0')
-            .trim_end_matches('.')
-            .to_string()
-            + units[unit]
-    }
-}
-
 /// Docker's "N units ago".
 fn age(created: i64) -> String {
     let secs = (now() - created).max(0);
@@ -194,17 +175,7 @@ pub fn list(state: &StateDir) -> Result<(), Failure> {
         let (id, size) = id_and_size(&content, record);
         rows.push([repo, tag, id, age(record.created), human_size(size)]);
     }
-    let widths: Vec<usize> = (0..5)
-        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
-        .collect();
-    for row in rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        println!("{}", line.join("   ").trim_end());
-    }
+    print_table(&rows);
     Ok(())
 }
 

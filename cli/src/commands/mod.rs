@@ -4,6 +4,7 @@ pub mod build;
 pub mod debug;
 pub mod images;
 pub mod oci_runtime;
+pub mod store;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -95,4 +96,39 @@ pub fn parse_build_args(raw: &[String]) -> Result<BTreeMap<String, String>, Fail
         }
     }
     Ok(args)
+}
+
+/// Docker's human sizes: `1.09MB`, `723kB`.
+pub fn human_size(bytes: u64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit < units.len() - 1 {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{:.3}", value)
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_string()
+            + units[unit]
+    }
+}
+
+/// Prints rows as left-aligned columns three spaces apart, as docker's tables.
+pub fn print_table<const N: usize>(rows: &[[String; N]]) {
+    let widths: Vec<usize> = (0..N)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        println!("{}", line.join("   ").trim_end());
+    }
 }

@@ -112,6 +112,10 @@ pub fn build(
     progress: &(dyn Fn(&Definition, ProgressEvent) + Sync),
     cancel: &AtomicBool,
 ) -> Result<BuildResult, BuildError> {
+    // Garbage collection (`kiln prune`) waits until no build holds the state directory.
+    let _lock = state
+        .lock(false)
+        .context("cannot lock the state directory")?;
     let content = state.content().context("cannot open the content store")?;
     let images = state.images().context("cannot open the image store")?;
     if let Some(text) = &request.dockerignore {
@@ -152,7 +156,7 @@ pub fn build(
         snapshots,
         runtime: Box::new(runtime),
         contexts,
-        cache_mounts: state.root().join("cache-mounts"),
+        cache_mounts: state.cache_mounts(),
         checksums: ChecksumCache::open(state.checksums()),
         layer_options,
     });
