@@ -24,7 +24,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Build an image from a Dockerfile and a context directory.
-    Build(commands::build::BuildArgs),
+    Build(Box<commands::build::BuildArgs>),
     /// Inspect how kiln reads a Dockerfile.
     #[command(subcommand)]
     Debug(commands::debug::DebugCommand),
@@ -47,7 +47,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let state = StateDir::new(cli.root.unwrap_or_else(StateDir::default_root));
     let result = match cli.command {
-        Command::Build(args) => commands::build::run(&state, args),
+        Command::Build(args) => commands::build::run(&state, *args),
         Command::Debug(cmd) => commands::debug::run(cmd),
         Command::Load(args) => commands::images::load(&state, args),
         Command::Images => commands::images::list(&state),

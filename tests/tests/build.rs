@@ -607,3 +607,62 @@ fn prune_keeps_named_images_and_their_cache() {
     let rebuilt = setup.build_ok(&["-t", "app:1"]);
     assert!(printed(&rebuilt, "built"), "no cache is left:\n{rebuilt}");
 }
+
+#[test]
+fn zstd_archives_and_the_metadata_file_are_what_buildx_writes() {
+    let setup = Setup::new(Runtime::Embedded, "FROM busybox:1\nRUN echo hi > /hi\n");
+    let out = tempfile::tempdir().unwrap();
+    let archive = out.path().join("z.tar");
+    let metadata = out.path().join("metadata.json");
+    let iid = out.path().join("iid");
+    setup.build_ok(&[
+        "-t",
+        "z:1",
+        "--iidfile",
+        iid.to_str().unwrap(),
+        "--metadata-file",
+        metadata.to_str().unwrap(),
+        "-o",
+        &format!("type=oci,dest={},compression=zstd", archive.display()),
+    ]);
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&fs::read(&metadata).unwrap()).unwrap();
+    let image_id = fs::read_to_string(&iid).unwrap();
+    assert_eq!(metadata["containerimage.config.digest"], image_id.as_str());
+    assert_eq!(metadata["image.name"], "docker.io/library/z:1");
+    let descriptor = &metadata["containerimage.descriptor"];
+    assert_eq!(descriptor["digest"], metadata["containerimage.digest"]);
+    assert_eq!(descriptor["platform"]["os"], "linux");
+
+    // skopeo checks every blob's digest while copying; the layers are zstd.
+    let copied = out.path().join("copied");
+    run(
+        Command::new("skopeo")
+            .arg("copy")
+            .arg(format!("oci-archive:{}", archive.display()))
+            .arg(format!("dir:{}", copied.display())),
+        true,
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(copied.join("manifest.json")).unwrap()).unwrap();
+    let layers = manifest["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 2);
+    for layer in layers {
+        assert_eq!(
+            layer["mediaType"],
+            "application/vnd.oci.image.layer.v1.tar+zstd"
+        );
+    }
+    let top = layers[1]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:");
+    let listing = run(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("zstd -dc {} | tar -t", copied.join(top).display())),
+        true,
+    );
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(listing.lines().any(|l| l == "hi"), "{listing}");
+}

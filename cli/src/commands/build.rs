@@ -7,11 +7,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use clap::Args;
 use kiln_cache::StateDir;
 use kiln_frontend::lower::BuildOptions;
+use kiln_image::Reference;
 use kiln_solver::Platform;
 
 use super::{Dockerfile, Failure, parse_build_args};
 use crate::engine::progress::{PlainProgress, ProgressMode};
-use crate::engine::{BuildError, BuildRequest, Output, build};
+use crate::engine::{BuildError, BuildRequest, BuildResult, Output, build};
 
 /// Arguments of `kiln build`.
 #[derive(Args)]
@@ -59,6 +60,9 @@ pub struct BuildArgs {
     /// Write the image ID to this file.
     #[arg(long)]
     iidfile: Option<PathBuf>,
+    /// Write the build result (digests, descriptor, names) to this file as JSON, as buildx.
+    #[arg(long)]
+    metadata_file: Option<PathBuf>,
 }
 
 /// `kiln build`.
@@ -98,6 +102,7 @@ pub fn run(state: &StateDir, args: BuildArgs) -> Result<(), Failure> {
                 .map_err(|_| Failure::msg(format!("invalid SOURCE_DATE_EPOCH {v:?}")))
         })
         .transpose()?;
+    let platform = options.target_platform.clone();
     let request = BuildRequest {
         dockerignore: read_dockerignore(&dockerfile_path, &args.context),
         dockerfile: dockerfile.bytes.clone(),
@@ -139,8 +144,11 @@ pub fn run(state: &StateDir, args: BuildArgs) -> Result<(), Failure> {
                 println!("{}", done.config_digest);
             }
             if let Some(path) = &args.iidfile {
-                std::fs::write(path, done.config_digest.to_string())
-                    .map_err(|e| Failure::msg(format!("cannot write {}: {e}", path.display())))?;
+                write_file(path, done.config_digest.to_string().as_bytes())?;
+            }
+            if let Some(path) = &args.metadata_file {
+                let metadata = metadata(&done, &platform, &args.tags)?;
+                write_file(path, &serde_json::to_vec_pretty(&metadata).expect("JSON"))?;
             }
             Ok(())
         }
@@ -167,6 +175,48 @@ pub fn run(state: &StateDir, args: BuildArgs) -> Result<(), Failure> {
         }
         Err(BuildError::Other(error)) => Err(Failure::msg(format!("{error:#}"))),
     }
+}
+
+fn write_file(path: &Path, data: &[u8]) -> Result<(), Failure> {
+    std::fs::write(path, data)
+        .map_err(|e| Failure::msg(format!("cannot write {}: {e}", path.display())))
+}
+
+/// `--metadata-file` content, with buildx's keys.
+fn metadata(
+    done: &BuildResult,
+    platform: &Platform,
+    tags: &[String],
+) -> Result<serde_json::Value, Failure> {
+    let names = tags
+        .iter()
+        .map(|t| {
+            Reference::parse_normalized(t)
+                .map(|r| r.to_string())
+                .map_err(|e| Failure::msg(format!("invalid tag {t:?}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut platform_json = serde_json::json!({
+        "architecture": platform.architecture,
+        "os": platform.os,
+    });
+    if !platform.variant.is_empty() {
+        platform_json["variant"] = platform.variant.clone().into();
+    }
+    let mut metadata = serde_json::json!({
+        "containerimage.config.digest": done.config_digest.to_string(),
+        "containerimage.digest": done.manifest_digest.to_string(),
+        "containerimage.descriptor": {
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": done.manifest_digest.to_string(),
+            "size": done.manifest_size,
+            "platform": platform_json,
+        },
+    });
+    if !names.is_empty() {
+        metadata["image.name"] = names.join(",").into();
+    }
+    Ok(metadata)
 }
 
 /// `<Dockerfile>.dockerignore` beside the Dockerfile wins over

@@ -6,13 +6,14 @@ use anyhow::{Context, Result};
 use kiln_cache::{ContentStore, Digest, ImageRecord, ImageStore};
 use kiln_image::{History, Image, Reference};
 use kiln_solver::Platform;
+use kiln_worker::layer::LayerBlob;
 use kiln_worker::snapshot::Snapshot;
 use oci_spec::image::{DescriptorBuilder, ImageManifestBuilder, MediaType};
 
 /// Digests of an exported image.
 pub struct Exported {
-    /// The config blob (the image ID).
-    pub config_digest: Digest,
+    /// The config blob's digest (the image ID) and size.
+    pub config: (Digest, u64),
     /// The manifest blob.
     pub manifest_digest: Digest,
     /// The manifest's size in bytes.
@@ -55,8 +56,36 @@ pub fn export_image(
     let config_digest = content
         .put(&config_bytes)
         .context("cannot store the image config")?;
-    let layers = snapshot
-        .layers
+    let config = (config_digest, config_bytes.len() as u64);
+    let (manifest_digest, manifest_size) = store_manifest(content, config, &snapshot.layers)?;
+    for tag in tags {
+        let name = Reference::parse_normalized(tag)
+            .map_err(|e| anyhow::anyhow!("invalid tag {tag:?}: {e}"))?;
+        images
+            .put(&ImageRecord {
+                name: name.to_string(),
+                media_type: MediaType::ImageManifest.to_string(),
+                digest: manifest_digest,
+                size: manifest_size,
+                created: now as i64,
+            })
+            .with_context(|| format!("cannot name the image {tag}"))?;
+    }
+    Ok(Exported {
+        config,
+        manifest_digest,
+        manifest_size,
+    })
+}
+
+/// Stores an OCI manifest for the config `(digest, size)` and `layers`; returns its digest
+/// and size.
+pub fn store_manifest(
+    content: &ContentStore,
+    config: (Digest, u64),
+    layers: &[LayerBlob],
+) -> Result<(Digest, u64)> {
+    let layers = layers
         .iter()
         .map(|l| {
             DescriptorBuilder::default()
@@ -73,34 +102,17 @@ pub fn export_image(
         .config(
             DescriptorBuilder::default()
                 .media_type(MediaType::ImageConfig)
-                .digest(oci_digest(&config_digest)?)
-                .size(config_bytes.len() as u64)
+                .digest(oci_digest(&config.0)?)
+                .size(config.1)
                 .build()?,
         )
         .layers(layers)
         .build()?;
     let manifest_bytes = serde_json::to_vec(&manifest)?;
-    let manifest_digest = content
+    let digest = content
         .put(&manifest_bytes)
         .context("cannot store the image manifest")?;
-    for tag in tags {
-        let name = Reference::parse_normalized(tag)
-            .map_err(|e| anyhow::anyhow!("invalid tag {tag:?}: {e}"))?;
-        images
-            .put(&ImageRecord {
-                name: name.to_string(),
-                media_type: MediaType::ImageManifest.to_string(),
-                digest: manifest_digest,
-                size: manifest_bytes.len() as u64,
-                created: now as i64,
-            })
-            .with_context(|| format!("cannot name the image {tag}"))?;
-    }
-    Ok(Exported {
-        config_digest,
-        manifest_digest,
-        manifest_size: manifest_bytes.len() as u64,
-    })
+    Ok((digest, manifest_bytes.len() as u64))
 }
 
 /// Makes the history's non-empty entries match the layer count, as

@@ -19,8 +19,8 @@ use kiln_frontend::lower::{BuildOptions, ImageResolver, lower};
 use kiln_image::Image;
 use kiln_solver::{CacheIndex, Definition, Platform, ProgressEvent, SolveOptions, solve};
 use kiln_worker::exec::ExternalRuntime;
-use kiln_worker::layer::WriteOptions;
-use kiln_worker::snapshot::Snapshotter;
+use kiln_worker::layer::{LayerCompression, WriteOptions, recompress};
+use kiln_worker::snapshot::{Snapshot, Snapshotter};
 use kiln_worker::{Worker, WorkerConfig, WorkerRef, resolve_image};
 
 /// Everything a build needs from its client.
@@ -52,6 +52,8 @@ pub struct BuildResult {
     pub config_digest: Digest,
     /// Digest of the image manifest.
     pub manifest_digest: Digest,
+    /// Size of the image manifest in bytes.
+    pub manifest_size: u64,
     /// Frontend warnings.
     pub warnings: Vec<String>,
 }
@@ -102,6 +104,28 @@ impl CacheIndex for PersistentCache {
     fn put(&self, key: &str, value: &[u8]) {
         self.0.put(key, value);
     }
+}
+
+/// The exported image with its layers compressed as `compression` (a manifest of its own).
+fn recompressed<'a>(
+    content: &ContentStore,
+    exported: &exporter::Exported,
+    snapshot: &Snapshot,
+    compression: LayerCompression,
+    tags: &'a [String],
+) -> Result<output::ImageBlobs<'a>> {
+    let layers = snapshot
+        .layers
+        .iter()
+        .map(|layer| recompress(content, layer, compression))
+        .collect::<Result<Vec<_>>>()?;
+    let manifest = exporter::store_manifest(content, exported.config, &layers)?;
+    Ok(output::ImageBlobs {
+        manifest,
+        config: exported.config.0,
+        layers: layers.iter().map(|l| l.digest).collect(),
+        tags,
+    })
 }
 
 /// Runs a build: lowers the Dockerfile, solves it with a local worker and
@@ -196,17 +220,25 @@ pub fn build(
     )?;
     let blobs = output::ImageBlobs {
         manifest: (exported.manifest_digest, exported.manifest_size),
-        config: exported.config_digest,
+        config: exported.config.0,
         layers: snapshot.layers.iter().map(|l| l.digest).collect(),
         tags: &request.tags,
     };
     for out in &request.outputs {
-        output::write_output(out, &content, &outputs_view, &snapshot, &blobs)
-            .with_context(|| format!("cannot write output {out:?}"))?;
+        let written = match out.compression {
+            None => output::write_output(out, &content, &outputs_view, &snapshot, &blobs),
+            Some(compression) => {
+                recompressed(&content, &exported, &snapshot, compression, &request.tags).and_then(
+                    |blobs| output::write_output(out, &content, &outputs_view, &snapshot, &blobs),
+                )
+            }
+        };
+        written.with_context(|| format!("cannot write output to {}", out.dest.display()))?;
     }
     Ok(BuildResult {
-        config_digest: exported.config_digest,
+        config_digest: exported.config.0,
         manifest_digest: exported.manifest_digest,
+        manifest_size: exported.manifest_size,
         warnings: lowered.warnings,
     })
 }

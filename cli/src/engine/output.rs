@@ -11,51 +11,85 @@ use kiln_image::Reference;
 use kiln_patterns::PatternMatcher;
 use kiln_solver::CopyAction;
 use kiln_worker::fileop::{self, SourceTree};
-use kiln_worker::layer::{WriteOptions, write_layer};
+use kiln_worker::layer::{LayerCompression, WriteOptions, write_layer};
 use kiln_worker::snapshot::{Snapshot, Snapshotter};
 
 /// Where a build result goes besides the image store.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Output {
-    /// An OCI image layout in a tar (`type=oci,dest=FILE`).
-    Oci(PathBuf),
-    /// A `docker load`-able tar (`type=docker,dest=FILE`).
-    Docker(PathBuf),
-    /// The root filesystem as a tar (`type=tar,dest=FILE`).
-    Tar(PathBuf),
-    /// The root filesystem copied into a directory (`type=local,dest=DIR`).
-    Local(PathBuf),
+pub struct Output {
+    /// What is written.
+    pub kind: OutputKind,
+    /// The file or directory written.
+    pub dest: PathBuf,
+    /// Layer compression for image archives (`compression=gzip|zstd`); `None` keeps the
+    /// layers as built.
+    pub compression: Option<LayerCompression>,
+}
+
+/// The kinds of `--output`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputKind {
+    /// An OCI image layout in a tar (`type=oci`).
+    Oci,
+    /// A `docker load`-able tar (`type=docker`).
+    Docker,
+    /// The root filesystem as a tar (`type=tar`).
+    Tar,
+    /// The root filesystem copied into a directory (`type=local`).
+    Local,
 }
 
 impl std::str::FromStr for Output {
     type Err = String;
 
-    /// Parses buildx's syntax: `type=oci,dest=out.tar`, or a bare path for
-    /// `type=local`.
+    /// Parses buildx's syntax: `type=oci,dest=out.tar[,compression=zstd]`, or a bare path
+    /// for `type=local`.
     fn from_str(spec: &str) -> Result<Self, String> {
         if !spec.contains('=') {
-            return Ok(Output::Local(PathBuf::from(spec)));
+            return Ok(Output {
+                kind: OutputKind::Local,
+                dest: PathBuf::from(spec),
+                compression: None,
+            });
         }
         let mut kind = None;
         let mut dest = None;
+        let mut compression = None;
         for field in spec.split(',') {
             match field.split_once('=') {
                 Some(("type", value)) => kind = Some(value.to_string()),
                 Some(("dest", value)) => dest = Some(PathBuf::from(value)),
+                Some(("compression", "gzip")) => compression = Some(LayerCompression::Gzip),
+                Some(("compression", "zstd")) => compression = Some(LayerCompression::Zstd),
+                Some(("compression", other)) => {
+                    return Err(format!("unsupported compression {other:?} (gzip, zstd)"));
+                }
                 _ => return Err(format!("unsupported output field {field:?} in {spec:?}")),
             }
         }
         let dest = dest.ok_or_else(|| format!("output {spec:?} needs dest=PATH"))?;
-        match kind.as_deref() {
-            Some("oci") => Ok(Output::Oci(dest)),
-            Some("docker") => Ok(Output::Docker(dest)),
-            Some("tar") => Ok(Output::Tar(dest)),
-            Some("local") => Ok(Output::Local(dest)),
-            Some(other) => Err(format!(
-                "unsupported output type {other:?} (oci, docker, tar, local)"
-            )),
-            None => Err(format!("output {spec:?} needs type=…")),
+        let kind = match kind.as_deref() {
+            Some("oci") => OutputKind::Oci,
+            Some("docker") => OutputKind::Docker,
+            Some("tar") => OutputKind::Tar,
+            Some("local") => OutputKind::Local,
+            Some(other) => {
+                return Err(format!(
+                    "unsupported output type {other:?} (oci, docker, tar, local)"
+                ));
+            }
+            None => return Err(format!("output {spec:?} needs type=…")),
+        };
+        if compression.is_some() && !matches!(kind, OutputKind::Oci | OutputKind::Docker) {
+            return Err(format!(
+                "compression applies to image outputs (type=oci, type=docker), not {spec:?}"
+            ));
         }
+        Ok(Output {
+            kind,
+            dest,
+            compression,
+        })
     }
 }
 
@@ -79,16 +113,17 @@ pub fn write_output(
     snapshot: &Snapshot,
     image: &ImageBlobs<'_>,
 ) -> Result<()> {
-    match output {
-        Output::Oci(dest) => write_archive(dest, content, image, false),
-        Output::Docker(dest) => write_archive(dest, content, image, true),
-        Output::Tar(dest) => {
+    let dest = &output.dest;
+    match output.kind {
+        OutputKind::Oci => write_archive(dest, content, image, false),
+        OutputKind::Docker => write_archive(dest, content, image, true),
+        OutputKind::Tar => {
             let view = snapshots.prepare(snapshot, content)?;
             let file =
                 File::create(dest).with_context(|| format!("cannot create {}", dest.display()))?;
             write_layer(view.rootfs(), BufWriter::new(file), WriteOptions::default())
         }
-        Output::Local(dest) => {
+        OutputKind::Local => {
             std::fs::create_dir_all(dest)
                 .with_context(|| format!("cannot create {}", dest.display()))?;
             let view = snapshots.prepare(snapshot, content)?;
@@ -190,15 +225,33 @@ mod tests {
 
     #[test]
     fn output_specs_parse_like_buildx() {
+        let output = |kind, dest: &str, compression| Output {
+            kind,
+            dest: dest.into(),
+            compression,
+        };
         assert_eq!(
             "type=oci,dest=a.tar".parse::<Output>(),
-            Ok(Output::Oci("a.tar".into()))
+            Ok(output(OutputKind::Oci, "a.tar", None))
         );
         assert_eq!(
-            "type=docker,dest=b.tar".parse::<Output>(),
-            Ok(Output::Docker("b.tar".into()))
+            "type=docker,dest=b.tar,compression=zstd".parse::<Output>(),
+            Ok(output(
+                OutputKind::Docker,
+                "b.tar",
+                Some(LayerCompression::Zstd)
+            ))
         );
-        assert_eq!("out".parse::<Output>(), Ok(Output::Local("out".into())));
+        assert_eq!(
+            "out".parse::<Output>(),
+            Ok(output(OutputKind::Local, "out", None))
+        );
+        assert!(
+            "type=local,dest=d,compression=zstd"
+                .parse::<Output>()
+                .unwrap_err()
+                .contains("image outputs")
+        );
         assert!(
             "type=registry,dest=x"
                 .parse::<Output>()

@@ -71,7 +71,7 @@ pub fn is_tar_archive(path: &Path) -> bool {
 }
 
 /// `reader`'s content, decompressed according to its magic bytes.
-fn decompressed<'a>(reader: impl Read + 'a) -> Result<Box<dyn Read + 'a>> {
+pub(super) fn decompressed<'a>(reader: impl Read + 'a) -> Result<Box<dyn Read + 'a>> {
     let mut reader = BufReader::new(reader);
     let magic = reader.fill_buf().context("cannot read the archive")?;
     Ok(match magic {
