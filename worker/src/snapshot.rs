@@ -91,6 +91,7 @@ impl Snapshotter {
         let mut active = ActiveSnapshot {
             scratch: Some(scratch),
             upper,
+            lowers: lowers.iter().rev().cloned().collect(),
             rootfs,
             mounted: false,
             snapshotter: self.clone(),
@@ -125,6 +126,8 @@ impl Snapshotter {
 pub struct ActiveSnapshot {
     scratch: Option<tempfile::TempDir>,
     upper: PathBuf,
+    /// The unpacked layers below, top first.
+    lowers: Vec<PathBuf>,
     rootfs: PathBuf,
     mounted: bool,
     snapshotter: Snapshotter,
@@ -145,7 +148,7 @@ impl ActiveSnapshot {
         options: WriteOptions,
     ) -> Result<Snapshot> {
         self.unmount()?;
-        let layer = store_layer(&self.upper, content, options)?;
+        let layer = store_layer(&self.upper, &self.lowers, content, options)?;
         let dir = self.snapshotter.layer_dir(&layer);
         if !dir.exists() {
             self.snapshotter.install(&self.upper, &dir)?;

@@ -121,7 +121,12 @@ pub fn write_output(
             let view = snapshots.prepare(snapshot, content)?;
             let file =
                 File::create(dest).with_context(|| format!("cannot create {}", dest.display()))?;
-            write_layer(view.rootfs(), BufWriter::new(file), WriteOptions::default())
+            write_layer(
+                view.rootfs(),
+                &[],
+                BufWriter::new(file),
+                WriteOptions::default(),
+            )
         }
         OutputKind::Local => {
             std::fs::create_dir_all(dest)

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result, bail};
+use filetime::FileTime;
 use kiln_solver::{ExecOp, NetworkMode};
 
 use crate::rootfs::{resolve_in_root, resolve_user};
@@ -129,9 +130,11 @@ pub fn run(
 }
 
 /// Mount points that did not exist in the root filesystem and were created
-/// for this run, deepest last (BuildKit calls them mount stubs).
+/// for this run, deepest last (BuildKit calls them mount stubs), and the times of the
+/// existing directories they were created in.
 struct MountPoints {
     created: Vec<PathBuf>,
+    parents: Vec<(PathBuf, FileTime, FileTime)>,
 }
 
 impl MountPoints {
@@ -139,6 +142,7 @@ impl MountPoints {
     /// inside the root filesystem, recording what was new.
     fn create(rootfs: &Path, mounts: &[oci_spec::runtime::Mount]) -> Result<Self> {
         let mut created = Vec::new();
+        let mut parents = Vec::new();
         for mount in mounts {
             let is_file = mount.typ().as_deref() == Some("bind")
                 && mount.source().as_ref().is_some_and(|s| s.is_file());
@@ -149,6 +153,14 @@ impl MountPoints {
                 missing.push(cursor.to_path_buf());
                 cursor = cursor.parent().unwrap_or(rootfs);
             }
+            if !missing.is_empty() && !parents.iter().any(|(p, _, _)| p == cursor) {
+                let meta = fs::metadata(cursor)?;
+                parents.push((
+                    cursor.to_path_buf(),
+                    FileTime::from_last_access_time(&meta),
+                    FileTime::from_last_modification_time(&meta),
+                ));
+            }
             for (i, path) in missing.iter().rev().enumerate() {
                 if is_file && i == missing.len() - 1 {
                     fs::write(path, b"")?;
@@ -158,11 +170,13 @@ impl MountPoints {
                 created.push(path.clone());
             }
         }
-        Ok(Self { created })
+        Ok(Self { created, parents })
     }
 
     /// Removes what [`create`](Self::create) made, if it is still an empty
-    /// file or directory (the process may have written there on purpose).
+    /// file or directory (the process may have written there on purpose), and gives
+    /// the directories they were made in their times back, so that a directory the step
+    /// did not otherwise touch stays out of the layer.
     fn remove(self) -> Result<()> {
         for path in self.created.iter().rev() {
             match fs::symlink_metadata(path) {
@@ -171,6 +185,12 @@ impl MountPoints {
                 }
                 Ok(meta) if meta.is_file() && meta.len() == 0 => fs::remove_file(path)?,
                 _ => {}
+            }
+        }
+        for (dir, atime, mtime) in self.parents.iter().rev() {
+            // A parent that was itself a stub is gone.
+            if dir.exists() {
+                filetime::set_file_times(dir, *atime, *mtime)?;
             }
         }
         Ok(())

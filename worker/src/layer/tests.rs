@@ -79,7 +79,7 @@ fn walk(root: &Path, dir: &Path, lines: &mut Vec<String>, inodes: &mut Vec<u64>)
 
 fn round_trip(src: &Path) -> (Vec<u8>, tempfile::TempDir) {
     let mut tar = Vec::new();
-    write_layer(src, &mut tar, WriteOptions::default()).unwrap();
+    write_layer(src, &[], &mut tar, WriteOptions::default()).unwrap();
     let out = tempfile::tempdir().unwrap();
     apply_layer(tar.as_slice(), out.path()).unwrap();
     (tar, out)
@@ -148,13 +148,14 @@ fn identical_trees_give_identical_bytes_and_epoch_clamps_mtimes() {
     fs::write(src.path().join("a"), "a").unwrap();
     let mut first = Vec::new();
     let mut second = Vec::new();
-    write_layer(src.path(), &mut first, WriteOptions::default()).unwrap();
-    write_layer(src.path(), &mut second, WriteOptions::default()).unwrap();
+    write_layer(src.path(), &[], &mut first, WriteOptions::default()).unwrap();
+    write_layer(src.path(), &[], &mut second, WriteOptions::default()).unwrap();
     assert_eq!(first, second);
 
     let mut clamped = Vec::new();
     write_layer(
         src.path(),
+        &[],
         &mut clamped,
         WriteOptions {
             source_date_epoch: Some(1000),
@@ -172,7 +173,7 @@ fn stored_layer_digests_match_its_bytes() {
     fs::write(src.path().join("a"), "hello").unwrap();
     let store_dir = tempfile::tempdir().unwrap();
     let content = kiln_cache::ContentStore::open(store_dir.path()).unwrap();
-    let blob = store_layer(src.path(), &content, WriteOptions::default()).unwrap();
+    let blob = store_layer(src.path(), &[], &content, WriteOptions::default()).unwrap();
     let compressed = content.read(&blob.digest).unwrap();
     assert_eq!(compressed.len() as u64, blob.size);
     let mut tar = Vec::new();
@@ -281,4 +282,40 @@ fn garbage_is_an_error_not_a_panic() {
         )
         .is_err()
     );
+}
+
+/// The entry names of an uncompressed tar.
+fn entry_names(tar: &[u8]) -> Vec<String> {
+    tar::Archive::new(tar)
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect()
+}
+
+#[test]
+fn directories_only_copied_up_are_left_out() {
+    let lower = tempfile::tempdir().unwrap();
+    let upper = tempfile::tempdir().unwrap();
+    fs::create_dir(lower.path().join("etc")).unwrap();
+    fs::create_dir(lower.path().join("var")).unwrap();
+    fs::create_dir(upper.path().join("etc")).unwrap();
+    fs::write(upper.path().join("etc/new"), "x").unwrap();
+    fs::create_dir(upper.path().join("var")).unwrap();
+    let old = filetime::FileTime::from_unix_time(1_000_000, 0);
+    for dir in [lower.path().join("etc"), upper.path().join("etc")] {
+        filetime::set_file_mtime(&dir, old).unwrap();
+    }
+    // var/ differs from below (its mtime), so it is a change.
+    filetime::set_file_mtime(lower.path().join("var"), old).unwrap();
+
+    let mut tar = Vec::new();
+    let lowers = [lower.path().to_path_buf()];
+    write_layer(upper.path(), &lowers, &mut tar, WriteOptions::default()).unwrap();
+    assert_eq!(entry_names(&tar), ["etc/new", "var/"]);
+
+    // Without the layers below, every directory is written.
+    let mut tar = Vec::new();
+    write_layer(upper.path(), &[], &mut tar, WriteOptions::default()).unwrap();
+    assert_eq!(entry_names(&tar), ["etc/", "etc/new", "var/"]);
 }

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::fs::{self, File, Metadata};
 use std::io::{self, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use flate2::Compression;
@@ -41,17 +41,18 @@ pub struct LayerBlob {
     pub media_type: String,
 }
 
-/// Writes `upper` (a directory in overlayfs format) as a gzip-compressed OCI
-/// layer into `content`, hashing the tar and the blob as they stream.
+/// Writes `upper` (a directory in overlayfs format over `lowers`, top first) as a
+/// gzip-compressed OCI layer into `content`, hashing the tar and the blob as they stream.
 pub fn store_layer(
     upper: &Path,
+    lowers: &[PathBuf],
     content: &ContentStore,
     options: WriteOptions,
 ) -> Result<LayerBlob> {
     let blob = content.writer().context("cannot start a layer blob")?;
     let gzip = GzEncoder::new(blob, Compression::new(6));
     let mut tar_hasher = HashingWriter::new(gzip);
-    write_layer(upper, &mut tar_hasher, options)?;
+    write_layer(upper, lowers, &mut tar_hasher, options)?;
     let (gzip, diff_id) = tar_hasher.finish();
     let blob = gzip.finish().context("cannot compress the layer")?;
     let (digest, size) = blob.commit(None).context("cannot store the layer blob")?;
@@ -66,12 +67,20 @@ pub fn store_layer(
 /// Writes `upper` as an uncompressed layer tar: entries in byte order of
 /// their paths, parents before children, hard links as link entries, xattrs
 /// as PAX records, overlay whiteouts and opaque directories as OCI
-/// whiteouts.
-pub fn write_layer(upper: &Path, out: impl Write, options: WriteOptions) -> Result<()> {
+/// whiteouts. A directory that overlayfs only copied up from `lowers` (top first) and
+/// that is unchanged (mode, owner, mtime, xattrs) is left out, as BuildKit's differ does;
+/// what it holds is still written.
+pub fn write_layer(
+    upper: &Path,
+    lowers: &[PathBuf],
+    out: impl Write,
+    options: WriteOptions,
+) -> Result<()> {
     let mut writer = LayerTarWriter {
         builder: tar::Builder::new(out),
         options,
         links: HashMap::new(),
+        lowers,
     };
     writer.write_dir_contents(upper, "")?;
     writer
@@ -81,14 +90,16 @@ pub fn write_layer(upper: &Path, out: impl Write, options: WriteOptions) -> Resu
     Ok(())
 }
 
-struct LayerTarWriter<W: Write> {
+struct LayerTarWriter<'a, W: Write> {
     builder: tar::Builder<W>,
     options: WriteOptions,
     /// (device, inode) of multiply-linked files → the first path written.
     links: HashMap<(u64, u64), String>,
+    /// The layers below, top first.
+    lowers: &'a [PathBuf],
 }
 
-impl<W: Write> LayerTarWriter<W> {
+impl<W: Write> LayerTarWriter<'_, W> {
     fn write_dir_contents(&mut self, dir: &Path, prefix: &str) -> Result<()> {
         let mut names: Vec<_> = fs::read_dir(dir)
             .with_context(|| format!("cannot read {}", dir.display()))?
@@ -133,14 +144,16 @@ impl<W: Write> LayerTarWriter<W> {
         let xattrs = read_xattrs(path)?;
         if kind.is_dir() {
             let dir_path = format!("{archive_path}/");
-            let opaque = xattr::get(path, OVERLAY_OPAQUE_XATTR)?.is_some_and(|v| v == b"y");
-            self.append(
-                self.header(meta, EntryType::Directory),
-                &dir_path,
-                None,
-                &xattrs,
-                io::empty(),
-            )?;
+            let opaque = is_opaque(path)?;
+            if opaque || !self.same_dir_below(archive_path, meta, &xattrs)? {
+                self.append(
+                    self.header(meta, EntryType::Directory),
+                    &dir_path,
+                    None,
+                    &xattrs,
+                    io::empty(),
+                )?;
+            }
             if opaque {
                 let mut marker = self.header(meta, EntryType::Regular);
                 marker.set_mode(0);
@@ -189,6 +202,33 @@ impl<W: Write> LayerTarWriter<W> {
         header.set_device_major(rustix::fs::major(meta.rdev()))?;
         header.set_device_minor(rustix::fs::minor(meta.rdev()))?;
         self.append(header, archive_path, None, &xattrs, io::empty())
+    }
+
+    /// Whether the layers below show a directory at `rel` with exactly `meta`'s mode, owner
+    /// and mtime and these xattrs (so the upper one is a mere copy-up).
+    fn same_dir_below(
+        &self,
+        rel: &str,
+        meta: &Metadata,
+        xattrs: &[(String, Vec<u8>)],
+    ) -> Result<bool> {
+        for lower in self.lowers {
+            let path = lower.join(rel);
+            match fs::symlink_metadata(&path) {
+                Ok(below) => {
+                    return Ok(below.is_dir()
+                        && below.mode() == meta.mode()
+                        && below.uid() == meta.uid()
+                        && below.gid() == meta.gid()
+                        && below.mtime() == meta.mtime()
+                        && below.mtime_nsec() == meta.mtime_nsec()
+                        && read_xattrs(&path)? == xattrs);
+                }
+                Err(_) if hides_below(lower, rel)? => return Ok(false),
+                Err(_) => {}
+            }
+        }
+        Ok(false)
     }
 
     /// A header carrying `meta`'s mode, owner and (clamped) mtime.
@@ -272,6 +312,30 @@ fn pax_record(records: &mut Vec<u8>, key: &str, value: &[u8]) {
 }
 
 /// The xattrs of `path` that belong in a layer (not overlayfs's own).
+fn is_opaque(dir: &Path) -> Result<bool> {
+    Ok(xattr::get(dir, OVERLAY_OPAQUE_XATTR)?.is_some_and(|v| v == b"y"))
+}
+
+/// Whether, in the unpacked layer `lower`, an ancestor of `rel` is a whiteout or an opaque
+/// directory, hiding `rel` in every layer further down.
+fn hides_below(lower: &Path, rel: &str) -> Result<bool> {
+    let mut path = lower.to_path_buf();
+    for component in Path::new(rel)
+        .parent()
+        .into_iter()
+        .flat_map(Path::components)
+    {
+        path.push(component);
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_char_device() && meta.rdev() == 0 => return Ok(true),
+            Ok(meta) if meta.is_dir() && is_opaque(&path)? => return Ok(true),
+            Ok(_) => {}
+            Err(_) => return Ok(false),
+        }
+    }
+    Ok(false)
+}
+
 fn read_xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     let mut xattrs = Vec::new();
     let names = match xattr::list(path) {
