@@ -1,6 +1,8 @@
 //! Helpers shared by kiln's integration tests: locating the built `kiln` binary and the
 //! conformance data, and running commands with clear failure messages.
 
+pub mod oci_schema;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
