@@ -10,7 +10,14 @@ use crate::{CacheIndexStore, ContentError, ContentStore, ImageStore};
 /// A held lock on the state directory (see [`StateDir::lock`]); released on drop.
 #[derive(Debug)]
 pub struct StateLock {
-    _file: File,
+    file: File,
+}
+
+impl StateLock {
+    /// Makes the lock shared (from exclusive, or takes it shared), waiting if needed.
+    pub fn share(&self) -> io::Result<()> {
+        self.file.lock_shared()
+    }
 }
 
 /// kiln's state directory and the stores inside it.
@@ -65,18 +72,39 @@ impl StateDir {
     /// side by side, exclusive for garbage collection, which must run alone. Waits for the
     /// lock.
     pub fn lock(&self, exclusive: bool) -> io::Result<StateLock> {
+        let lock = self.open_lock()?;
+        if exclusive {
+            lock.file.lock()?;
+        } else {
+            lock.share()?;
+        }
+        Ok(lock)
+    }
+
+    /// Locks the state directory for a build: exclusively when no other kiln process holds
+    /// it, so that the build may first clear what killed processes left behind, and then
+    /// [`share`](StateLock::share) it; else shared. Returns the lock and whether it is
+    /// exclusive.
+    pub fn lock_for_build(&self) -> io::Result<(StateLock, bool)> {
+        let lock = self.open_lock()?;
+        match lock.file.try_lock() {
+            Ok(()) => Ok((lock, true)),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                lock.share()?;
+                Ok((lock, false))
+            }
+            Err(std::fs::TryLockError::Error(err)) => Err(err),
+        }
+    }
+
+    fn open_lock(&self) -> io::Result<StateLock> {
         std::fs::create_dir_all(&self.root)?;
         let file = File::options()
             .create(true)
             .truncate(false)
             .write(true)
             .open(self.root.join("lock"))?;
-        if exclusive {
-            file.lock()?;
-        } else {
-            file.lock_shared()?;
-        }
-        Ok(StateLock { _file: file })
+        Ok(StateLock { file })
     }
 
     /// Directories of `RUN --mount=type=cache` (`cache-mounts/`).

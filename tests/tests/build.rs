@@ -35,6 +35,7 @@ for_each_runtime!(
     run_steps_are_sandboxed_like_docker,
     local_and_tar_outputs_hold_the_root_filesystem,
     ctrl_c_stops_a_running_step_and_cleans_up,
+    a_build_killed_at_any_moment_reruns_to_a_correct_image,
 );
 
 /// A state directory with `busybox:1` loaded, and a build context.
@@ -704,4 +705,58 @@ fn zstd_archives_and_the_metadata_file_are_what_buildx_writes() {
     );
     // Only the new file: /etc, where the sandbox's /etc/hosts was mounted, is unchanged.
     assert_eq!(String::from_utf8_lossy(&listing.stdout), "hi\n");
+}
+
+fn a_build_killed_at_any_moment_reruns_to_a_correct_image(runtime: Runtime) {
+    let setup = Setup::new(
+        runtime,
+        "FROM busybox:1\n\
+         COPY src/ /src/\n\
+         RUN sleep 0.2 && cat /src/a.txt > /out\n\
+         RUN --mount=type=cache,target=/cache echo more >> /out && echo x >> /cache/log\n\
+         COPY b.txt /b.txt\n",
+    );
+    setup.file("src/a.txt", "alpha\n");
+    setup.file("b.txt", "beta\n");
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    let mut delays = Vec::new();
+    for round in 0..6 {
+        // A different moment each round, from before the base image is unpacked to export.
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        let delay = std::time::Duration::from_millis((seed >> 33) % 1200);
+        delays.push(delay);
+        let mut child = setup
+            .command()
+            .args(["--no-cache", "-t", "app:1"])
+            .arg(setup.context.path())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        child.kill().unwrap();
+        child.wait().unwrap();
+
+        let out = tempfile::tempdir().unwrap();
+        let progress = setup.build_ok(&[
+            "-t",
+            "app:1",
+            "-o",
+            &format!("type=local,dest={}", out.path().display()),
+        ]);
+        let context = format!("round {round}, killed after {delays:?}:\n{progress}");
+        assert_eq!(
+            fs::read_to_string(out.path().join("out")).unwrap(),
+            "alpha\nmore\n",
+            "{context}"
+        );
+        assert_eq!(
+            fs::read_to_string(out.path().join("b.txt")).unwrap(),
+            "beta\n",
+            "{context}"
+        );
+        assert_no_leftovers(setup.root.path());
+    }
 }

@@ -30,8 +30,7 @@ pub struct Snapshotter {
 }
 
 impl Snapshotter {
-    /// Opens (creating) the snapshot area under `root`, clearing scratch
-    /// space that a killed process left behind.
+    /// Opens (creating) the snapshot area under `root`.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
         let snapshotter = Self {
@@ -42,6 +41,35 @@ impl Snapshotter {
             .with_context(|| format!("cannot create {}", snapshotter.layers.display()))?;
         fs::create_dir_all(&snapshotter.work)?;
         Ok(snapshotter)
+    }
+
+    /// Unmounts and deletes the scratch space of steps and unpacks that a killed kiln left
+    /// behind; returns how many there were. Only for a process that holds the state
+    /// directory alone: other builds' live steps look the same.
+    pub fn remove_stale(&self) -> Result<usize> {
+        let work = fs::canonicalize(&self.work)?;
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        // Field 5 is the mount point, with spaces and such escaped as octal.
+        let mut mounts: Vec<PathBuf> = mountinfo
+            .lines()
+            .filter_map(|line| line.split(' ').nth(4))
+            .map(|point| PathBuf::from(unescape_mount_point(point)))
+            .filter(|point| point.starts_with(&work))
+            .collect();
+        // Deepest first.
+        mounts.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        for point in &mounts {
+            unmount(point, UnmountFlags::DETACH)
+                .with_context(|| format!("cannot unmount {}", point.display()))?;
+        }
+        let mut removed = 0;
+        for entry in fs::read_dir(&work)? {
+            let path = entry?.path();
+            fs::remove_dir_all(&path)
+                .with_context(|| format!("cannot remove {}", path.display()))?;
+            removed += 1;
+        }
+        Ok(removed)
     }
 
     /// The directory holding `layer` unpacked, unpacking it from `content`
@@ -181,6 +209,33 @@ impl Drop for ActiveSnapshot {
             }
         }
     }
+}
+
+/// A mount point as `/proc/self/mountinfo` writes it, with `\NNN` octal escapes undone.
+fn unescape_mount_point(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escape = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| bytes[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match escape {
+            Some(digits) => {
+                out.push(
+                    digits
+                        .iter()
+                        .fold(0u8, |n, d| n.wrapping_mul(8) + (d - b'0')),
+                );
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Mounts overlayfs with the new mount API, which takes lower directories

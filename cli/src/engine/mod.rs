@@ -10,7 +10,7 @@ pub mod progress;
 pub use output::Output;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result};
@@ -106,6 +106,25 @@ impl CacheIndex for PersistentCache {
     }
 }
 
+/// Clears what a kiln killed mid-build left: its containers, mounted step directories
+/// and half-written blobs. Only when no other kiln holds the state directory.
+fn remove_leftovers(
+    content: &ContentStore,
+    snapshots: &Snapshotter,
+    runtimes: &[&ExternalRuntime],
+) -> Result<()> {
+    for runtime in runtimes {
+        runtime.remove_orphans();
+    }
+    snapshots
+        .remove_stale()
+        .context("cannot clear what an interrupted build left")?;
+    content
+        .clean_ingest()
+        .context("cannot clear half-written blobs")?;
+    Ok(())
+}
+
 /// The exported image with its layers compressed as `compression` (a manifest of its own).
 fn recompressed<'a>(
     content: &ContentStore,
@@ -137,10 +156,28 @@ pub fn build(
     cancel: &AtomicBool,
 ) -> Result<BuildResult, BuildError> {
     // Garbage collection (`kiln prune`) waits until no build holds the state directory.
-    let _lock = state
-        .lock(false)
+    let (lock, alone) = state
+        .lock_for_build()
         .context("cannot lock the state directory")?;
     let content = state.content().context("cannot open the content store")?;
+    let snapshots = Snapshotter::open(state.snapshots())?;
+    let embedded = ExternalRuntime::embedded(
+        std::env::current_exe().context("cannot find the kiln binary")?,
+        state.embedded_runtime_state(),
+    );
+    let external = ExternalRuntime::new(
+        request.oci_runtime.as_deref().unwrap_or(Path::new("runc")),
+        state.runtime_state(),
+    );
+    if alone {
+        remove_leftovers(&content, &snapshots, &[&embedded, &external])?;
+        lock.share().context("cannot lock the state directory")?;
+    }
+    let runtime = if request.oci_runtime.is_some() {
+        external
+    } else {
+        embedded
+    };
     let images = state.images().context("cannot open the image store")?;
     if let Some(text) = &request.dockerignore {
         request.options.context_excludes = kiln_patterns::read_ignore_file(text)
@@ -161,15 +198,7 @@ pub fn build(
         .map_err(BuildError::Frontend)?;
     let definition = &lowered.definition;
 
-    let snapshots = Snapshotter::open(state.snapshots())?;
     let outputs_view = snapshots.clone();
-    let runtime = match &request.oci_runtime {
-        Some(binary) => ExternalRuntime::new(binary, state.runtime_state()),
-        None => ExternalRuntime::embedded(
-            std::env::current_exe().context("cannot find the kiln binary")?,
-            state.embedded_runtime_state(),
-        ),
-    };
     let contexts = HashMap::from([("context".to_string(), request.context.clone())]);
     let layer_options = WriteOptions {
         source_date_epoch: request.source_date_epoch,

@@ -31,6 +31,8 @@ pub const EMBEDDED_RUNTIME_COMMAND: &str = "oci-runtime";
 #[derive(Debug, Clone)]
 pub struct ExternalRuntime {
     binary: PathBuf,
+    /// Where it keeps container state: one entry per container.
+    state: PathBuf,
     /// Arguments before the command: where the runtime keeps container state.
     global_args: Vec<OsString>,
 }
@@ -39,23 +41,51 @@ impl ExternalRuntime {
     /// An external runtime binary (`runc`, `crun`, `youki`) keeping its container state
     /// under `state`.
     pub fn new(binary: impl Into<PathBuf>, state: impl Into<PathBuf>) -> Self {
+        let state = state.into();
         Self {
             binary: binary.into(),
-            global_args: vec!["--root".into(), state.into().into_os_string()],
+            global_args: vec!["--root".into(), state.clone().into_os_string()],
+            state,
         }
     }
 
     /// kiln's embedded libcontainer runtime, served by `kiln_binary oci-runtime`, keeping
     /// its container state under `state`.
     pub fn embedded(kiln_binary: impl Into<PathBuf>, state: impl Into<PathBuf>) -> Self {
+        let state = state.into();
         Self {
             binary: kiln_binary.into(),
             global_args: vec![
                 EMBEDDED_RUNTIME_COMMAND.into(),
                 "--state".into(),
-                state.into().into_os_string(),
+                state.clone().into_os_string(),
             ],
+            state,
         }
+    }
+
+    /// Kills and deletes every container in the state directory; returns how many there
+    /// were. Only for a process that holds kiln's state directory alone: then each one
+    /// belongs to a kiln that was killed.
+    pub fn remove_orphans(&self) -> usize {
+        let Ok(entries) = std::fs::read_dir(&self.state) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for entry in entries.filter_map(Result::ok) {
+            let id = entry.file_name();
+            let deleted = self
+                .command()
+                .args(["delete".as_ref(), "--force".as_ref(), id.as_os_str()])
+                .stderr(Stdio::null())
+                .status();
+            if !deleted.is_ok_and(|s| s.success()) {
+                // A half-created container the runtime cannot load.
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+            removed += 1;
+        }
+        removed
     }
 
     fn command(&self) -> Command {
