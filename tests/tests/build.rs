@@ -284,7 +284,7 @@ fn failures_point_at_the_cause_and_leave_the_store_usable(runtime: Runtime) {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains(" > [stage-0 3/3] RUN echo last words && exit 3:\nlast words\n"),
+        stderr.contains(" > [3/3] RUN echo last words && exit 3:\nlast words\n"),
         "{stderr}"
     );
     assert!(
@@ -759,4 +759,36 @@ fn a_build_killed_at_any_moment_reruns_to_a_correct_image(runtime: Runtime) {
         );
         assert_no_leftovers(setup.root.path());
     }
+}
+
+#[test]
+fn progress_as_a_live_display_and_as_json() {
+    let setup = Setup::new(Runtime::Embedded, "FROM busybox:1\nRUN echo working\n");
+    let json = setup.build_ok(&["--progress", "json", "-t", "p:1"]);
+    let events: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"started") && kinds.contains(&"completed"),
+        "{json}"
+    );
+    let log = events
+        .iter()
+        .find(|e| e["event"] == "log")
+        .expect("a log event");
+    assert_eq!(log["data"], "working\n");
+    assert_eq!(log["name"], "[2/2] RUN echo working");
+    assert_eq!(events.last().unwrap()["names"], serde_json::json!(["p:1"]));
+
+    // A terminal gets frames that redraw in place; the last one is complete.
+    let tty = setup.build_ok(&["--progress", "tty", "--no-cache"]);
+    assert!(tty.contains("\x1b[2K"), "{tty:?}");
+    let last = tty.rsplit("[+] Building").next().unwrap();
+    assert!(last.contains("(2/2) FINISHED"), "{tty:?}");
+    assert!(last.contains(" => [2/2] RUN echo working"), "{tty:?}");
 }

@@ -11,7 +11,7 @@ use kiln_image::Reference;
 use kiln_solver::Platform;
 
 use super::{Dockerfile, Failure, parse_build_args};
-use crate::engine::progress::{PlainProgress, ProgressMode};
+use crate::engine::progress::{Progress, ProgressMode};
 use crate::engine::{BuildError, BuildRequest, BuildResult, Output, build};
 
 /// Arguments of `kiln build`.
@@ -116,32 +116,44 @@ pub fn run(state: &StateDir, args: BuildArgs) -> Result<(), Failure> {
         oci_runtime: args.oci_runtime.clone(),
         source_date_epoch,
     };
-    let printer = PlainProgress::new(std::io::stderr(), args.progress);
+    let printer = Progress::stderr(args.progress);
     // Ctrl-C (and SIGTERM) cancel the build: running steps are killed, their mounts and
     // scratch space removed, and nothing half-written is named.
     let cancel = Arc::new(AtomicBool::new(false));
     let on_signal = Arc::clone(&cancel);
     ctrlc::set_handler(move || on_signal.store(true, Ordering::Relaxed))
         .map_err(|e| Failure::msg(format!("cannot install the Ctrl-C handler: {e}")))?;
-    let result = build(
-        state,
-        request,
-        &|definition, event| printer.event(definition, event),
-        &cancel,
-    );
+    let result = printer.show_while(|| {
+        build(
+            state,
+            request,
+            &|definition, event| printer.event(definition, event),
+            &cancel,
+        )
+    });
     match result {
         Ok(done) => {
             for warning in &done.warnings {
                 eprintln!("WARNING: {warning}");
             }
-            if args.progress != ProgressMode::Quiet {
-                eprintln!("exporting manifest {}", done.manifest_digest);
-                eprintln!("writing image {}", done.config_digest);
-                for tag in &args.tags {
-                    eprintln!("naming to {tag}");
+            match args.progress {
+                ProgressMode::Quiet => println!("{}", done.config_digest),
+                ProgressMode::Json => eprintln!(
+                    "{}",
+                    serde_json::json!({
+                        "event": "exported",
+                        "manifest": done.manifest_digest.to_string(),
+                        "config": done.config_digest.to_string(),
+                        "names": args.tags,
+                    })
+                ),
+                _ => {
+                    eprintln!("exporting manifest {}", done.manifest_digest);
+                    eprintln!("writing image {}", done.config_digest);
+                    for tag in &args.tags {
+                        eprintln!("naming to {tag}");
+                    }
                 }
-            } else {
-                println!("{}", done.config_digest);
             }
             if let Some(path) = &args.iidfile {
                 write_file(path, done.config_digest.to_string().as_bytes())?;

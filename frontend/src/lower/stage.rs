@@ -21,8 +21,9 @@ pub(super) const DEFAULT_PATH: &str =
 pub(super) struct StageState {
     /// Stage index in the Dockerfile.
     pub index: usize,
-    /// `AS` name or `stage-N`, for step names.
-    pub name: String,
+    /// What step names start with inside their brackets: the `AS` name or `stage-N` and a
+    /// space when the Dockerfile has several stages, else nothing (as BuildKit names them).
+    pub label: String,
     /// The filesystem so far; `None` is empty (scratch).
     pub state: Option<Digest>,
     /// The image config so far.
@@ -62,8 +63,8 @@ impl StageState {
     pub fn meta(&self, instruction: &Instruction) -> VertexMeta {
         VertexMeta {
             description: format!(
-                "[{} {}/{}] {}",
-                self.name,
+                "[{}{}/{}] {}",
+                self.label,
                 self.step,
                 self.total,
                 uppercase_keyword(&instruction.original)
@@ -132,7 +133,11 @@ fn uppercase_keyword(original: &str) -> String {
 pub(super) fn lower_stage(lowerer: &mut Lowerer<'_>, index: usize) -> Result<StageResult> {
     let stage: &Stage = &lowerer.dockerfile.stages[index];
     let location = stage.location;
-    let name = stage_display_name(stage.name.as_deref(), index);
+    let label = if lowerer.dockerfile.stages.len() > 1 {
+        format!("{} ", stage_display_name(stage.name.as_deref(), index))
+    } else {
+        String::new()
+    };
     let total = stage.instructions.len() + 1;
     let global_env = valued(&lowerer.global_args);
     let lexer = Lexer::new(lowerer.dockerfile.escape);
@@ -184,7 +189,7 @@ pub(super) fn lower_stage(lowerer: &mut Lowerer<'_>, index: usize) -> Result<Sta
             ));
         }
         let platform = explicit_platform.unwrap_or_else(|| lowerer.options.target_platform.clone());
-        let description = format!("[{name} 1/{total}] FROM {base}");
+        let description = format!("[{label}1/{total}] FROM {base}");
         let digest = lowerer.image_source(&base, &platform, location, description);
         let image = lowerer
             .resolver
@@ -219,7 +224,7 @@ pub(super) fn lower_stage(lowerer: &mut Lowerer<'_>, index: usize) -> Result<Sta
     let triggers = std::mem::take(&mut image.config.on_build);
     let mut st = StageState {
         index,
-        name,
+        label,
         state,
         image,
         platform,
