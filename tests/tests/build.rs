@@ -792,3 +792,70 @@ fn progress_as_a_live_display_and_as_json() {
     assert!(last.contains("(2/2) FINISHED"), "{tty:?}");
     assert!(last.contains(" => [2/2] RUN echo working"), "{tty:?}");
 }
+
+#[test]
+fn only_what_a_changed_file_feeds_reruns() {
+    let setup = Setup::new(
+        Runtime::Embedded,
+        "FROM busybox:1\nCOPY a.txt /\nRUN echo ran-a\nCOPY b.txt /\nRUN echo ran-b\n",
+    );
+    setup.file("a.txt", "a\n");
+    setup.file("b.txt", "b\n");
+    let first = setup.build_ok(&["--progress", "plain"]);
+    assert!(
+        printed(&first, "ran-a") && printed(&first, "ran-b"),
+        "{first}"
+    );
+
+    let unchanged = setup.build_ok(&["--progress", "plain"]);
+    assert_eq!(cached_steps(&unchanged), 5, "{unchanged}");
+
+    // A new mtime with the same content changes nothing.
+    let later = filetime::FileTime::from_unix_time(2_000_000_000, 0);
+    filetime::set_file_mtime(setup.context.path().join("b.txt"), later).unwrap();
+    let touched = setup.build_ok(&["--progress", "plain"]);
+    assert_eq!(cached_steps(&touched), 5, "{touched}");
+
+    setup.file("b.txt", "B\n");
+    let changed = setup.build_ok(&["--progress", "plain"]);
+    assert!(!printed(&changed, "ran-a"), "{changed}");
+    assert!(printed(&changed, "ran-b"), "{changed}");
+    assert_eq!(
+        cached_steps(&changed),
+        3,
+        "FROM, COPY a.txt, RUN:\n{changed}"
+    );
+}
+
+#[test]
+fn source_date_epoch_makes_builds_bit_identical() {
+    let setup = app_setup(Runtime::Embedded);
+    let metadata = setup.root.path().join("metadata.json");
+    let mut digests = Vec::new();
+    // The second build reruns every step: the same bytes must come out again.
+    for extra in [&[][..], &["--no-cache"][..]] {
+        let out = setup
+            .command()
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .args(extra)
+            .args(["--metadata-file", metadata.to_str().unwrap()])
+            .arg(setup.context.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let metadata: serde_json::Value =
+            serde_json::from_slice(&fs::read(&metadata).unwrap()).unwrap();
+        digests.push(
+            metadata["containerimage.digest"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    assert_eq!(digests[0], digests[1]);
+}
