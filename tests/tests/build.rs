@@ -36,6 +36,7 @@ for_each_runtime!(
     local_and_tar_outputs_hold_the_root_filesystem,
     ctrl_c_stops_a_running_step_and_cleans_up,
     a_build_killed_at_any_moment_reruns_to_a_correct_image,
+    env_arg_and_heredocs_reach_the_image,
 );
 
 /// A state directory with `busybox:1` loaded, and a build context.
@@ -858,4 +859,55 @@ fn source_date_epoch_makes_builds_bit_identical() {
         std::thread::sleep(std::time::Duration::from_millis(1100));
     }
     assert_eq!(digests[0], digests[1]);
+}
+
+fn env_arg_and_heredocs_reach_the_image(runtime: Runtime) {
+    let setup = Setup::new(
+        runtime,
+        "ARG BASE=busybox:1\n\
+         FROM $BASE\n\
+         ARG GREETING=hello\n\
+         ENV APP_HOME=/srv/app WHO=world\n\
+         WORKDIR $APP_HOME\n\
+         COPY <<EOF greeting.txt\n\
+         ${GREETING}, ${WHO}\n\
+         EOF\n\
+         RUN <<EOF\n\
+         echo \"built in $(pwd) for $WHO with $GREETING\" > built.txt\n\
+         EOF\n",
+    );
+    let out = tempfile::tempdir().unwrap();
+    let archive = out.path().join("image.tar");
+    setup.build_ok(&[
+        "--build-arg",
+        "GREETING=hi",
+        "-o",
+        &format!("type=local,dest={}", out.path().join("rootfs").display()),
+        "-o",
+        &format!("type=oci,dest={}", archive.display()),
+    ]);
+    let rootfs = out.path().join("rootfs");
+    assert_eq!(
+        fs::read_to_string(rootfs.join("srv/app/greeting.txt")).unwrap(),
+        "hi, world\n"
+    );
+    assert_eq!(
+        fs::read_to_string(rootfs.join("srv/app/built.txt")).unwrap(),
+        "built in /srv/app for world with hi\n"
+    );
+    let inspect = run(
+        Command::new("skopeo")
+            .arg("inspect")
+            .arg("--config")
+            .arg(format!("oci-archive:{}", archive.display())),
+        true,
+    );
+    let config: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    let env = config["config"]["Env"].as_array().unwrap();
+    assert!(
+        env.contains(&serde_json::json!("APP_HOME=/srv/app")),
+        "{env:?}"
+    );
+    assert!(env.contains(&serde_json::json!("WHO=world")), "{env:?}");
+    assert_eq!(config["config"]["WorkingDir"], "/srv/app");
 }
