@@ -6,6 +6,12 @@
 //! Benchmarks:
 //! - `parse`: parse a generated 10,000-line Dockerfile in-process (target: < 50 ms), and
 //!   end-to-end with `kiln debug parse` when the `kiln` binary sits beside this one.
+//! - `build`: `kiln build` of a 9-step two-stage Dockerfile without cache (with the embedded
+//!   runtime and with runc), fully cached, and after editing one file; and the cached
+//!   rebuild of a 5,000-file context with and without the checksum cache. Needs the `kiln`
+//!   binary beside this one and root.
+
+mod build;
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -21,21 +27,25 @@ fn main() -> ExitCode {
                 Some(n) if n > 0 => runs = n,
                 _ => return usage("--runs takes a positive number"),
             },
-            "parse" => benches.push(arg),
+            "parse" | "build" => benches.push(arg),
             "-h" | "--help" => return usage(""),
             other => return usage(&format!("unknown benchmark {other:?}")),
         }
     }
     if benches.is_empty() {
-        benches.push("parse".to_string());
+        benches = vec!["parse".to_string(), "build".to_string()];
     }
     println!(
         "{:<44} {:>10} {:>10} {:>10}  runs",
         "benchmark", "median", "min", "max"
     );
     for bench in benches {
-        if bench == "parse" {
-            bench_parse(runs);
+        match bench.as_str() {
+            "parse" => bench_parse(runs),
+            _ => match sibling_kiln() {
+                Some(kiln) => build::bench_build(&kiln, runs),
+                None => println!("(skipped build: no kiln binary beside kiln-bench)"),
+            },
         }
     }
     ExitCode::SUCCESS
@@ -45,7 +55,7 @@ fn usage(problem: &str) -> ExitCode {
     if !problem.is_empty() {
         eprintln!("error: {problem}");
     }
-    eprintln!("usage: kiln-bench [parse] [--runs N]");
+    eprintln!("usage: kiln-bench [parse] [build] [--runs N]");
     if problem.is_empty() {
         ExitCode::SUCCESS
     } else {

@@ -1,0 +1,115 @@
+//! `build`: `kiln build` end to end through the real binary, on a busybox base image that
+//! `scripts/make-busybox-image` makes (needs umoci, skopeo and busybox-static, as the tests).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::report;
+
+/// The two-stage Dockerfile of the integration tests: 9 steps, two of them RUN.
+const APP: &str = "\
+FROM busybox:1 AS build
+WORKDIR /src
+COPY src/ ./
+RUN cat *.txt > /combined && echo built
+
+FROM busybox:1
+COPY --from=build /combined /app/combined
+COPY config.ini /etc/app/
+RUN echo 'app:x:1000:1000::/home/app:/bin/sh' >> /etc/passwd
+USER 1000
+WORKDIR /home/app
+RUN id -u > uid
+";
+
+/// Files in the large context of the checksum-cache figure, and bytes per file.
+const MANY_FILES: usize = 5_000;
+const FILE_SIZE: usize = 4_096;
+
+/// Runs the build benchmarks with the `kiln` binary `kiln`.
+pub fn bench_build(kiln: &Path, runs: usize) {
+    let work = tempfile::tempdir().expect("temporary directory");
+    let root = work.path().join("state");
+    let base = work.path().join("base");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/make-busybox-image");
+    let made = Command::new(&script).arg(&base).status();
+    if !made.is_ok_and(|s| s.success()) {
+        println!(
+            "(skipped build: {} failed; it needs umoci, skopeo and busybox-static)",
+            script.display()
+        );
+        return;
+    }
+    run(Command::new(kiln)
+        .arg("--root")
+        .arg(&root)
+        .args(["load", "-i"])
+        .arg(base.join("oci.tar")));
+
+    let app = work.path().join("app");
+    write(&app.join("Dockerfile"), APP);
+    write(&app.join("src/a.txt"), "alpha\n");
+    write(&app.join("src/b.txt"), "beta\n");
+    write(&app.join("config.ini"), "[app]\n");
+    let build = |extra: &[&str], context: &Path| {
+        let mut command = Command::new(kiln);
+        command
+            .arg("--root")
+            .arg(&root)
+            .args(["build", "--progress", "quiet", "-t", "bench:1"])
+            .args(extra)
+            .arg(context);
+        run(&mut command);
+    };
+    build(&[], &app);
+    report("build 9 steps, --no-cache (embedded runtime)", runs, || {
+        build(&["--no-cache"], &app);
+    });
+    report("build 9 steps, --no-cache (runc)", runs, || {
+        build(&["--no-cache", "--oci-runtime", "runc"], &app);
+    });
+    report("rebuild 9 steps, all cached", runs, || build(&[], &app));
+    let mut generation = 0;
+    report("rebuild after editing the last COPY's file", runs, || {
+        generation += 1;
+        write(
+            &app.join("config.ini"),
+            &format!("[app]\nrun={generation}\n"),
+        );
+        build(&[], &app);
+    });
+
+    let many = work.path().join("many");
+    write(&many.join("Dockerfile"), "FROM busybox:1\nCOPY . /app/\n");
+    let content = "x".repeat(FILE_SIZE);
+    for i in 0..MANY_FILES {
+        write(&many.join(format!("d{}/f{i}", i % 50)), &content);
+    }
+    // Files are remembered once they are over a second old.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    build(&[], &many);
+    report(
+        &format!("rebuild, cached, context of {MANY_FILES} files"),
+        runs,
+        || build(&[], &many),
+    );
+    let checksums = root.join("checksums.redb");
+    report("  same, checksum cache dropped each time", runs, || {
+        let _ = std::fs::remove_file(&checksums);
+        build(&[], &many);
+    });
+}
+
+fn write(path: &PathBuf, content: &str) {
+    std::fs::create_dir_all(path.parent().expect("a parent")).expect("create directory");
+    std::fs::write(path, content).expect("write file");
+}
+
+fn run(command: &mut Command) {
+    let out = command.output().expect("run kiln");
+    assert!(
+        out.status.success(),
+        "{command:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
