@@ -6,21 +6,8 @@ use std::process::Command;
 
 use crate::report;
 
-/// The two-stage Dockerfile of the integration tests: 9 steps, two of them RUN.
-const APP: &str = "\
-FROM busybox:1 AS build
-WORKDIR /src
-COPY src/ ./
-RUN cat *.txt > /combined && echo built
-
-FROM busybox:1
-COPY --from=build /combined /app/combined
-COPY config.ini /etc/app/
-RUN echo 'app:x:1000:1000::/home/app:/bin/sh' >> /etc/passwd
-USER 1000
-WORKDIR /home/app
-RUN id -u > uid
-";
+/// The two-stage Dockerfile of the integration tests: 9 steps, three of them RUN.
+const APP: &str = include_str!("../../tests/fixtures/app.Dockerfile");
 
 /// Files in the large context of the checksum-cache figure, and bytes per file.
 const MANY_FILES: usize = 5_000;

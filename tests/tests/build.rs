@@ -91,6 +91,14 @@ impl Setup {
             .unwrap()
     }
 
+    /// Builds, expecting failure; returns what kiln printed.
+    fn build_err(&self, extra: &[&str]) -> String {
+        let out = self.build(extra);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "build succeeded:\n{stderr}");
+        stderr
+    }
+
     fn build_ok(&self, extra: &[&str]) -> String {
         let out = self.build(extra);
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -114,21 +122,8 @@ fn cached_steps(progress: &str) -> usize {
     progress.lines().filter(|l| l.ends_with(" CACHED")).count()
 }
 
-const APP: &str = "\
-FROM busybox:1 AS build
-WORKDIR /src
-COPY src/ ./
-RUN cat *.txt > /combined && echo built
-
-FROM busybox:1
-COPY --from=build /combined /app/combined
-COPY config.ini /etc/app/
-RUN adduser_line='app:x:1000:1000::/home/app:/bin/sh' && echo \"$adduser_line\" >> /etc/passwd && echo 'app:x:1000:' >> /etc/group
-USER app
-WORKDIR /home/app
-RUN id -u > uid && pwd > where
-CMD [\"cat\", \"/app/combined\"]
-";
+/// The two-stage Dockerfile most tests build (the benchmarks build it too).
+const APP: &str = include_str!("../fixtures/app.Dockerfile");
 
 fn app_setup(runtime: Runtime) -> Setup {
     let setup = Setup::new(runtime, APP);
@@ -294,22 +289,12 @@ fn failures_point_at_the_cause_and_leave_the_store_usable(runtime: Runtime) {
     );
     assert!(stderr.contains("ERROR: failed to solve: process \"/bin/sh -c echo last words && exit 3\" did not complete successfully: exit code: 3"), "{stderr}");
 
-    fs::write(
-        setup.context.path().join("Dockerfile"),
-        "FROM busybox:1\nCOPY missing.txt /\n",
-    )
-    .unwrap();
-    let out = setup.build(&[]);
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    setup.file("Dockerfile", "FROM busybox:1\nCOPY missing.txt /\n");
+    let stderr = setup.build_err(&[]);
     assert!(stderr.contains("\"/missing.txt\": not found"), "{stderr}");
     assert!(stderr.contains(">>> COPY missing.txt /"), "{stderr}");
 
-    fs::write(
-        setup.context.path().join("Dockerfile"),
-        "FROM busybox:1\nRUN echo fine > /ok\n",
-    )
-    .unwrap();
+    setup.file("Dockerfile", "FROM busybox:1\nRUN echo fine > /ok\n");
     setup.build_ok(&["-t", "ok:1"]);
     assert_no_leftovers(setup.root.path());
 }
@@ -565,22 +550,18 @@ fn add_downloads_urls_and_checks_their_checksum() {
         "unchanged content is cached:\n{second}"
     );
 
-    fs::write(
-        setup.context.path().join("Dockerfile"),
-        format!("FROM busybox:1\nADD --checksum={right} {base}/files/data.txt /dl/\n"),
-    )
-    .unwrap();
+    setup.file(
+        "Dockerfile",
+        &format!("FROM busybox:1\nADD --checksum={right} {base}/files/data.txt /dl/\n"),
+    );
     setup.build_ok(&[]);
 
     let wrong = format!("sha256:{}", "0".repeat(64));
-    fs::write(
-        setup.context.path().join("Dockerfile"),
-        format!("FROM busybox:1\nADD --checksum={wrong} {base}/files/data.txt /dl/\n"),
-    )
-    .unwrap();
-    let failed = setup.build(&[]);
-    let stderr = String::from_utf8_lossy(&failed.stderr);
-    assert!(!failed.status.success());
+    setup.file(
+        "Dockerfile",
+        &format!("FROM busybox:1\nADD --checksum={wrong} {base}/files/data.txt /dl/\n"),
+    );
+    let stderr = setup.build_err(&[]);
     assert!(
         stderr.contains(&format!(
             "checksum mismatch for {base}/files/data.txt: expected {wrong}, got sha256:"
@@ -588,13 +569,11 @@ fn add_downloads_urls_and_checks_their_checksum() {
         "{stderr}"
     );
 
-    fs::write(
-        setup.context.path().join("Dockerfile"),
-        format!("FROM busybox:1\nADD {base}/missing /dl/\n"),
-    )
-    .unwrap();
-    let failed = setup.build(&[]);
-    let stderr = String::from_utf8_lossy(&failed.stderr);
+    setup.file(
+        "Dockerfile",
+        &format!("FROM busybox:1\nADD {base}/missing /dl/\n"),
+    );
+    let stderr = setup.build_err(&[]);
     assert!(
         stderr.contains(&format!(
             "cannot download {base}/missing: the server answered 404 Not Found"

@@ -79,14 +79,7 @@ pub struct WorkerConfig {
 
 /// Executes vertices on this machine.
 pub struct Worker {
-    content: ContentStore,
-    images: ImageStore,
-    snapshots: Snapshotter,
-    runtime: Box<dyn OciRuntime>,
-    contexts: HashMap<String, PathBuf>,
-    cache_mounts: PathBuf,
-    checksums: ChecksumCache,
-    layer_options: WriteOptions,
+    config: WorkerConfig,
     /// URL → its download, made when the cache key needed the content and used by the step.
     downloads: Mutex<HashMap<String, Download>>,
 }
@@ -94,40 +87,30 @@ pub struct Worker {
 impl Worker {
     /// A worker over the given stores.
     pub fn new(config: WorkerConfig) -> Self {
-        let WorkerConfig {
-            content,
-            images,
-            snapshots,
-            runtime,
-            contexts,
-            cache_mounts,
-            checksums,
-            layer_options,
-        } = config;
         Self {
-            content,
-            images,
-            snapshots,
-            runtime,
-            contexts,
-            cache_mounts,
-            checksums,
-            layer_options,
+            config,
             downloads: Mutex::default(),
         }
     }
 
     /// Remembered digests of context files; persist them after a build.
     pub fn checksums(&self) -> &ChecksumCache {
-        &self.checksums
+        &self.config.checksums
     }
 
     fn resolve_image(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage> {
-        resolve_image(&self.content, &self.images, reference, platform).map_err(|e| anyhow!(e))
+        resolve_image(
+            &self.config.content,
+            &self.config.images,
+            reference,
+            platform,
+        )
+        .map_err(|e| anyhow!(e))
     }
 
     fn context_dir(&self, name: &str) -> Result<&Path> {
-        self.contexts
+        self.config
+            .contexts
             .get(name)
             .map(PathBuf::as_path)
             .ok_or_else(|| anyhow!("no local context named {name:?} was provided"))
@@ -162,8 +145,12 @@ impl Worker {
     /// writes never reach the host).
     fn mount_view(&self, input: &WorkerRef) -> Result<ActiveSnapshot> {
         match input {
-            WorkerRef::Snapshot(snapshot) => self.snapshots.prepare(snapshot, &self.content),
+            WorkerRef::Snapshot(snapshot) => self
+                .config
+                .snapshots
+                .prepare(snapshot, &self.config.content),
             WorkerRef::Local { name, .. } => self
+                .config
                 .snapshots
                 .prepare_dirs(&[self.context_dir(name)?.to_path_buf()]),
         }
@@ -184,7 +171,7 @@ impl Worker {
             Some(i) => self.snapshot(&inputs[i])?.clone(),
             None => Snapshot::default(),
         };
-        let root = self.snapshots.prepare(&base, &self.content)?;
+        let root = self.config.snapshots.prepare(&base, &self.config.content)?;
         let mut views = Vec::new();
         let mut mounts = Vec::new();
         for mount in op.mounts.iter().filter(|m| !std::ptr::eq(*m, root_mount)) {
@@ -193,8 +180,9 @@ impl Worker {
                     let view = match mount.input {
                         Some(i) => self.mount_view(&inputs[i])?,
                         None => self
+                            .config
                             .snapshots
-                            .prepare(&Snapshot::default(), &self.content)?,
+                            .prepare(&Snapshot::default(), &self.config.content)?,
                     };
                     let source = resolve_in_root(view.rootfs(), &mount.source, true)?;
                     mounts.push(SandboxMount::Bind {
@@ -208,6 +196,7 @@ impl Worker {
                     id, uid, gid, mode, ..
                 } => {
                     let dir = self
+                        .config
                         .cache_mounts
                         .join(kiln_cache::Digest::of(id.as_bytes()).hex());
                     if !dir.exists() {
@@ -251,12 +240,17 @@ impl Worker {
             mounts,
             scratch: scratch.path(),
         };
-        exec::run(self.runtime.as_ref(), &request, step.log, step.cancel)?;
+        exec::run(
+            self.config.runtime.as_ref(),
+            &request,
+            step.log,
+            step.cancel,
+        )?;
         drop(views);
         Ok(WorkerRef::Snapshot(root.commit(
             &base,
-            &self.content,
-            self.layer_options,
+            &self.config.content,
+            self.config.layer_options,
         )?))
     }
 
@@ -265,7 +259,7 @@ impl Worker {
             Some(i) => self.snapshot(&inputs[i])?.clone(),
             None => Snapshot::default(),
         };
-        let active = self.snapshots.prepare(&base, &self.content)?;
+        let active = self.config.snapshots.prepare(&base, &self.config.content)?;
         let root = active.rootfs();
         for action in &op.actions {
             match action {
@@ -277,8 +271,8 @@ impl Worker {
         }
         Ok(WorkerRef::Snapshot(active.commit(
             &base,
-            &self.content,
-            self.layer_options,
+            &self.config.content,
+            self.config.layer_options,
         )?))
     }
 
@@ -294,8 +288,9 @@ impl Worker {
             None => http::download(url, checksum)?,
         };
         let active = self
+            .config
             .snapshots
-            .prepare(&Snapshot::default(), &self.content)?;
+            .prepare(&Snapshot::default(), &self.config.content)?;
         let target = active.rootfs().join(filename);
         fs::copy(download.file.path(), &target)?;
         fs::set_permissions(&target, fs::Permissions::from_mode(0o600))?;
@@ -305,8 +300,8 @@ impl Worker {
         }
         Ok(WorkerRef::Snapshot(active.commit(
             &Snapshot::default(),
-            &self.content,
-            self.layer_options,
+            &self.config.content,
+            self.config.layer_options,
         )?))
     }
 
@@ -319,7 +314,10 @@ impl Worker {
                 fileop::copy(tree, copy, root)
             }),
             WorkerRef::Snapshot(snapshot) => {
-                let view = self.snapshots.prepare(snapshot, &self.content)?;
+                let view = self
+                    .config
+                    .snapshots
+                    .prepare(snapshot, &self.config.content)?;
                 let tree = SourceTree {
                     root: view.rootfs(),
                     ignore: None,
@@ -365,7 +363,7 @@ impl Executor for Worker {
                         } = &inputs[copy.input]
                     {
                         sums.push(self.with_context_tree(name, exclude_patterns, |tree| {
-                            fileop::checksum(tree, copy, &self.checksums)
+                            fileop::checksum(tree, copy, &self.config.checksums)
                         })?);
                     }
                 }
@@ -384,7 +382,7 @@ impl Executor for Worker {
             WorkerRef::Snapshot(snapshot) => snapshot
                 .layers
                 .iter()
-                .all(|l: &LayerBlob| self.content.contains(&l.digest)),
+                .all(|l: &LayerBlob| self.config.content.contains(&l.digest)),
             WorkerRef::Local { .. } => false,
         }
     }
