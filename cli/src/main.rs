@@ -31,7 +31,7 @@ enum Command {
     /// Import an image archive (`docker save` or OCI) into the local store.
     Load(commands::images::LoadArgs),
     /// List the images in the local store.
-    Images,
+    Images(commands::images::ImagesArgs),
     /// Remove image names from the local store.
     Rmi(commands::images::RmiArgs),
     /// Show the disk space the state directory uses.
@@ -50,7 +50,7 @@ fn main() -> ExitCode {
         Command::Build(args) => commands::build::run(&state, *args),
         Command::Debug(cmd) => commands::debug::run(cmd),
         Command::Load(args) => commands::images::load(&state, args),
-        Command::Images => commands::images::list(&state),
+        Command::Images(args) => commands::images::list(&state, args),
         Command::Rmi(args) => commands::images::remove(&state, args),
         Command::Du => commands::store::du(&state),
         Command::Prune(args) => commands::store::prune(&state, args),

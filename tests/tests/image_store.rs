@@ -47,6 +47,14 @@ fn loads_oci_and_docker_archives_and_lists_them() {
         .map(|l| l.split_whitespace().nth(2).unwrap())
         .collect();
     assert_eq!(ids[0], ids[1]);
+    // --digests adds the manifest digest after the tag.
+    let listing = stdout(kiln_at(root.path()).args(["images", "--digests"]));
+    let row = listing.lines().nth(1).unwrap();
+    let digest = row.split_whitespace().nth(2).unwrap();
+    assert!(
+        digest.starts_with("sha256:") && digest.len() == 71,
+        "{listing}"
+    );
 
     // Every blob is stored under its own digest.
     for entry in fs::read_dir(root.path().join("content/blobs/sha256")).unwrap() {

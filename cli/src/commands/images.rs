@@ -143,21 +143,28 @@ fn age(created: i64) -> String {
     }
 }
 
-/// `kiln images`.
-pub fn list(state: &StateDir) -> Result<(), Failure> {
+/// Arguments of `kiln images`.
+#[derive(Args)]
+pub struct ImagesArgs {
+    /// Show each image's manifest digest.
+    #[arg(long)]
+    digests: bool,
+}
+
+/// `kiln images [--digests]`.
+pub fn list(state: &StateDir, args: ImagesArgs) -> Result<(), Failure> {
     let records = state
         .images()
         .map_err(Failure::msg)?
         .list()
         .map_err(Failure::msg)?;
     let content = state.content().map_err(Failure::msg)?;
-    let mut rows = vec![[
-        "REPOSITORY".to_string(),
-        "TAG".into(),
-        "IMAGE ID".into(),
-        "CREATED".into(),
-        "SIZE".into(),
-    ]];
+    let mut header = vec!["REPOSITORY".to_string(), "TAG".into()];
+    if args.digests {
+        header.push("DIGEST".into());
+    }
+    header.extend(["IMAGE ID".into(), "CREATED".into(), "SIZE".into()]);
+    let mut rows = vec![header];
     for record in &records {
         let (repo, tag) = match Reference::parse_normalized(&record.name) {
             Ok(r) => {
@@ -173,7 +180,12 @@ pub fn list(state: &StateDir) -> Result<(), Failure> {
             Err(_) => (record.name.clone(), "<none>".into()),
         };
         let (id, size) = id_and_size(&content, record);
-        rows.push([repo, tag, id, age(record.created), human_size(size)]);
+        let mut row = vec![repo, tag];
+        if args.digests {
+            row.push(record.digest.to_string());
+        }
+        row.extend([id, age(record.created), human_size(size)]);
+        rows.push(row);
     }
     print_table(&rows);
     Ok(())
