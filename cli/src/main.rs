@@ -17,6 +17,9 @@ struct Cli {
     /// [default: $KILN_ROOT, /var/lib/kiln for root, else $XDG_DATA_HOME/kiln]
     #[arg(long, global = true, value_name = "DIR")]
     root: Option<PathBuf>,
+    /// Speak plain HTTP to this registry (`host:port`; loopback hosts always are); repeatable.
+    #[arg(long = "insecure-registry", global = true, value_name = "HOST")]
+    insecure_registries: Vec<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -28,6 +31,10 @@ enum Command {
     /// Inspect how kiln reads a Dockerfile.
     #[command(subcommand)]
     Debug(commands::debug::DebugCommand),
+    /// Pull an image from a registry into the local store.
+    Pull(commands::registry::PullArgs),
+    /// Push an image from the local store to its registry.
+    Push(commands::registry::PushArgs),
     /// Import an image archive (`docker save` or OCI) into the local store.
     Load(commands::images::LoadArgs),
     /// List the images in the local store.
@@ -46,8 +53,13 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let state = StateDir::new(cli.root.unwrap_or_else(StateDir::default_root));
+    let registry = kiln_registry::RegistryOptions {
+        insecure_registries: cli.insecure_registries,
+    };
     let result = match cli.command {
-        Command::Build(args) => commands::build::run(&state, *args),
+        Command::Build(args) => commands::build::run(&state, &registry, *args),
+        Command::Pull(args) => commands::registry::pull(&state, &registry, args),
+        Command::Push(args) => commands::registry::push(&state, &registry, args),
         Command::Debug(cmd) => commands::debug::run(cmd),
         Command::Load(args) => commands::images::load(&state, args),
         Command::Images(args) => commands::images::list(&state, args),

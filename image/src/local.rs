@@ -55,7 +55,7 @@ pub fn resolve_local(
         .map_err(|e| e.to_string())?
         .to_string();
     let record = images.get(&name).map_err(|_| {
-        format!("image {reference} is not in the local store (kiln does not pull yet; use `kiln load -i FILE`)")
+        format!("image {reference} is not in the local store (pull it, or import it with `kiln load -i FILE`)")
     })?;
     let read = |digest: &Digest| {
         content

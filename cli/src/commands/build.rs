@@ -8,6 +8,7 @@ use clap::Args;
 use kiln_cache::StateDir;
 use kiln_frontend::lower::BuildOptions;
 use kiln_image::Reference;
+use kiln_registry::RegistryOptions;
 use kiln_solver::Platform;
 
 use super::{Dockerfile, Failure, parse_build_args};
@@ -60,13 +61,19 @@ pub struct BuildArgs {
     /// Write the image ID to this file.
     #[arg(long)]
     iidfile: Option<PathBuf>,
+    /// Ask the registry for newer base images even when the local store has them.
+    #[arg(long)]
+    pull: bool,
+    /// Push the image to its registry under every -t name.
+    #[arg(long)]
+    push: bool,
     /// Write the build result (digests, descriptor, names) to this file as JSON, as buildx.
     #[arg(long)]
     metadata_file: Option<PathBuf>,
 }
 
 /// `kiln build`.
-pub fn run(state: &StateDir, args: BuildArgs) -> Result<(), Failure> {
+pub fn run(state: &StateDir, registry: &RegistryOptions, args: BuildArgs) -> Result<(), Failure> {
     let dockerfile_path = args
         .file
         .clone()
@@ -115,6 +122,9 @@ pub fn run(state: &StateDir, args: BuildArgs) -> Result<(), Failure> {
         }),
         oci_runtime: args.oci_runtime.clone(),
         source_date_epoch,
+        pull: args.pull,
+        push: args.push,
+        registry: registry.clone(),
     };
     let printer = Progress::stderr(args.progress);
     // Ctrl-C (and SIGTERM) cancel the build: running steps are killed, their mounts and
@@ -128,6 +138,7 @@ pub fn run(state: &StateDir, args: BuildArgs) -> Result<(), Failure> {
             state,
             request,
             &|definition, event| printer.event(definition, event),
+            &|message| printer.notice(message),
             &cancel,
         )
     });

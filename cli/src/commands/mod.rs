@@ -4,6 +4,7 @@ pub mod build;
 pub mod debug;
 pub mod images;
 pub mod oci_runtime;
+pub mod registry;
 pub mod store;
 
 use std::collections::BTreeMap;

@@ -16,7 +16,8 @@ use std::sync::atomic::AtomicBool;
 use anyhow::{Context, Result};
 use kiln_cache::{CacheIndexStore, ChecksumCache, ContentStore, Digest, ImageStore, StateDir};
 use kiln_frontend::lower::{BuildOptions, ImageResolver, lower};
-use kiln_image::Image;
+use kiln_image::{Image, PlatformWanted, Reference};
+use kiln_registry::{RegistryClient, RegistryOptions};
 use kiln_solver::{CacheIndex, Definition, Platform, ProgressEvent, SolveOptions, solve};
 use kiln_worker::exec::ExternalRuntime;
 use kiln_worker::layer::{LayerCompression, WriteOptions, recompress};
@@ -43,6 +44,12 @@ pub struct BuildRequest {
     pub oci_runtime: Option<PathBuf>,
     /// `SOURCE_DATE_EPOCH`: clamps layer mtimes and the image's timestamps.
     pub source_date_epoch: Option<u64>,
+    /// Ask the registry for every base image even when the store has it (`--pull`).
+    pub pull: bool,
+    /// Push the result under every tag (`--push`).
+    pub push: bool,
+    /// How to reach registries.
+    pub registry: RegistryOptions,
 }
 
 /// What a finished build produced.
@@ -83,14 +90,51 @@ impl From<anyhow::Error> for BuildError {
 }
 
 /// Base image configs for the frontend, from the local store.
-struct LocalImages<'a> {
+/// Base images from the local store, pulled into it first when missing (or always, with
+/// `--pull`; never again for a pinned digest that is there).
+struct StoreImages<'a> {
     content: &'a ContentStore,
     images: &'a ImageStore,
+    registry: &'a RegistryClient,
+    always_pull: bool,
+    notice: &'a (dyn Fn(&str) + Sync),
+    /// References already pulled in this build (each is asked for once).
+    pulled: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
-impl ImageResolver for LocalImages<'_> {
+impl ImageResolver for StoreImages<'_> {
     fn resolve_config(&self, reference: &str, platform: &Platform) -> Result<Image, String> {
-        resolve_image(self.content, self.images, reference, platform).map(|image| image.config)
+        let parsed = Reference::parse_normalized(reference).map_err(|e| e.to_string())?;
+        let local = resolve_image(self.content, self.images, reference, platform);
+        let pull = match &local {
+            Ok(_) => self.always_pull && parsed.digest.is_none(),
+            Err(_) => true,
+        } && self
+            .pulled
+            .lock()
+            .unwrap()
+            .insert(format!("{parsed} {platform}"));
+        if pull {
+            (self.notice)(&format!("pulling {parsed}"));
+            let variant = (!platform.variant.is_empty()).then_some(platform.variant.as_str());
+            let wanted = PlatformWanted {
+                os: &platform.os,
+                architecture: &platform.architecture,
+                variant,
+            };
+            kiln_registry::pull::pull(
+                self.registry,
+                self.content,
+                self.images,
+                &parsed,
+                &wanted,
+                self.notice,
+            )
+            .map_err(|e| format!("{e:#}"))?;
+            return resolve_image(self.content, self.images, reference, platform)
+                .map(|image| image.config);
+        }
+        local.map(|image| image.config)
     }
 }
 
@@ -153,8 +197,13 @@ pub fn build(
     state: &StateDir,
     mut request: BuildRequest,
     progress: &(dyn Fn(&Definition, ProgressEvent) + Sync),
+    notice: &(dyn Fn(&str) + Sync),
     cancel: &AtomicBool,
 ) -> Result<BuildResult, BuildError> {
+    if request.push && request.tags.is_empty() {
+        return Err(anyhow::anyhow!("--push needs a name to push to: add -t NAME").into());
+    }
+    let registry = RegistryClient::new(request.registry.clone())?;
     // Garbage collection (`kiln prune`) waits until no build holds the state directory.
     let (lock, alone) = state
         .lock_for_build()
@@ -189,9 +238,13 @@ pub fn build(
             lower(
                 &stages,
                 &request.options,
-                &LocalImages {
+                &StoreImages {
                     content: &content,
                     images: &images,
+                    registry: &registry,
+                    always_pull: request.pull,
+                    notice,
+                    pulled: Default::default(),
                 },
             )
         })
@@ -263,6 +316,22 @@ pub fn build(
             }
         };
         written.with_context(|| format!("cannot write output to {}", out.dest.display()))?;
+    }
+    if request.push {
+        for tag in &request.tags {
+            let remote = Reference::parse_normalized(tag)
+                .map_err(|e| anyhow::anyhow!("invalid tag {tag:?}: {e}"))?;
+            notice(&format!("pushing {remote}"));
+            kiln_registry::push::push(
+                &registry,
+                &content,
+                &images,
+                &remote.to_string(),
+                &remote,
+                notice,
+            )
+            .with_context(|| format!("cannot push {remote}"))?;
+        }
     }
     Ok(BuildResult {
         config_digest: exported.config.0,

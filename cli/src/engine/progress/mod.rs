@@ -165,6 +165,21 @@ impl Progress {
         let _ = out.flush();
     }
 
+    /// Shows a message that belongs to no step (pulls and pushes): a line in `plain` and
+    /// `tty`, an object with `event: "message"` in `json`, nothing in `quiet`.
+    pub fn notice(&self, message: &str) {
+        let line = match self.mode {
+            ProgressMode::Quiet => return,
+            ProgressMode::Json => {
+                serde_json::json!({"event": "message", "message": message}).to_string()
+            }
+            _ => format!("=> {message}"),
+        };
+        let mut out = self.out.lock().expect("progress lock");
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
+
     /// Runs `build` while, in `tty` mode, the display redraws itself ten times a second;
     /// the last frame stays on screen.
     pub fn show_while<R>(&self, build: impl FnOnce() -> R) -> R {

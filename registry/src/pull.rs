@@ -1,0 +1,235 @@
+//! Pulling an image into the local store: its manifest (the wanted platform's, from an
+//! index or manifest list), config and layers, each checked against its digest while it
+//! streams in. Blobs already in the store are not fetched again.
+
+use std::io::{Read, Write};
+
+use anyhow::{Context, Result, bail};
+use kiln_cache::{ContentStore, Digest, ImageRecord, ImageStore};
+use kiln_image::{PlatformWanted, Reference};
+use reqwest::header::{ACCEPT, CONTENT_TYPE};
+
+use crate::client::{Access, RegistryClient, check};
+
+/// The manifest media types kiln reads, indexes first.
+pub const MANIFEST_MEDIA_TYPES: [&str; 4] = [
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+];
+
+/// A manifest or index as the registry serves it.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    /// The exact bytes (their sha256 is the digest).
+    pub bytes: Vec<u8>,
+    /// Its media type.
+    pub media_type: String,
+    /// Its digest.
+    pub digest: Digest,
+}
+
+/// Whether a media type names an index or manifest list.
+pub fn is_index(media_type: &str) -> bool {
+    media_type.contains("index") || media_type.contains("manifest.list")
+}
+
+/// Fetches the manifest `reference` names (by tag or digest); a pinned digest must match
+/// the bytes.
+pub fn fetch_manifest(
+    client: &RegistryClient,
+    reference: &Reference,
+    target: &str,
+) -> Result<Fetched> {
+    let name = reference.to_string();
+    let url = client.url(reference, &format!("manifests/{target}"));
+    let response = client.send(reference, Access::Pull, |http| {
+        http.get(&url)
+            .header(ACCEPT, MANIFEST_MEDIA_TYPES.join(", "))
+    })?;
+    if response.status() == reqwest::StatusCode::NOT_FOUND {
+        bail!("{name}: not found in the registry (no manifest {target})");
+    }
+    let response = check(response, &name)?;
+    let media_type = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let bytes = response
+        .bytes()
+        .with_context(|| format!("{name}: the manifest download broke off"))?
+        .to_vec();
+    let digest = Digest::of(&bytes);
+    if target.starts_with("sha256:") && target != digest.to_string() {
+        bail!("{name}: the registry sent a manifest with digest {digest}, not {target}");
+    }
+    // Some registries omit or generalise the type; the document says what it is.
+    let media_type = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(doc) => doc["mediaType"].as_str().map(str::to_string).unwrap_or(
+            if doc.get("manifests").is_some() {
+                MANIFEST_MEDIA_TYPES[0].to_string()
+            } else if media_type.is_empty() {
+                MANIFEST_MEDIA_TYPES[2].to_string()
+            } else {
+                media_type
+            },
+        ),
+        Err(err) => bail!("{name}: the registry sent a manifest that is not JSON: {err}"),
+    };
+    Ok(Fetched {
+        bytes,
+        media_type,
+        digest,
+    })
+}
+
+/// Downloads blob `digest` of `reference`'s repository into `content`, unless it is there;
+/// `progress` hears how many bytes have arrived. A blob whose bytes do not hash to `digest`
+/// is discarded and is an error.
+pub fn fetch_blob(
+    client: &RegistryClient,
+    content: &ContentStore,
+    reference: &Reference,
+    digest: &Digest,
+    progress: &dyn Fn(u64),
+) -> Result<()> {
+    if content.contains(digest) {
+        return Ok(());
+    }
+    let name = reference.repository();
+    let url = client.url(reference, &format!("blobs/{digest}"));
+    let response = client.send(reference, Access::Pull, |http| http.get(&url))?;
+    let mut response = check(response, &format!("{name}: blob {digest}"))?;
+    let mut blob = content.writer()?;
+    let mut buffer = vec![0u8; 256 * 1024];
+    let mut received = 0u64;
+    loop {
+        let n = match response.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(err) => {
+                return Err(err).with_context(|| {
+                    format!(
+                        "{name}: the download of blob {digest} broke off after {received} bytes"
+                    )
+                });
+            }
+        };
+        blob.write_all(&buffer[..n])?;
+        received += n as u64;
+        progress(received);
+    }
+    blob.commit(Some(*digest))
+        .with_context(|| format!("{name}: blob {digest} arrived corrupt"))?;
+    Ok(())
+}
+
+/// Pulls `reference` for `platform` into the store and names it there; returns the digest
+/// of what the name now points at (the index or the manifest). `progress` hears a line per
+/// blob fetched.
+pub fn pull(
+    client: &RegistryClient,
+    content: &ContentStore,
+    images: &ImageStore,
+    reference: &Reference,
+    platform: &PlatformWanted<'_>,
+    progress: &dyn Fn(&str),
+) -> Result<Digest> {
+    let name = reference.to_string();
+    let target = reference
+        .digest
+        .clone()
+        .or_else(|| reference.tag.clone())
+        .unwrap_or_else(|| "latest".into());
+    let top = fetch_manifest(client, reference, &target)?;
+    let manifest = if is_index(&top.media_type) {
+        let index: serde_json::Value = serde_json::from_slice(&top.bytes)?;
+        let chosen = index["manifests"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| platform_matches(&m["platform"], platform))
+            .with_context(|| {
+                format!(
+                    "{name} has no image for {}/{}{}",
+                    platform.os,
+                    platform.architecture,
+                    platform
+                        .variant
+                        .map(|v| format!("/{v}"))
+                        .unwrap_or_default()
+                )
+            })?;
+        let digest = chosen["digest"]
+            .as_str()
+            .context("index entry without digest")?;
+        fetch_manifest(client, reference, digest)?
+    } else {
+        top.clone()
+    };
+    let document: serde_json::Value = serde_json::from_slice(&manifest.bytes)?;
+    let mut blobs = vec![document["config"].clone()];
+    blobs.extend(document["layers"].as_array().cloned().unwrap_or_default());
+    for descriptor in &blobs {
+        let digest: Digest = descriptor["digest"]
+            .as_str()
+            .context("manifest descriptor without digest")?
+            .parse()
+            .with_context(|| format!("{name}: bad digest in its manifest"))?;
+        if content.contains(&digest) {
+            continue;
+        }
+        let size = descriptor["size"].as_u64().unwrap_or(0);
+        progress(&format!(
+            "pulling {} ({})",
+            digest.short(12),
+            human_bytes(size)
+        ));
+        fetch_blob(client, content, reference, &digest, &|_| {})?;
+    }
+    // Blobs first, then manifests, then the name: a name never points at a partial image.
+    content.put(&manifest.bytes)?;
+    content.put(&top.bytes)?;
+    images.put(&ImageRecord {
+        name,
+        media_type: top.media_type.clone(),
+        digest: top.digest,
+        size: top.bytes.len() as u64,
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64),
+    })?;
+    Ok(top.digest)
+}
+
+/// Whether an index entry's `platform` is the one wanted (a variant only when asked for;
+/// `arm64` entries without a variant count as `v8`).
+fn platform_matches(entry: &serde_json::Value, wanted: &PlatformWanted<'_>) -> bool {
+    let variant = entry["variant"].as_str();
+    entry["os"].as_str() == Some(wanted.os)
+        && entry["architecture"].as_str() == Some(wanted.architecture)
+        && match wanted.variant {
+            None => true,
+            Some(v) => {
+                variant == Some(v)
+                    || (variant.is_none() && wanted.architecture == "arm64" && v == "v8")
+            }
+        }
+}
+
+/// `1.2MB`, `723kB`, `12B`.
+fn human_bytes(bytes: u64) -> String {
+    match bytes {
+        0..1_000 => format!("{bytes}B"),
+        1_000..1_000_000 => format!("{:.1}kB", bytes as f64 / 1e3),
+        _ => format!("{:.1}MB", bytes as f64 / 1e6),
+    }
+}
