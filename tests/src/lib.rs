@@ -2,6 +2,7 @@
 //! conformance data, and running commands with clear failure messages.
 
 pub mod oci_schema;
+pub mod registry;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

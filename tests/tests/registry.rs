@@ -1,0 +1,263 @@
+//! Pulling from and pushing to a real registry (Debian's `docker-registry` on loopback),
+//! read back by skopeo.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use kiln_tests::oci_schema::OciSchemas;
+use kiln_tests::registry::Registry;
+use kiln_tests::{busybox_archives, kiln, run};
+
+/// Puts the busybox test image into `registry` as `busybox:1`, with skopeo; returns the
+/// digest of its one layer.
+fn seed_busybox(registry: &Registry, creds: Option<&str>) -> String {
+    let archives = busybox_archives();
+    let mut copy = Command::new("skopeo");
+    copy.args(["copy", "-q", "--dest-tls-verify=false"]);
+    if let Some(creds) = creds {
+        copy.args(["--dest-creds", creds]);
+    }
+    run(
+        copy.arg(format!("oci-archive:{}", archives.oci.display()))
+            .arg(format!("docker://{}/busybox:1", registry.host)),
+        true,
+    );
+    let mut inspect = Command::new("skopeo");
+    inspect.args(["inspect", "--tls-verify=false"]);
+    if let Some(creds) = creds {
+        inspect.args(["--creds", creds]);
+    }
+    let out = run(
+        inspect.arg(format!("docker://{}/busybox:1", registry.host)),
+        true,
+    );
+    let inspected: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    inspected["Layers"][0].as_str().unwrap().to_string()
+}
+
+/// `kiln build` in `context` with a fresh or given state directory.
+fn build(root: &Path, context: &Path, extra: &[&str], docker_config: Option<&Path>) -> Output {
+    let mut command = kiln();
+    command
+        .arg("--root")
+        .arg(root)
+        .args(["build", "--progress", "plain"])
+        .args(extra)
+        .arg(context);
+    if let Some(dir) = docker_config {
+        command.env("DOCKER_CONFIG", dir);
+    }
+    command.output().unwrap()
+}
+
+fn ok(out: Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "build failed:\n{stderr}");
+    stderr
+}
+
+fn skopeo_inspect(reference: &str) -> serde_json::Value {
+    let out = run(
+        Command::new("skopeo")
+            .args(["inspect", "--tls-verify=false"])
+            .arg(format!("docker://{reference}")),
+        true,
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn builds_from_a_registry_and_pushes_only_what_changed() {
+    let registry = Registry::start(None);
+    let base_layer = seed_busybox(&registry, None);
+    let host = &registry.host;
+    let root = tempfile::tempdir().unwrap();
+    let context = tempfile::tempdir().unwrap();
+    let dockerfile = |last: &str| {
+        fs::write(
+            context.path().join("Dockerfile"),
+            format!(
+                "FROM {host}/busybox:1 AS build\nRUN echo made > /made\n\
+                 FROM {host}/busybox:1\nCOPY --from=build /made /made\nRUN {last}\n"
+            ),
+        )
+        .unwrap();
+    };
+    dockerfile("echo one > /last");
+    let app = format!("{host}/app:1");
+    let progress = ok(build(
+        root.path(),
+        context.path(),
+        &["-t", &app, "--push"],
+        None,
+    ));
+    assert!(
+        progress.contains(&format!("pulling {host}/busybox:1")),
+        "{progress}"
+    );
+
+    let inspected = skopeo_inspect(&app);
+    let layers = inspected["Layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 3, "{inspected}");
+    assert_eq!(
+        layers[0],
+        base_layer.as_str(),
+        "the base layer is kept bit for bit"
+    );
+    // The base layer was mounted from busybox's repository, never uploaded.
+    let uploads = registry.requests("\"PUT /v2/app/blobs/uploads/");
+    assert_eq!(uploads, 3, "two new layers and the config");
+
+    // skopeo copies it out, checking every digest; the documents pass the OCI schemas.
+    let layout = tempfile::tempdir().unwrap();
+    run(
+        Command::new("skopeo")
+            .args(["copy", "-q", "--src-tls-verify=false"])
+            .arg(format!("docker://{app}"))
+            .arg(format!("oci:{}:app", layout.path().display())),
+        true,
+    );
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(layout.path().join("index.json")).unwrap()).unwrap();
+    let manifest_digest = index["manifests"][0]["digest"].as_str().unwrap();
+    let manifest = fs::read(
+        layout
+            .path()
+            .join("blobs/sha256")
+            .join(manifest_digest.trim_start_matches("sha256:")),
+    )
+    .unwrap();
+    OciSchemas::load()
+        .check("application/vnd.oci.image.manifest.v1+json", &manifest)
+        .unwrap();
+
+    // Only the last step changes: one new layer and a config go up.
+    dockerfile("echo two > /last");
+    ok(build(
+        root.path(),
+        context.path(),
+        &["-t", &app, "--push"],
+        None,
+    ));
+    assert_eq!(
+        registry.requests("\"PUT /v2/app/blobs/uploads/") - uploads,
+        2
+    );
+    assert_eq!(skopeo_inspect(&app)["Layers"][0], base_layer.as_str());
+
+    // A base pinned by digest that the store holds is never asked for again.
+    let busybox = skopeo_inspect(&format!("{host}/busybox:1"));
+    let pinned = format!("{host}/busybox@{}", busybox["Digest"].as_str().unwrap());
+    fs::write(
+        context.path().join("Dockerfile"),
+        format!("FROM {pinned}\nRUN echo pinned\n"),
+    )
+    .unwrap();
+    ok(build(root.path(), context.path(), &[], None));
+    let asked = registry.requests("\"GET /v2/busybox/manifests/");
+    ok(build(
+        root.path(),
+        context.path(),
+        &["--pull", "--no-cache"],
+        None,
+    ));
+    assert_eq!(registry.requests("\"GET /v2/busybox/manifests/"), asked);
+}
+
+#[test]
+fn basic_auth_uses_docker_config_and_names_what_failed() {
+    let registry = Registry::start(Some(("kiln", "s3cret")));
+    seed_busybox(&registry, Some("kiln:s3cret"));
+    let host = &registry.host;
+    let root = tempfile::tempdir().unwrap();
+    let context = tempfile::tempdir().unwrap();
+    fs::write(
+        context.path().join("Dockerfile"),
+        format!("FROM {host}/busybox:1\nRUN echo private\n"),
+    )
+    .unwrap();
+
+    let nobody = tempfile::tempdir().unwrap();
+    let out = build(root.path(), context.path(), &[], Some(nobody.path()));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!("{host}/busybox: the registry needs a login")),
+        "{stderr}"
+    );
+
+    let config = |password: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = kiln_registry_base64(&format!("kiln:{password}"));
+        fs::write(
+            dir.path().join("config.json"),
+            format!(r#"{{"auths":{{"{host}":{{"auth":"{auth}"}}}}}}"#),
+        )
+        .unwrap();
+        dir
+    };
+    let wrong = config("nope");
+    let out = build(root.path(), context.path(), &[], Some(wrong.path()));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("refused the credentials"), "{stderr}");
+
+    let right = config("s3cret");
+    let app = format!("{host}/private:1");
+    ok(build(
+        root.path(),
+        context.path(),
+        &["-t", &app, "--push"],
+        Some(right.path()),
+    ));
+    let out = run(
+        Command::new("skopeo")
+            .args(["inspect", "--tls-verify=false", "--creds", "kiln:s3cret"])
+            .arg(format!("docker://{app}")),
+        true,
+    );
+    assert!(!out.stdout.is_empty());
+}
+
+#[test]
+fn registry_failures_name_the_reference_and_the_cause() {
+    let registry = Registry::start(None);
+    let host = registry.host.clone();
+    let root = tempfile::tempdir().unwrap();
+    let context = tempfile::tempdir().unwrap();
+    fs::write(
+        context.path().join("Dockerfile"),
+        format!("FROM {host}/nothing:here\n"),
+    )
+    .unwrap();
+    let out = build(root.path(), context.path(), &[], None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!("{host}/nothing:here: not found in the registry")),
+        "{stderr}"
+    );
+
+    drop(registry);
+    let out = build(root.path(), context.path(), &[], None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!("cannot reach the registry {host}")),
+        "{stderr}"
+    );
+    // The store is intact: it still lists (nothing) without error.
+    run(kiln().arg("--root").arg(root.path()).arg("images"), true);
+}
+
+/// Standard base64, for a config.json `auth` field.
+fn kiln_registry_base64(text: &str) -> String {
+    let out = run(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf %s '{text}' | base64 -w0")),
+        true,
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
