@@ -261,3 +261,58 @@ fn kiln_registry_base64(text: &str) -> String {
     );
     String::from_utf8(out.stdout).unwrap()
 }
+
+#[test]
+fn a_corrupt_blob_is_refused_and_nothing_is_named() {
+    // A registry that serves a layer whose bytes do not match its digest.
+    let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":["sha256:0000000000000000000000000000000000000000000000000000000000000000"]},"config":{}}"#;
+    let config_digest = sha256(config);
+    let claimed = sha256(b"the real layer");
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{claimed}","size":14}}]}}"#,
+        config.len()
+    );
+    let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+    let base = kiln_tests::serve_http(vec![
+        ("/v2/bad/manifests/1", manifest.into_bytes()),
+        (
+            leak(format!("/v2/bad/blobs/{config_digest}")),
+            config.to_vec(),
+        ),
+        (
+            leak(format!("/v2/bad/blobs/{claimed}")),
+            b"something else".to_vec(),
+        ),
+    ]);
+    let host = base.trim_start_matches("http://");
+    let root = tempfile::tempdir().unwrap();
+    let out = run(
+        kiln()
+            .arg("--root")
+            .arg(root.path())
+            .args(["pull", &format!("{host}/bad:1")]),
+        false,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{host}/bad: blob {claimed} arrived corrupt")),
+        "{stderr}"
+    );
+    let images = run(kiln().arg("--root").arg(root.path()).arg("images"), true);
+    assert_eq!(String::from_utf8_lossy(&images.stdout).lines().count(), 1);
+    let ingest: Vec<_> = fs::read_dir(root.path().join("content/ingest"))
+        .unwrap()
+        .collect();
+    assert!(ingest.is_empty(), "half-written blobs: {ingest:?}");
+}
+
+fn sha256(data: &[u8]) -> String {
+    let out = run(
+        Command::new("sh").arg("-c").arg(format!(
+            "printf %s '{}' | sha256sum",
+            String::from_utf8_lossy(data)
+        )),
+        true,
+    );
+    format!("sha256:{}", &String::from_utf8_lossy(&out.stdout)[..64])
+}
