@@ -35,6 +35,10 @@ enum Command {
     Pull(commands::registry::PullArgs),
     /// Push an image from the local store to its registry.
     Push(commands::registry::PushArgs),
+    /// Log in to a registry (stored in docker's config.json).
+    Login(commands::registry::LoginArgs),
+    /// Forget a registry's credentials.
+    Logout(commands::registry::LogoutArgs),
     /// Import an image archive (`docker save` or OCI) into the local store.
     Load(commands::images::LoadArgs),
     /// List the images in the local store.
@@ -60,6 +64,8 @@ fn main() -> ExitCode {
         Command::Build(args) => commands::build::run(&state, &registry, *args),
         Command::Pull(args) => commands::registry::pull(&state, &registry, args),
         Command::Push(args) => commands::registry::push(&state, &registry, args),
+        Command::Login(args) => commands::registry::login(&registry, args),
+        Command::Logout(args) => commands::registry::logout(args),
         Command::Debug(cmd) => commands::debug::run(cmd),
         Command::Load(args) => commands::images::load(&state, args),
         Command::Images(args) => commands::images::list(&state, args),

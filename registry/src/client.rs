@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use kiln_image::{DOCKER_HUB, Reference};
+
+use crate::credentials::credential_for;
 use reqwest::StatusCode;
 use reqwest::blocking::{Client, RequestBuilder, Response};
 use reqwest::header::{AUTHORIZATION, WWW_AUTHENTICATE};
@@ -130,56 +132,137 @@ impl RegistryClient {
         Ok(response)
     }
 
-    /// The `Authorization` header that answers `challenge`.
+    /// The `Authorization` header that answers `challenge` for `access` to `reference`'s
+    /// repository, with the stored credentials.
     fn authorize(&self, reference: &Reference, access: Access, challenge: &str) -> Result<String> {
-        let credential = credential_for(&reference.domain);
+        let scope = format!("repository:{}:{}", reference.path, access.actions());
+        self.answer(
+            challenge,
+            Some(&scope),
+            credential_for(&reference.domain).as_ref(),
+        )
+        .map_err(|err| match err {
+            Refusal::NeedsLogin => anyhow::anyhow!(
+                "{}: the registry needs a login (401 Unauthorized){}",
+                reference.repository(),
+                login_hint(&reference.domain)
+            ),
+            Refusal::Other(err) => err.context(reference.repository()),
+        })
+    }
+
+    /// The `Authorization` header that answers `challenge` (basic, or a bearer token for
+    /// `scope` from the token service) with `credential`.
+    fn answer(
+        &self,
+        challenge: &str,
+        scope: Option<&str>,
+        credential: Option<&(String, String)>,
+    ) -> Result<String, Refusal> {
         let (scheme, params) = parse_challenge(challenge);
         match scheme.to_ascii_lowercase().as_str() {
             "basic" => match credential {
-                Some((user, password)) => Ok(basic(&user, &password)),
-                None => bail!(
-                    "{}: the registry needs a login (401 Unauthorized){}",
-                    reference.repository(),
-                    login_hint(&reference.domain)
-                ),
+                Some((user, password)) => Ok(basic(user, password)),
+                None => Err(Refusal::NeedsLogin),
             },
             "bearer" => {
                 let realm = params
                     .get("realm")
                     .context("the registry's bearer challenge names no realm")?;
-                let scope = format!("repository:{}:{}", reference.path, access.actions());
-                let mut query = vec![("scope", scope.as_str())];
+                let mut query = Vec::new();
+                if let Some(scope) = scope {
+                    query.push(("scope", scope));
+                }
                 if let Some(service) = params.get("service") {
                     query.push(("service", service.as_str()));
                 }
                 let mut request = self.http.get(realm).query(&query);
-                if let Some((user, password)) = &credential {
+                if let Some((user, password)) = credential {
                     request = request.header(AUTHORIZATION, basic(user, password));
                 }
                 let response = request
                     .send()
                     .with_context(|| format!("cannot reach the token service {realm}"))?;
-                if !response.status().is_success() {
-                    bail!(
-                        "{}: the token service {realm} answered {}{}",
-                        reference.repository(),
-                        response.status(),
-                        login_hint(&reference.domain)
-                    );
+                if response.status() == StatusCode::UNAUTHORIZED {
+                    return Err(if credential.is_some() {
+                        Refusal::Other(anyhow::anyhow!(
+                            "the token service {realm} refused the credentials"
+                        ))
+                    } else {
+                        Refusal::NeedsLogin
+                    });
                 }
-                let body: serde_json::Value = serde_json::from_slice(&response.bytes()?)
-                    .context("the token service answered something other than JSON")?;
+                if !response.status().is_success() {
+                    return Err(Refusal::Other(anyhow::anyhow!(
+                        "the token service {realm} answered {}",
+                        response.status()
+                    )));
+                }
+                let body: serde_json::Value =
+                    serde_json::from_slice(&response.bytes().map_err(anyhow::Error::from)?)
+                        .context("the token service answered something other than JSON")?;
                 let token = body["token"]
                     .as_str()
                     .or_else(|| body["access_token"].as_str())
                     .context("the token service answered without a token")?;
                 Ok(format!("Bearer {token}"))
             }
-            _ => bail!(
-                "{}: the registry asks for an unsupported authentication ({challenge:?})",
-                reference.repository()
-            ),
+            _ => Err(Refusal::Other(anyhow::anyhow!(
+                "the registry asks for an unsupported authentication ({challenge:?})"
+            ))),
         }
+    }
+
+    /// Checks that `user` and `password` open `domain` (`kiln login`).
+    pub fn check_login(&self, domain: &str, user: &str, password: &str) -> Result<()> {
+        let base = self.api_base(domain);
+        let response = self
+            .http
+            .get(&base)
+            .send()
+            .with_context(|| format!("cannot reach the registry {domain}"))?;
+        if response.status() != StatusCode::UNAUTHORIZED {
+            check(response, domain)?;
+            return Ok(());
+        }
+        let challenge = response
+            .headers()
+            .get(WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let credential = (user.to_string(), password.to_string());
+        let authorization = self
+            .answer(&challenge, None, Some(&credential))
+            .map_err(|err| match err {
+                Refusal::NeedsLogin => anyhow::anyhow!("{domain}: login refused"),
+                Refusal::Other(err) => err.context(format!("{domain}: login refused")),
+            })?;
+        let response = self
+            .http
+            .get(&base)
+            .header(AUTHORIZATION, authorization)
+            .send()
+            .with_context(|| format!("cannot reach the registry {domain}"))?;
+        if response.status() == StatusCode::UNAUTHORIZED {
+            bail!("{domain}: login refused: wrong user name or password");
+        }
+        check(response, domain)?;
+        Ok(())
+    }
+}
+
+/// Why a challenge could not be answered.
+enum Refusal {
+    /// There are no credentials and the registry wants some.
+    NeedsLogin,
+    /// Anything else.
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Refusal {
+    fn from(err: anyhow::Error) -> Self {
+        Refusal::Other(err)
     }
 }
 
@@ -213,22 +296,6 @@ fn is_loopback(domain: &str) -> bool {
         domain.rsplit_once(':').map_or(domain, |(h, _)| h)
     };
     host == "localhost" || host == "::1" || host.starts_with("127.")
-}
-
-/// The user name and password stored for `domain` (config.json `auths`, `credHelpers`,
-/// `credsStore`).
-fn credential_for(domain: &str) -> Option<(String, String)> {
-    let server = if domain == DOCKER_HUB {
-        "https://index.docker.io/v1/"
-    } else {
-        domain
-    };
-    match docker_credential::get_credential(server) {
-        Ok(docker_credential::DockerCredential::UsernamePassword(user, password)) => {
-            Some((user, password))
-        }
-        _ => None,
-    }
 }
 
 fn basic(user: &str, password: &str) -> String {

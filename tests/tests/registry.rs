@@ -187,29 +187,61 @@ fn basic_auth_uses_docker_config_and_names_what_failed() {
         "{stderr}"
     );
 
-    let config = |password: &str| {
-        let dir = tempfile::tempdir().unwrap();
-        let auth = kiln_registry_base64(&format!("kiln:{password}"));
-        fs::write(
-            dir.path().join("config.json"),
-            format!(r#"{{"auths":{{"{host}":{{"auth":"{auth}"}}}}}}"#),
-        )
-        .unwrap();
-        dir
-    };
-    let wrong = config("nope");
+    // A hand-written config.json with a wrong password.
+    let wrong = tempfile::tempdir().unwrap();
+    let auth = kiln_registry_base64("kiln:nope");
+    fs::write(
+        wrong.path().join("config.json"),
+        format!(r#"{{"auths":{{"{host}":{{"auth":"{auth}"}}}}}}"#),
+    )
+    .unwrap();
     let out = build(root.path(), context.path(), &[], Some(wrong.path()));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("refused the credentials"), "{stderr}");
 
-    let right = config("s3cret");
+    // kiln login checks the password before storing it.
+    let docker_config = tempfile::tempdir().unwrap();
+    let login = |password: &str| {
+        kiln()
+            .env("DOCKER_CONFIG", docker_config.path())
+            .args(["login", host, "-u", "kiln", "--password-stdin"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write;
+                child
+                    .stdin
+                    .take()
+                    .unwrap()
+                    .write_all(format!("{password}\n").as_bytes())?;
+                child.wait_with_output()
+            })
+            .unwrap()
+    };
+    let refused = login("nope");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("login refused"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(!docker_config.path().join("config.json").exists());
+    let accepted = login("s3cret");
+    assert!(
+        accepted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&accepted.stderr)
+    );
+
     let app = format!("{host}/private:1");
     ok(build(
         root.path(),
         context.path(),
         &["-t", &app, "--push"],
-        Some(right.path()),
+        Some(docker_config.path()),
     ));
     let out = run(
         Command::new("skopeo")
@@ -218,6 +250,20 @@ fn basic_auth_uses_docker_config_and_names_what_failed() {
         true,
     );
     assert!(!out.stdout.is_empty());
+
+    run(
+        kiln()
+            .env("DOCKER_CONFIG", docker_config.path())
+            .args(["logout", host]),
+        true,
+    );
+    let out = build(
+        root.path(),
+        context.path(),
+        &["--pull"],
+        Some(docker_config.path()),
+    );
+    assert!(!out.status.success(), "logged out: the registry refuses");
 }
 
 #[test]

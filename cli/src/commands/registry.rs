@@ -88,3 +88,81 @@ pub fn push(state: &StateDir, options: &RegistryOptions, args: PushArgs) -> Resu
     );
     Ok(())
 }
+
+/// Arguments of `kiln login`.
+#[derive(Args)]
+pub struct LoginArgs {
+    /// The registry (`host[:port]`); Docker Hub when left out.
+    server: Option<String>,
+    /// User name.
+    #[arg(short, long)]
+    username: String,
+    /// Password (prefer --password-stdin: command lines are visible to other users).
+    #[arg(short, long, conflicts_with = "password_stdin")]
+    password: Option<String>,
+    /// Read the password from standard input.
+    #[arg(long)]
+    password_stdin: bool,
+}
+
+/// Arguments of `kiln logout`.
+#[derive(Args)]
+pub struct LogoutArgs {
+    /// The registry (`host[:port]`); Docker Hub when left out.
+    server: Option<String>,
+}
+
+/// The registry a `login`/`logout` argument names, as references name it.
+fn server_domain(server: Option<&str>) -> String {
+    match server {
+        None => kiln_image::DOCKER_HUB.to_string(),
+        Some(s) => {
+            let host = s
+                .trim_start_matches("https://")
+                .trim_start_matches("http://")
+                .trim_end_matches('/');
+            match host {
+                "index.docker.io" | "registry-1.docker.io" | "index.docker.io/v1" => {
+                    kiln_image::DOCKER_HUB.to_string()
+                }
+                other => other.to_string(),
+            }
+        }
+    }
+}
+
+/// `kiln login [SERVER] -u USER (-p PASS | --password-stdin)`: checks the credentials
+/// with the registry, then stores them in docker's config.json.
+pub fn login(options: &RegistryOptions, args: LoginArgs) -> Result<(), Failure> {
+    let domain = server_domain(args.server.as_deref());
+    let password = match (&args.password, args.password_stdin) {
+        (Some(password), _) => password.clone(),
+        (None, true) => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .map_err(|e| Failure::msg(format!("cannot read the password: {e}")))?;
+            text.trim_end_matches(['\n', '\r']).to_string()
+        }
+        (None, false) => return Err(Failure::msg("give a password with -p or --password-stdin")),
+    };
+    client(options)?
+        .check_login(&domain, &args.username, &password)
+        .map_err(|e| Failure::msg(format!("{e:#}")))?;
+    let path = kiln_registry::credentials::store(&domain, &args.username, &password)
+        .map_err(|e| Failure::msg(format!("{e:#}")))?;
+    println!("Login Succeeded (credentials in {})", path.display());
+    Ok(())
+}
+
+/// `kiln logout [SERVER]`.
+pub fn logout(args: LogoutArgs) -> Result<(), Failure> {
+    let domain = server_domain(args.server.as_deref());
+    let removed =
+        kiln_registry::credentials::remove(&domain).map_err(|e| Failure::msg(format!("{e:#}")))?;
+    if removed {
+        println!("Removing login credentials for {domain}");
+    } else {
+        println!("Not logged in to {domain}");
+    }
+    Ok(())
+}
