@@ -102,10 +102,33 @@ pub fn busybox_archives() -> BusyboxArchives {
     }
 }
 
-/// A minimal HTTP/1.1 server on 127.0.0.1 for ADD tests: serves `files` (path → body) with
-/// a fixed `Last-Modified`, 404 for anything else; it lives until the test process exits.
-/// Returns the base URL (`http://127.0.0.1:PORT`).
-pub fn serve_http(files: Vec<(&'static str, Vec<u8>)>) -> String {
+/// A request as [`serve`] hands it to its handler.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// `GET`, `HEAD`, …
+    pub method: String,
+    /// Path and query.
+    pub target: String,
+    /// Header names in lower case, with their values.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Request {
+    /// The value of header `name` (lower case), if sent.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A response: status line text (`200 OK`), extra headers, body.
+pub type Response = (&'static str, Vec<(String, String)>, Vec<u8>);
+
+/// A minimal HTTP/1.1 server on 127.0.0.1 that answers every request with `handler`; it
+/// lives until the test process exits. Returns the base URL (`http://127.0.0.1:PORT`).
+pub fn serve(handler: impl Fn(&Request) -> Response + Send + 'static) -> String {
     use std::io::{BufRead, BufReader, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -113,28 +136,56 @@ pub fn serve_http(files: Vec<(&'static str, Vec<u8>)>) -> String {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
             let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut request = String::new();
-            if reader.read_line(&mut request).is_err() {
+            let mut request_line = String::new();
+            if reader.read_line(&mut request_line).is_err() {
                 continue;
             }
-            // Skip the headers.
+            let mut headers = Vec::new();
             let mut line = String::new();
             while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                if let Some((name, value)) = line.trim_end().split_once(':') {
+                    headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+                }
                 line.clear();
             }
-            let path = request.split(' ').nth(1).unwrap_or("");
-            let (status, body) = match files.iter().find(|(p, _)| *p == path) {
-                Some((_, body)) => ("200 OK", body.as_slice()),
-                None => ("404 Not Found", &b"not found"[..]),
+            let mut parts = request_line.split(' ');
+            let request = Request {
+                method: parts.next().unwrap_or_default().to_string(),
+                target: parts.next().unwrap_or_default().to_string(),
+                headers,
             };
-            let head = format!(
-                "HTTP/1.1 {status}\r\nContent-Length: {}\r\n\
-                 Last-Modified: Wed, 21 Oct 2015 07:28:00 GMT\r\nConnection: close\r\n\r\n",
+            let (status, extra, body) = handler(&request);
+            let mut head = format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
                 body.len()
             );
+            for (name, value) in extra {
+                head.push_str(&format!("{name}: {value}\r\n"));
+            }
+            head.push_str("\r\n");
             let _ = stream.write_all(head.as_bytes());
-            let _ = stream.write_all(body);
+            if request.method != "HEAD" {
+                let _ = stream.write_all(&body);
+            }
         }
     });
     base
+}
+
+/// [`serve`] for plain files (path → body), with a fixed `Last-Modified`; anything else
+/// is 404.
+pub fn serve_http(files: Vec<(&'static str, Vec<u8>)>) -> String {
+    serve(
+        move |request| match files.iter().find(|(p, _)| *p == request.target) {
+            Some((_, body)) => (
+                "200 OK",
+                vec![(
+                    "Last-Modified".into(),
+                    "Wed, 21 Oct 2015 07:28:00 GMT".into(),
+                )],
+                body.clone(),
+            ),
+            None => ("404 Not Found", Vec::new(), b"not found".to_vec()),
+        },
+    )
 }

@@ -353,12 +353,126 @@ fn a_corrupt_blob_is_refused_and_nothing_is_named() {
 }
 
 fn sha256(data: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
+}
+
+#[test]
+fn bearer_tokens_and_the_platform_of_an_index() {
+    use std::sync::{Arc, Mutex, OnceLock};
+    // Two single-layer images under one index: linux/amd64 and linux/arm64/v8.
+    let mut blobs: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut entries = Vec::new();
+    for (arch, variant) in [("amd64", None), ("arm64", Some("v8"))] {
+        let layer = format!("layer for {arch}").into_bytes();
+        let config = format!(
+            r#"{{"architecture":"{arch}","os":"linux","rootfs":{{"type":"layers","diff_ids":["{}"]}},"config":{{}}}}"#,
+            sha256(&layer)
+        )
+        .into_bytes();
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{}","size":{}}}]}}"#,
+            sha256(&config),
+            config.len(),
+            sha256(&layer),
+            layer.len()
+        )
+        .into_bytes();
+        let variant = variant
+            .map(|v| format!(r#","variant":"{v}""#))
+            .unwrap_or_default();
+        entries.push(format!(
+            r#"{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{}","size":{},"platform":{{"architecture":"{arch}","os":"linux"{variant}}}}}"#,
+            sha256(&manifest),
+            manifest.len()
+        ));
+        blobs.extend([
+            (arch.to_string(), layer),
+            (arch.to_string(), config),
+            (arch.to_string(), manifest),
+        ]);
+    }
+    let index = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{}]}}"#,
+        entries.join(",")
+    )
+    .into_bytes();
+
+    let index_digest = sha256(&index);
+    let base: Arc<OnceLock<String>> = Arc::default();
+    let fetched: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (base_in, fetched_in) = (Arc::clone(&base), Arc::clone(&fetched));
+    let good = format!("Basic {}", kiln_registry_base64("kiln:pw"));
+    let url = kiln_tests::serve(move |request| {
+        let target = request.target.as_str();
+        if target.starts_with("/token?") {
+            return if request.header("authorization") == Some(good.as_str())
+                && target.contains("scope=repository%3Amulti%3Apull")
+            {
+                ("200 OK", Vec::new(), br#"{"token":"good-token"}"#.to_vec())
+            } else {
+                ("401 Unauthorized", Vec::new(), Vec::new())
+            };
+        }
+        if request.header("authorization") != Some("Bearer good-token") {
+            let challenge = format!(
+                r#"Bearer realm="{}/token",service="fake""#,
+                base_in.get().unwrap()
+            );
+            return (
+                "401 Unauthorized",
+                vec![("WWW-Authenticate".into(), challenge)],
+                Vec::new(),
+            );
+        }
+        let digest = target.rsplit('/').next().unwrap_or_default();
+        let body = if target == "/v2/multi/manifests/1" {
+            Some(index.clone())
+        } else {
+            blobs
+                .iter()
+                .find(|(_, data)| sha256(data) == digest)
+                .map(|(arch, data)| {
+                    fetched_in.lock().unwrap().push(arch.clone());
+                    data.clone()
+                })
+        };
+        match body {
+            Some(body) => ("200 OK", Vec::new(), body),
+            None => ("404 Not Found", Vec::new(), Vec::new()),
+        }
+    });
+    base.set(url.clone()).unwrap();
+    let host = url.trim_start_matches("http://").to_string();
+
+    let docker_config = tempfile::tempdir().unwrap();
+    fs::write(
+        docker_config.path().join("config.json"),
+        format!(
+            r#"{{"auths":{{"{host}":{{"auth":"{}"}}}}}}"#,
+            kiln_registry_base64("kiln:pw")
+        ),
+    )
+    .unwrap();
+    let root = tempfile::tempdir().unwrap();
     let out = run(
-        Command::new("sh").arg("-c").arg(format!(
-            "printf %s '{}' | sha256sum",
-            String::from_utf8_lossy(data)
-        )),
+        kiln()
+            .env("DOCKER_CONFIG", docker_config.path())
+            .arg("--root")
+            .arg(root.path())
+            .args([
+                "pull",
+                "--platform",
+                "linux/arm64/v8",
+                &format!("{host}/multi:1"),
+            ]),
         true,
     );
-    format!("sha256:{}", &String::from_utf8_lossy(&out.stdout)[..64])
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("Digest: {index_digest}")),
+        "{stdout}"
+    );
+    let fetched = fetched.lock().unwrap().clone();
+    assert_eq!(fetched, ["arm64", "arm64", "arm64"], "only the arm64 image");
 }
