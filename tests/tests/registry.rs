@@ -476,3 +476,66 @@ fn bearer_tokens_and_the_platform_of_an_index() {
     let fetched = fetched.lock().unwrap().clone();
     assert_eq!(fetched, ["arm64", "arm64", "arm64"], "only the arm64 image");
 }
+
+#[test]
+fn image_outputs_push_with_docker_or_oci_media_types() {
+    let registry = Registry::start(None);
+    let base_layer = seed_busybox(&registry, None);
+    let host = &registry.host;
+    let root = tempfile::tempdir().unwrap();
+    let context = tempfile::tempdir().unwrap();
+    fs::write(
+        context.path().join("Dockerfile"),
+        format!("FROM {host}/busybox:1\nRUN echo out > /out\n"),
+    )
+    .unwrap();
+    ok(build(
+        root.path(),
+        context.path(),
+        &[
+            "-o",
+            &format!("type=image,name={host}/docker-types:1,push=true,oci-mediatypes=false"),
+            "-o",
+            &format!("type=registry,name={host}/oci-types:1"),
+        ],
+        None,
+    ));
+    let raw = |name: &str| -> serde_json::Value {
+        let out = run(
+            Command::new("skopeo")
+                .args(["inspect", "--raw", "--tls-verify=false"])
+                .arg(format!("docker://{host}/{name}")),
+            true,
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let docker = raw("docker-types:1");
+    assert_eq!(
+        docker["mediaType"],
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+    assert_eq!(
+        docker["config"]["mediaType"],
+        "application/vnd.docker.container.image.v1+json"
+    );
+    for layer in docker["layers"].as_array().unwrap() {
+        assert_eq!(
+            layer["mediaType"],
+            "application/vnd.docker.image.rootfs.diff.tar.gzip"
+        );
+    }
+    assert_eq!(docker["layers"][0]["digest"], base_layer.as_str());
+    let oci = raw("oci-types:1");
+    assert_eq!(
+        oci["mediaType"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+    assert_eq!(oci["layers"][0]["digest"], base_layer.as_str());
+    // Both are named in the local store too.
+    let listing = run(kiln().arg("--root").arg(root.path()).arg("images"), true);
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(
+        listing.contains(&format!("{host}/docker-types")),
+        "{listing}"
+    );
+}

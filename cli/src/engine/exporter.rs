@@ -10,6 +10,46 @@ use kiln_worker::layer::LayerBlob;
 use kiln_worker::snapshot::Snapshot;
 use oci_spec::image::{DescriptorBuilder, ImageManifestBuilder, MediaType};
 
+/// The media types a manifest is written with (`oci-mediatypes=true|false`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ManifestFormat {
+    /// OCI image-spec types.
+    #[default]
+    Oci,
+    /// Docker's v2 schema 2 types, for registries and tools that predate OCI.
+    Docker,
+}
+
+impl ManifestFormat {
+    /// The manifest's own media type.
+    pub fn manifest(self) -> &'static str {
+        match self {
+            Self::Oci => "application/vnd.oci.image.manifest.v1+json",
+            Self::Docker => "application/vnd.docker.distribution.manifest.v2+json",
+        }
+    }
+
+    fn config(self) -> &'static str {
+        match self {
+            Self::Oci => "application/vnd.oci.image.config.v1+json",
+            Self::Docker => "application/vnd.docker.container.image.v1+json",
+        }
+    }
+
+    /// The type of a layer whose blob has type `current` (same bytes, this format's name;
+    /// zstd layers keep the OCI type, which Docker's format lacks).
+    fn layer(self, current: &str) -> &'static str {
+        let gzip = current.ends_with("gzip");
+        match (self, gzip, current.ends_with("zstd")) {
+            (_, _, true) => "application/vnd.oci.image.layer.v1.tar+zstd",
+            (Self::Oci, true, _) => "application/vnd.oci.image.layer.v1.tar+gzip",
+            (Self::Oci, false, _) => "application/vnd.oci.image.layer.v1.tar",
+            (Self::Docker, true, _) => "application/vnd.docker.image.rootfs.diff.tar.gzip",
+            (Self::Docker, false, _) => "application/vnd.docker.image.rootfs.diff.tar",
+        }
+    }
+}
+
 /// Digests of an exported image.
 pub struct Exported {
     /// The config blob's digest (the image ID) and size.
@@ -57,7 +97,8 @@ pub fn export_image(
         .put(&config_bytes)
         .context("cannot store the image config")?;
     let config = (config_digest, config_bytes.len() as u64);
-    let (manifest_digest, manifest_size) = store_manifest(content, config, &snapshot.layers)?;
+    let (manifest_digest, manifest_size) =
+        store_manifest(content, config, &snapshot.layers, ManifestFormat::Oci)?;
     for tag in tags {
         let name = Reference::parse_normalized(tag)
             .map_err(|e| anyhow::anyhow!("invalid tag {tag:?}: {e}"))?;
@@ -84,12 +125,13 @@ pub fn store_manifest(
     content: &ContentStore,
     config: (Digest, u64),
     layers: &[LayerBlob],
+    format: ManifestFormat,
 ) -> Result<(Digest, u64)> {
     let layers = layers
         .iter()
         .map(|l| {
             DescriptorBuilder::default()
-                .media_type(MediaType::from(l.media_type.as_str()))
+                .media_type(MediaType::from(format.layer(&l.media_type)))
                 .digest(oci_digest(&l.digest)?)
                 .size(l.size)
                 .build()
@@ -98,10 +140,10 @@ pub fn store_manifest(
         .collect::<Result<Vec<_>>>()?;
     let manifest = ImageManifestBuilder::default()
         .schema_version(2u32)
-        .media_type(MediaType::ImageManifest)
+        .media_type(MediaType::from(format.manifest()))
         .config(
             DescriptorBuilder::default()
-                .media_type(MediaType::ImageConfig)
+                .media_type(MediaType::from(format.config()))
                 .digest(oci_digest(&config.0)?)
                 .size(config.1)
                 .build()?,

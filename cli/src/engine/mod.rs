@@ -7,6 +7,7 @@ mod exporter;
 mod output;
 pub mod progress;
 
+use exporter::ManifestFormat;
 pub use output::Output;
 
 use std::collections::HashMap;
@@ -20,7 +21,7 @@ use kiln_image::{Image, PlatformWanted, Reference};
 use kiln_registry::{RegistryClient, RegistryOptions};
 use kiln_solver::{CacheIndex, Definition, Platform, ProgressEvent, SolveOptions, solve};
 use kiln_worker::exec::ExternalRuntime;
-use kiln_worker::layer::{LayerCompression, WriteOptions, recompress};
+use kiln_worker::layer::{WriteOptions, recompress};
 use kiln_worker::snapshot::{Snapshot, Snapshotter};
 use kiln_worker::{Worker, WorkerConfig, WorkerRef, resolve_image};
 
@@ -169,26 +170,85 @@ fn remove_leftovers(
     Ok(())
 }
 
-/// The exported image with its layers compressed as `compression` (a manifest of its own).
-fn recompressed<'a>(
+/// The exported image as `output` wants it: layers recompressed and a manifest of its
+/// own when it asks for a compression or Docker media types, else as exported.
+fn image_for<'a>(
     content: &ContentStore,
     exported: &exporter::Exported,
     snapshot: &Snapshot,
-    compression: LayerCompression,
+    output: &Output,
     tags: &'a [String],
 ) -> Result<output::ImageBlobs<'a>> {
-    let layers = snapshot
-        .layers
-        .iter()
-        .map(|layer| recompress(content, layer, compression))
-        .collect::<Result<Vec<_>>>()?;
-    let manifest = exporter::store_manifest(content, exported.config, &layers)?;
+    let layers = match output.compression {
+        Some(compression) => snapshot
+            .layers
+            .iter()
+            .map(|layer| recompress(content, layer, compression))
+            .collect::<Result<Vec<_>>>()?,
+        None => snapshot.layers.clone(),
+    };
+    let manifest = if output.compression.is_none() && output.format == ManifestFormat::Oci {
+        (exported.manifest_digest, exported.manifest_size)
+    } else {
+        exporter::store_manifest(content, exported.config, &layers, output.format)?
+    };
     Ok(output::ImageBlobs {
         manifest,
         config: exported.config.0,
         layers: layers.iter().map(|l| l.digest).collect(),
+        media_type: output.format.manifest(),
         tags,
     })
+}
+
+/// Names the image of a `type=image` output in the store and, with `push=true`, pushes
+/// every name.
+fn store_and_push(
+    content: &ContentStore,
+    images: &ImageStore,
+    registry: &RegistryClient,
+    output: &Output,
+    image: &output::ImageBlobs<'_>,
+    notice: &(dyn Fn(&str) + Sync),
+) -> Result<()> {
+    for name in &output.names {
+        let reference = Reference::parse_normalized(name)
+            .map_err(|e| anyhow::anyhow!("invalid image name {name:?}: {e}"))?;
+        images.put(&kiln_cache::ImageRecord {
+            name: reference.to_string(),
+            media_type: image.media_type.to_string(),
+            digest: image.manifest.0,
+            size: image.manifest.1,
+            created: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64),
+        })?;
+        if output.push {
+            push(registry, content, images, &reference, notice)?;
+        }
+    }
+    Ok(())
+}
+
+/// Pushes the stored image `reference` to its registry.
+fn push(
+    registry: &RegistryClient,
+    content: &ContentStore,
+    images: &ImageStore,
+    reference: &Reference,
+    notice: &(dyn Fn(&str) + Sync),
+) -> Result<()> {
+    notice(&format!("pushing {reference}"));
+    kiln_registry::push::push(
+        registry,
+        content,
+        images,
+        &reference.to_string(),
+        reference,
+        notice,
+    )
+    .with_context(|| format!("cannot push {reference}"))?;
+    Ok(())
 }
 
 /// Runs a build: lowers the Dockerfile, solves it with a local worker and
@@ -300,37 +360,22 @@ pub fn build(
         &request.tags,
         request.source_date_epoch,
     )?;
-    let blobs = output::ImageBlobs {
-        manifest: (exported.manifest_digest, exported.manifest_size),
-        config: exported.config.0,
-        layers: snapshot.layers.iter().map(|l| l.digest).collect(),
-        tags: &request.tags,
-    };
     for out in &request.outputs {
-        let written = match out.compression {
-            None => output::write_output(out, &content, &outputs_view, &snapshot, &blobs),
-            Some(compression) => {
-                recompressed(&content, &exported, &snapshot, compression, &request.tags).and_then(
-                    |blobs| output::write_output(out, &content, &outputs_view, &snapshot, &blobs),
-                )
-            }
-        };
-        written.with_context(|| format!("cannot write output to {}", out.dest.display()))?;
+        let written =
+            image_for(&content, &exported, &snapshot, out, &request.tags).and_then(|image| {
+                output::write_output(out, &content, &outputs_view, &snapshot, &image)?;
+                if out.kind == output::OutputKind::Image {
+                    store_and_push(&content, &images, &registry, out, &image, notice)?;
+                }
+                Ok(())
+            });
+        written.with_context(|| format!("cannot write output {}", out.describe()))?;
     }
     if request.push {
         for tag in &request.tags {
             let remote = Reference::parse_normalized(tag)
                 .map_err(|e| anyhow::anyhow!("invalid tag {tag:?}: {e}"))?;
-            notice(&format!("pushing {remote}"));
-            kiln_registry::push::push(
-                &registry,
-                &content,
-                &images,
-                &remote.to_string(),
-                &remote,
-                notice,
-            )
-            .with_context(|| format!("cannot push {remote}"))?;
+            push(&registry, &content, &images, &remote, notice)?;
         }
     }
     Ok(BuildResult {

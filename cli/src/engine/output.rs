@@ -12,6 +12,8 @@ use kiln_patterns::PatternMatcher;
 use kiln_solver::CopyAction;
 use kiln_worker::fileop::{self, SourceTree};
 use kiln_worker::layer::{LayerCompression, WriteOptions, write_layer};
+
+use super::exporter::ManifestFormat;
 use kiln_worker::snapshot::{Snapshot, Snapshotter};
 
 /// Where a build result goes besides the image store.
@@ -19,11 +21,17 @@ use kiln_worker::snapshot::{Snapshot, Snapshotter};
 pub struct Output {
     /// What is written.
     pub kind: OutputKind,
-    /// The file or directory written.
+    /// The file or directory written (empty for `type=image`).
     pub dest: PathBuf,
-    /// Layer compression for image archives (`compression=gzip|zstd`); `None` keeps the
-    /// layers as built.
+    /// Layer compression for images (`compression=gzip|zstd`); `None` keeps the layers as
+    /// built.
     pub compression: Option<LayerCompression>,
+    /// OCI media types (`oci-mediatypes=true`, the default) or Docker's.
+    pub format: ManifestFormat,
+    /// For `type=image`: the names to give it (`name=a,b` or repeated `name=`).
+    pub names: Vec<String>,
+    /// For `type=image`: push the names to their registries (`push=true`; `type=registry`).
+    pub push: bool,
 }
 
 /// The kinds of `--output`.
@@ -37,59 +45,113 @@ pub enum OutputKind {
     Tar,
     /// The root filesystem copied into a directory (`type=local`).
     Local,
+    /// An image in the local store, maybe pushed (`type=image`, `type=registry`).
+    Image,
+}
+
+impl Output {
+    /// Whether it is an image (has a manifest) rather than a root filesystem.
+    pub fn is_image(&self) -> bool {
+        matches!(
+            self.kind,
+            OutputKind::Oci | OutputKind::Docker | OutputKind::Image
+        )
+    }
+
+    /// How messages name it: its names or its destination.
+    pub fn describe(&self) -> String {
+        if self.kind == OutputKind::Image {
+            format!("image {}", self.names.join(","))
+        } else {
+            self.dest.display().to_string()
+        }
+    }
+}
+
+fn parse_bool(field: &str, value: &str) -> Result<bool, String> {
+    match value {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(format!("{field} takes true or false, not {value:?}")),
+    }
 }
 
 impl std::str::FromStr for Output {
     type Err = String;
 
-    /// Parses buildx's syntax: `type=oci,dest=out.tar[,compression=zstd]`, or a bare path
-    /// for `type=local`.
+    /// Parses buildx's syntax: `type=oci,dest=out.tar[,compression=zstd]`,
+    /// `type=image,name=REF[,push=true][,oci-mediatypes=false]`, `type=registry,name=REF`,
+    /// or a bare path for `type=local`.
     fn from_str(spec: &str) -> Result<Self, String> {
+        let mut output = Output {
+            kind: OutputKind::Local,
+            dest: PathBuf::new(),
+            compression: None,
+            format: ManifestFormat::Oci,
+            names: Vec::new(),
+            push: false,
+        };
         if !spec.contains('=') {
-            return Ok(Output {
-                kind: OutputKind::Local,
-                dest: PathBuf::from(spec),
-                compression: None,
-            });
+            output.dest = PathBuf::from(spec);
+            return Ok(output);
         }
         let mut kind = None;
         let mut dest = None;
-        let mut compression = None;
         for field in spec.split(',') {
             match field.split_once('=') {
                 Some(("type", value)) => kind = Some(value.to_string()),
                 Some(("dest", value)) => dest = Some(PathBuf::from(value)),
-                Some(("compression", "gzip")) => compression = Some(LayerCompression::Gzip),
-                Some(("compression", "zstd")) => compression = Some(LayerCompression::Zstd),
+                Some(("name", value)) => output.names.push(value.to_string()),
+                Some(("push", value)) => output.push = parse_bool("push", value)?,
+                Some(("oci-mediatypes", value)) => {
+                    output.format = if parse_bool("oci-mediatypes", value)? {
+                        ManifestFormat::Oci
+                    } else {
+                        ManifestFormat::Docker
+                    };
+                }
+                Some(("compression", "gzip")) => output.compression = Some(LayerCompression::Gzip),
+                Some(("compression", "zstd")) => output.compression = Some(LayerCompression::Zstd),
                 Some(("compression", other)) => {
                     return Err(format!("unsupported compression {other:?} (gzip, zstd)"));
                 }
+                // `name=a,b`: a second name without its own `name=`.
+                None if !output.names.is_empty() => output.names.push(field.to_string()),
                 _ => return Err(format!("unsupported output field {field:?} in {spec:?}")),
             }
         }
-        let dest = dest.ok_or_else(|| format!("output {spec:?} needs dest=PATH"))?;
-        let kind = match kind.as_deref() {
+        output.kind = match kind.as_deref() {
             Some("oci") => OutputKind::Oci,
             Some("docker") => OutputKind::Docker,
             Some("tar") => OutputKind::Tar,
             Some("local") => OutputKind::Local,
+            Some("image") => OutputKind::Image,
+            Some("registry") => {
+                output.push = true;
+                OutputKind::Image
+            }
             Some(other) => {
                 return Err(format!(
-                    "unsupported output type {other:?} (oci, docker, tar, local)"
+                    "unsupported output type {other:?} (oci, docker, tar, local, image, registry)"
                 ));
             }
             None => return Err(format!("output {spec:?} needs type=…")),
         };
-        if compression.is_some() && !matches!(kind, OutputKind::Oci | OutputKind::Docker) {
+        if output.kind == OutputKind::Image {
+            if output.names.is_empty() {
+                return Err(format!("output {spec:?} needs name=REF"));
+            }
+        } else {
+            output.dest = dest.ok_or_else(|| format!("output {spec:?} needs dest=PATH"))?;
+        }
+        if !output.is_image()
+            && (output.compression.is_some() || output.format != ManifestFormat::Oci)
+        {
             return Err(format!(
-                "compression applies to image outputs (type=oci, type=docker), not {spec:?}"
+                "compression and oci-mediatypes apply to images (type=oci, docker, image), not {spec:?}"
             ));
         }
-        Ok(Output {
-            kind,
-            dest,
-            compression,
-        })
+        Ok(output)
     }
 }
 
@@ -101,6 +163,8 @@ pub struct ImageBlobs<'a> {
     pub config: Digest,
     /// The layer blob digests, base first.
     pub layers: Vec<Digest>,
+    /// The manifest's media type.
+    pub media_type: &'static str,
     /// Names to record in the archive.
     pub tags: &'a [String],
 }
@@ -128,6 +192,7 @@ pub fn write_output(
                 WriteOptions::default(),
             )
         }
+        OutputKind::Image => Ok(()),
         OutputKind::Local => {
             std::fs::create_dir_all(dest)
                 .with_context(|| format!("cannot create {}", dest.display()))?;
@@ -166,7 +231,7 @@ fn write_archive(
     append_bytes(&mut tar, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
     let descriptor = |name: Option<&Reference>| {
         let mut value = serde_json::json!({
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "mediaType": image.media_type,
             "digest": image.manifest.0.to_string(),
             "size": image.manifest.1,
         });
@@ -234,6 +299,9 @@ mod tests {
             kind,
             dest: dest.into(),
             compression,
+            format: ManifestFormat::Oci,
+            names: Vec::new(),
+            push: false,
         };
         assert_eq!(
             "type=oci,dest=a.tar".parse::<Output>(),
@@ -255,10 +323,25 @@ mod tests {
             "type=local,dest=d,compression=zstd"
                 .parse::<Output>()
                 .unwrap_err()
-                .contains("image outputs")
+                .contains("apply to images")
+        );
+        let image = "type=image,name=a:1,b:2,push=true,oci-mediatypes=false"
+            .parse::<Output>()
+            .unwrap();
+        assert_eq!(image.kind, OutputKind::Image);
+        assert_eq!(image.names, ["a:1", "b:2"]);
+        assert!(image.push);
+        assert_eq!(image.format, ManifestFormat::Docker);
+        let registry = "type=registry,name=r:1".parse::<Output>().unwrap();
+        assert!(registry.push && registry.kind == OutputKind::Image);
+        assert!(
+            "type=image"
+                .parse::<Output>()
+                .unwrap_err()
+                .contains("name=")
         );
         assert!(
-            "type=registry,dest=x"
+            "type=cacheonly,dest=x"
                 .parse::<Output>()
                 .unwrap_err()
                 .contains("unsupported output type")
