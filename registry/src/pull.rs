@@ -188,12 +188,30 @@ pub fn pull(
             continue;
         }
         let size = descriptor["size"].as_u64().unwrap_or(0);
+        let short = digest.short(12);
         progress(&format!(
-            "pulling {} ({})",
-            digest.short(12),
+            "{short} {} / {}",
+            human_bytes(0),
             human_bytes(size)
         ));
-        fetch_blob(client, content, reference, &digest, &|_| {})?;
+        // A line each quarter of the way, and one at the end.
+        let next_quarter = std::cell::Cell::new(1u64);
+        fetch_blob(client, content, reference, &digest, &|received| {
+            let quarter = next_quarter.get();
+            if size >= 1_000_000 && quarter < 4 && received * 4 >= size * quarter {
+                next_quarter.set(quarter + 1);
+                progress(&format!(
+                    "{short} {} / {}",
+                    human_bytes(received),
+                    human_bytes(size)
+                ));
+            }
+        })?;
+        progress(&format!(
+            "{short} {} / {} done",
+            human_bytes(size),
+            human_bytes(size)
+        ));
     }
     // Blobs first, then manifests, then the name: a name never points at a partial image.
     content.put(&manifest.bytes)?;

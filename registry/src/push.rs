@@ -154,7 +154,7 @@ fn push_manifest_blobs(
             .iter()
             .find(|(_, blobs)| blobs.blobs.contains(&digest))
             .map(|(source, _)| source);
-        match upload_blob(client, content, remote, &digest, source)? {
+        match upload_blob(client, content, remote, &digest, source, progress)? {
             Sent::Uploaded => {
                 progress(&format!("pushed {}", digest.short(12)));
                 report.uploaded += 1;
@@ -188,6 +188,7 @@ pub fn upload_blob(
     remote: &Reference,
     digest: &Digest,
     source: Option<&Reference>,
+    progress: &dyn Fn(&str),
 ) -> Result<Sent> {
     let name = remote.repository();
     let blob_url = client.url(remote, &format!("blobs/{digest}"));
@@ -210,6 +211,7 @@ pub fn upload_blob(
     let size = content
         .size(digest)
         .with_context(|| format!("{name}: blob {digest} is not in the local store"))?;
+    progress(&format!("pushing {} ({size} bytes)", digest.short(12)));
     let mut last_error = None;
     for _ in 0..UPLOAD_ATTEMPTS {
         match upload_once(client, remote, digest, &path, size) {

@@ -251,6 +251,40 @@ fn basic_auth_uses_docker_config_and_names_what_failed() {
     );
     assert!(!out.stdout.is_empty());
 
+    // A credential helper named in credHelpers answers too.
+    let helper_dir = tempfile::tempdir().unwrap();
+    let helper = helper_dir.path().join("docker-credential-kilntest");
+    fs::write(
+        &helper,
+        "#!/bin/sh\n[ \"$1\" = get ] && echo '{\"Username\":\"kiln\",\"Secret\":\"s3cret\"}'\n",
+    )
+    .unwrap();
+    run(Command::new("chmod").arg("+x").arg(&helper), true);
+    let helper_config = tempfile::tempdir().unwrap();
+    fs::write(
+        helper_config.path().join("config.json"),
+        format!(r#"{{"credHelpers":{{"{host}":"kilntest"}}}}"#),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        helper_dir.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = kiln()
+        .env("DOCKER_CONFIG", helper_config.path())
+        .env("PATH", path)
+        .arg("--root")
+        .arg(tempfile::tempdir().unwrap().path())
+        .args(["pull", &format!("{host}/busybox:1")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     run(
         kiln()
             .env("DOCKER_CONFIG", docker_config.path())
