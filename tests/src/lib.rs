@@ -123,7 +123,8 @@ impl Request {
     }
 }
 
-/// A response: status line text (`200 OK`), extra headers, body.
+/// A response: status line text (`200 OK`), extra headers (a `Content-Length` among them
+/// replaces the body's own), body.
 pub type Response = (&'static str, Vec<(String, String)>, Vec<u8>);
 
 /// A minimal HTTP/1.1 server on 127.0.0.1 that answers every request with `handler`; it
@@ -155,10 +156,14 @@ pub fn serve(handler: impl Fn(&Request) -> Response + Send + 'static) -> String 
                 headers,
             };
             let (status, extra, body) = handler(&request);
-            let mut head = format!(
-                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
-                body.len()
-            );
+            let mut head = format!("HTTP/1.1 {status}\r\nConnection: close\r\n");
+            // The handler may claim another length (a body that breaks off).
+            if !extra
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+            {
+                head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+            }
             for (name, value) in extra {
                 head.push_str(&format!("{name}: {value}\r\n"));
             }

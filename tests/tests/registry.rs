@@ -86,10 +86,11 @@ fn builds_from_a_registry_and_pushes_only_what_changed() {
     };
     dockerfile("echo one > /last");
     let app = format!("{host}/app:1");
+    let latest = format!("{host}/app:latest");
     let progress = ok(build(
         root.path(),
         context.path(),
-        &["-t", &app, "--push"],
+        &["-t", &app, "-t", &latest, "--push"],
         None,
     ));
     assert!(
@@ -98,6 +99,7 @@ fn builds_from_a_registry_and_pushes_only_what_changed() {
     );
 
     let inspected = skopeo_inspect(&app);
+    assert_eq!(skopeo_inspect(&latest)["Digest"], inspected["Digest"]);
     let layers = inspected["Layers"].as_array().unwrap();
     assert_eq!(layers.len(), 3, "{inspected}");
     assert_eq!(
@@ -256,7 +258,7 @@ fn basic_auth_uses_docker_config_and_names_what_failed() {
     let helper = helper_dir.path().join("docker-credential-kilntest");
     fs::write(
         &helper,
-        "#!/bin/sh\n[ \"$1\" = get ] && echo '{\"Username\":\"kiln\",\"Secret\":\"s3cret\"}'\n",
+        "#!/bin/sh\nread -r server\n[ \"$1\" = get ] && echo '{\"Username\":\"kiln\",\"Secret\":\"s3cret\"}'\n",
     )
     .unwrap();
     run(Command::new("chmod").arg("+x").arg(&helper), true);
@@ -352,18 +354,24 @@ fn a_corrupt_blob_is_refused_and_nothing_is_named() {
         r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{claimed}","size":14}}]}}"#,
         config.len()
     );
-    let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
-    let base = kiln_tests::serve_http(vec![
-        ("/v2/bad/manifests/1", manifest.into_bytes()),
-        (
-            leak(format!("/v2/bad/blobs/{config_digest}")),
-            config.to_vec(),
-        ),
-        (
-            leak(format!("/v2/bad/blobs/{claimed}")),
-            b"something else".to_vec(),
-        ),
-    ]);
+    // bad:1's layer has other bytes than its digest; cut:1's breaks off half way.
+    let cut_manifest = manifest.replace(&claimed, &sha256(b"the whole layer, cut short"));
+    let served_claim = claimed.clone();
+    let base = kiln_tests::serve(move |request| {
+        let target = request.target.as_str();
+        let (headers, body): (Vec<(String, String)>, Vec<u8>) = match target {
+            "/v2/bad/manifests/1" => (Vec::new(), manifest.clone().into_bytes()),
+            "/v2/cut/manifests/1" => (Vec::new(), cut_manifest.clone().into_bytes()),
+            _ if target.ends_with(&config_digest) => (Vec::new(), config.to_vec()),
+            _ if target.ends_with(&served_claim) => (Vec::new(), b"something else".to_vec()),
+            _ if target.starts_with("/v2/cut/blobs/") => (
+                vec![("Content-Length".into(), "1000".into())],
+                b"the whole layer".to_vec(),
+            ),
+            _ => return ("404 Not Found", Vec::new(), Vec::new()),
+        };
+        ("200 OK", headers, body)
+    });
     let host = base.trim_start_matches("http://");
     let root = tempfile::tempdir().unwrap();
     let out = run(
@@ -378,6 +386,19 @@ fn a_corrupt_blob_is_refused_and_nothing_is_named() {
         stderr.contains(&format!("{host}/bad: blob {claimed} arrived corrupt")),
         "{stderr}"
     );
+    let out = run(
+        kiln()
+            .arg("--root")
+            .arg(root.path())
+            .args(["pull", &format!("{host}/cut:1")]),
+        false,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{host}/cut: the download of blob")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("broke off"), "{stderr}");
     let images = run(kiln().arg("--root").arg(root.path()).arg("images"), true);
     assert_eq!(String::from_utf8_lossy(&images.stdout).lines().count(), 1);
     let ingest: Vec<_> = fs::read_dir(root.path().join("content/ingest"))
