@@ -64,6 +64,8 @@ struct Steps {
     by_vertex: HashMap<Digest, Step>,
     /// How many vertices the build has.
     total: usize,
+    /// Messages that belong to no step (pulls, pushes), for the live display.
+    notices: Vec<String>,
 }
 
 /// Receives progress events and shows them in one mode.
@@ -170,6 +172,12 @@ impl Progress {
     pub fn notice(&self, message: &str) {
         let line = match self.mode {
             ProgressMode::Quiet => return,
+            ProgressMode::Tty => {
+                // Lines written now would be drawn over: the display shows them.
+                let mut steps = self.steps.lock().expect("progress lock");
+                steps.notices.push(message.to_string());
+                return;
+            }
             ProgressMode::Json => {
                 serde_json::json!({"event": "message", "message": message}).to_string()
             }

@@ -9,6 +9,9 @@ use super::{StepState, Steps};
 /// Output lines shown under each running step.
 const RUNNING_TAIL: usize = 6;
 
+/// Messages of no step (pulls, pushes) shown at once: the latest ones.
+const NOTICES_SHOWN: usize = 6;
+
 /// The lines of one frame, each cut to `width` characters.
 pub(super) fn frame(steps: &Steps, elapsed: Duration, finished: bool, width: usize) -> Vec<String> {
     let done = steps
@@ -22,6 +25,10 @@ pub(super) fn frame(steps: &Steps, elapsed: Duration, finished: bool, width: usi
         steps.total.max(steps.order.len()),
         if finished { " FINISHED" } else { "" }
     )];
+    let first = steps.notices.len().saturating_sub(NOTICES_SHOWN);
+    for notice in &steps.notices[first..] {
+        lines.push(cut(&format!(" => {notice}"), width));
+    }
     for vertex in &steps.order {
         let step = &steps.by_vertex[vertex];
         let (prefix, seconds) = match step.state {
@@ -135,6 +142,10 @@ mod tests {
         assert!(frame.iter().all(|l| l.chars().count() <= 50));
         let finished = super::frame(&steps, Duration::from_secs(3), true, 50);
         assert!(finished[0].ends_with(" FINISHED"), "{finished:?}");
+        steps.notices = (0..8).map(|i| format!("pushed layer {i}")).collect();
+        let with_notices = super::frame(&steps, Duration::from_secs(3), true, 50);
+        assert_eq!(with_notices[1], " => pushed layer 2", "the latest six");
+        assert_eq!(with_notices[6], " => pushed layer 7");
     }
 
     #[test]
