@@ -10,14 +10,25 @@
 //!   runtime and with runc), fully cached, and after editing one file; and the cached
 //!   rebuild of a 5,000-file context with and without the checksum cache. Needs the `kiln`
 //!   binary beside this one and root.
+//! - `corpus`: issue 5's table: the shared 5,000-file corpus cold, no-op, one file changed
+//!   and exported, and 40 RUN steps in 8 stages, with peak RSS (at least 5 runs).
 
 mod build;
+mod corpus;
+
+/// The hidden first argument that makes kiln-bench run a command and print the peak RSS
+/// of it and its children (KiB) on its last line of output.
+const PEAK_RSS_COMMAND: &str = "__peak-rss";
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 fn main() -> ExitCode {
+    let mut all = std::env::args().skip(1);
+    if all.next().as_deref() == Some(PEAK_RSS_COMMAND) {
+        return peak_rss(all.collect());
+    }
     let mut runs = 21;
     let mut benches = Vec::new();
     let mut args = std::env::args().skip(1);
@@ -27,13 +38,13 @@ fn main() -> ExitCode {
                 Some(n) if n > 0 => runs = n,
                 _ => return usage("--runs takes a positive number"),
             },
-            "parse" | "build" => benches.push(arg),
+            "parse" | "build" | "corpus" => benches.push(arg),
             "-h" | "--help" => return usage(""),
             other => return usage(&format!("unknown benchmark {other:?}")),
         }
     }
     if benches.is_empty() {
-        benches = vec!["parse".to_string(), "build".to_string()];
+        benches = vec!["parse".to_string(), "build".to_string(), "corpus".to_string()];
     }
     println!(
         "{:<44} {:>10} {:>10} {:>10}  runs",
@@ -42,20 +53,40 @@ fn main() -> ExitCode {
     for bench in benches {
         match bench.as_str() {
             "parse" => bench_parse(runs),
-            _ => match sibling_kiln() {
-                Some(kiln) => build::bench_build(&kiln, runs),
-                None => println!("(skipped build: no kiln binary beside kiln-bench)"),
+            other => match sibling_kiln() {
+                Some(kiln) if other == "build" => build::bench_build(&kiln, runs),
+                // The corpus is slow: 5 runs unless fewer were asked for.
+                Some(kiln) => corpus::bench_corpus(&kiln, runs.min(5)),
+                None => println!("(skipped {other}: no kiln binary beside kiln-bench)"),
             },
         }
     }
     ExitCode::SUCCESS
 }
 
+/// Runs `command` and prints the peak RSS (KiB) of it and every descendant it waited for.
+fn peak_rss(command: Vec<String>) -> ExitCode {
+    let Some((program, args)) = command.split_first() else {
+        return usage("nothing to measure");
+    };
+    let status = match Command::new(program).args(args).status() {
+        Ok(status) => status,
+        Err(err) => return usage(&format!("cannot run {program}: {err}")),
+    };
+    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN);
+    println!("{}", usage.map_or(0, |u| u.max_rss()));
+    if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 fn usage(problem: &str) -> ExitCode {
     if !problem.is_empty() {
         eprintln!("error: {problem}");
     }
-    eprintln!("usage: kiln-bench [parse] [build] [--runs N]");
+    eprintln!("usage: kiln-bench [parse] [build] [corpus] [--runs N]");
     if problem.is_empty() {
         ExitCode::SUCCESS
     } else {

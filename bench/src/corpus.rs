@@ -1,0 +1,168 @@
+//! `corpus`: the shared benchmark corpus (`../shared/bench`: 5,000 files, 51 MB, two
+//! stages) and a corpus of many small steps (40 RUN steps in 8 independent stages), built
+//! through the real `kiln` binary: cold, no-op rebuild, one file changed and an OCI
+//! export, with the peak RSS of each run. The targets of issue 5 are printed beside the
+//! medians.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// What one measured run took.
+struct Sample {
+    wall: Duration,
+    /// Peak resident set of kiln and its children, in KiB.
+    peak_rss_kib: u64,
+}
+
+/// Runs `kiln ARGS` under this binary's `peak-rss` wrapper and measures it.
+fn measure(kiln: &Path, args: &[&str]) -> Sample {
+    let started = std::time::Instant::now();
+    let out = Command::new(std::env::current_exe().expect("kiln-bench path"))
+        .arg(crate::PEAK_RSS_COMMAND)
+        .arg(kiln)
+        .args(args)
+        .output()
+        .expect("run kiln");
+    let wall = started.elapsed();
+    assert!(
+        out.status.success(),
+        "kiln {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let peak_rss_kib = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(0);
+    Sample { wall, peak_rss_kib }
+}
+
+/// Prints one row: median, min, max, the largest peak RSS, and the target.
+fn row(name: &str, mut samples: Vec<Sample>, target: &str, extra: &str) {
+    samples.sort_by_key(|s| s.wall);
+    let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1e3);
+    let rss = samples.iter().map(|s| s.peak_rss_kib).max().unwrap_or(0);
+    println!(
+        "{name:<36} {:>9} {:>9} {:>9} {:>8} MB  {target:<10} {extra}",
+        ms(samples[samples.len() / 2].wall),
+        ms(samples[0].wall),
+        ms(samples[samples.len() - 1].wall),
+        rss / 1024,
+    );
+}
+
+/// A Dockerfile of `stages` independent stages of `steps` RUN steps each, and a final stage
+/// that copies one file from each.
+fn many_steps_dockerfile(stages: usize, steps: usize) -> String {
+    let mut text = String::new();
+    for stage in 0..stages {
+        text.push_str(&format!("FROM busybox:local AS s{stage}\n"));
+        for step in 0..steps {
+            text.push_str(&format!(
+                "RUN echo {stage}-{step} > /step{step} && cat /step{step}\n"
+            ));
+        }
+    }
+    text.push_str("FROM busybox:local\n");
+    for stage in 0..stages {
+        text.push_str(&format!("COPY --from=s{stage} /step0 /s{stage}\n"));
+    }
+    text
+}
+
+/// Runs the corpus benchmarks with `kiln`, `runs` times each.
+pub fn bench_corpus(kiln: &Path, runs: usize) {
+    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/bench");
+    let work = tempfile::tempdir().expect("temporary directory");
+    let base = work.path().join("base");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/make-busybox-image");
+    let made = Command::new(&script).arg(&base).arg("busybox:local").status();
+    let context = work.path().join("context");
+    let generated = Command::new("python3")
+        .arg(shared.join("gen-context.py"))
+        .arg(&context)
+        .stdout(std::process::Stdio::null())
+        .status();
+    if !made.is_ok_and(|s| s.success()) || !generated.is_ok_and(|s| s.success()) {
+        println!(
+            "(skipped corpus: it needs {} with umoci, skopeo, busybox-static, and python3 for {})",
+            script.display(),
+            shared.join("gen-context.py").display()
+        );
+        return;
+    }
+    std::fs::copy(shared.join("Dockerfile"), context.join("Dockerfile")).expect("Dockerfile");
+    let stages = work.path().join("stages");
+    std::fs::create_dir_all(&stages).expect("stages context");
+    std::fs::write(stages.join("Dockerfile"), many_steps_dockerfile(8, 5)).expect("Dockerfile");
+
+    let fresh_root = |n: usize| -> PathBuf {
+        let root = work.path().join(format!("state-{n}"));
+        let _ = std::fs::remove_dir_all(&root);
+        let loaded = Command::new(kiln)
+            .arg("--root")
+            .arg(&root)
+            .args(["load", "-i"])
+            .arg(base.join("oci.tar"))
+            .output()
+            .expect("kiln load");
+        assert!(loaded.status.success(), "kiln load failed");
+        root
+    };
+    let build = |root: &Path, context: &Path, extra: &[&str]| {
+        let root = root.to_str().expect("UTF-8 path");
+        let context = context.to_str().expect("UTF-8 path");
+        let mut args = vec!["--root", root, "build", "--progress", "quiet", "-t", "bench:1"];
+        args.extend_from_slice(extra);
+        args.push(context);
+        measure(kiln, &args)
+    };
+
+    println!(
+        "{:<36} {:>9} {:>9} {:>9} {:>11}  {:<10}",
+        "corpus build (5,000 files, 51 MB)", "median", "min", "max", "peak RSS", "target"
+    );
+    let cold: Vec<Sample> = (0..runs)
+        .map(|n| build(&fresh_root(n), &context, &[]))
+        .collect();
+    row("cold (fresh state, base loaded)", cold, "≤ 1500 ms", "");
+    let root = work.path().join(format!("state-{}", runs - 1));
+    let noop: Vec<Sample> = (0..runs).map(|_| build(&root, &context, &[])).collect();
+    row("no-op rebuild", noop, "≤ 60 ms", "");
+    let changed_file = context.join("d025/f02501.txt");
+    let one_file: Vec<Sample> = (0..runs)
+        .map(|n| {
+            let mut text = std::fs::read_to_string(&changed_file).expect("corpus file");
+            text.push_str(&format!("appended line {n}\n"));
+            std::fs::write(&changed_file, text).expect("corpus file");
+            build(&root, &context, &[])
+        })
+        .collect();
+    row("one file changed", one_file, "≤ 1000 ms", "");
+    let archive = work.path().join("export.tar");
+    let output = format!("type=oci,dest={}", archive.display());
+    let export: Vec<Sample> = (0..runs)
+        .map(|_| build(&root, &context, &["-o", &output]))
+        .collect();
+    let size = std::fs::metadata(&archive).map_or(0, |m| m.len());
+    let median = {
+        let mut walls: Vec<Duration> = export.iter().map(|s| s.wall).collect();
+        walls.sort();
+        walls[walls.len() / 2]
+    };
+    row(
+        "cached build + --output type=oci",
+        export,
+        "",
+        &format!(
+            "{:.0} MB archive, {:.0} MB/s",
+            size as f64 / 1e6,
+            size as f64 / 1e6 / median.as_secs_f64()
+        ),
+    );
+    let stage_runs: Vec<Sample> = (0..runs)
+        .map(|n| build(&fresh_root(n), &stages, &[]))
+        .collect();
+    row("40 RUN steps in 8 stages, cold", stage_runs, "", "");
+}
