@@ -211,9 +211,18 @@ pub fn solve<E: Executor>(
                         }
                         Err(error) => {
                             if shared.failure.is_none() {
-                                shared.failure = Some(SolveError {
-                                    vertex: Some(digest),
-                                    error,
+                                // A step that fails after an outside cancellation failed
+                                // because of it: report the cancellation.
+                                shared.failure = Some(if cancel.load(Ordering::Relaxed) {
+                                    SolveError {
+                                        vertex: None,
+                                        error: anyhow::anyhow!("build cancelled"),
+                                    }
+                                } else {
+                                    SolveError {
+                                        vertex: Some(digest),
+                                        error,
+                                    }
                                 });
                                 // Stop the steps still running.
                                 cancel.store(true, Ordering::Relaxed);
