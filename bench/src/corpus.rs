@@ -77,7 +77,10 @@ pub fn bench_corpus(kiln: &Path, runs: usize) {
     let work = tempfile::tempdir().expect("temporary directory");
     let base = work.path().join("base");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/make-busybox-image");
-    let made = Command::new(&script).arg(&base).arg("busybox:local").status();
+    let made = Command::new(&script)
+        .arg(&base)
+        .arg("busybox:local")
+        .status();
     let context = work.path().join("context");
     let generated = Command::new("python3")
         .arg(shared.join("gen-context.py"))
@@ -113,7 +116,15 @@ pub fn bench_corpus(kiln: &Path, runs: usize) {
     let build = |root: &Path, context: &Path, extra: &[&str]| {
         let root = root.to_str().expect("UTF-8 path");
         let context = context.to_str().expect("UTF-8 path");
-        let mut args = vec!["--root", root, "build", "--progress", "quiet", "-t", "bench:1"];
+        let mut args = vec![
+            "--root",
+            root,
+            "build",
+            "--progress",
+            "quiet",
+            "-t",
+            "bench:1",
+        ];
         args.extend_from_slice(extra);
         args.push(context);
         measure(kiln, &args)

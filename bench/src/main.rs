@@ -44,7 +44,11 @@ fn main() -> ExitCode {
         }
     }
     if benches.is_empty() {
-        benches = vec!["parse".to_string(), "build".to_string(), "corpus".to_string()];
+        benches = vec![
+            "parse".to_string(),
+            "build".to_string(),
+            "corpus".to_string(),
+        ];
     }
     println!(
         "{:<44} {:>10} {:>10} {:>10}  runs",

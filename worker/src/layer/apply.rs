@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use filetime::FileTime;
-use flate2::read::GzDecoder;
+use flate2::read::MultiGzDecoder;
 use rustix::fs::{CWD, FileType, Mode, makedev, mknodat};
 use tar::EntryType;
 
@@ -75,7 +75,7 @@ pub(super) fn decompressed<'a>(reader: impl Read + 'a) -> Result<Box<dyn Read + 
     let mut reader = BufReader::new(reader);
     let magic = reader.fill_buf().context("cannot read the archive")?;
     Ok(match magic {
-        [0x1f, 0x8b, ..] => Box::new(GzDecoder::new(reader)),
+        [0x1f, 0x8b, ..] => Box::new(MultiGzDecoder::new(reader)),
         [0x28, 0xb5, 0x2f, 0xfd, ..] => Box::new(zstd::Decoder::with_buffer(reader)?),
         [b'B', b'Z', b'h', ..] => Box::new(bzip2::read::BzDecoder::new(reader)),
         [0xfd, b'7', b'z', b'X', b'Z', 0x00, ..] => Box::new(xz2::read::XzDecoder::new(reader)),

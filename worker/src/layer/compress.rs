@@ -4,6 +4,7 @@ use anyhow::{Context, Result};
 use kiln_cache::ContentStore;
 
 use super::apply::decompressed;
+use super::gzip::ParallelGzip;
 use super::write::{LAYER_MEDIA_TYPE, LayerBlob};
 
 /// The media type of a zstd-compressed OCI layer.
@@ -54,7 +55,7 @@ pub fn recompress(
     let blob = content.writer().context("cannot start a layer blob")?;
     let blob = match compression {
         LayerCompression::Gzip => {
-            let mut gzip = flate2::write::GzEncoder::new(blob, flate2::Compression::new(6));
+            let mut gzip = ParallelGzip::new(blob, 6);
             std::io::copy(&mut tar, &mut gzip)?;
             gzip.finish()?
         }

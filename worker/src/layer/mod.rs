@@ -9,6 +9,7 @@
 
 mod apply;
 mod compress;
+mod gzip;
 mod write;
 
 pub use apply::{ApplyStats, apply_layer, extract_archive, is_tar_archive};

@@ -178,7 +178,7 @@ fn stored_layer_digests_match_its_bytes() {
     assert_eq!(compressed.len() as u64, blob.size);
     let mut tar = Vec::new();
     std::io::Read::read_to_end(
-        &mut flate2::read::GzDecoder::new(compressed.as_slice()),
+        &mut flate2::read::MultiGzDecoder::new(compressed.as_slice()),
         &mut tar,
     )
     .unwrap();

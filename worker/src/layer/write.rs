@@ -7,12 +7,11 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use flate2::Compression;
-use flate2::write::GzEncoder;
 use kiln_cache::{ContentStore, Digest};
 use sha2::{Digest as _, Sha256};
 use tar::{EntryType, Header};
 
+use super::gzip::ParallelGzip;
 use super::{
     OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, OVERLAY_XATTR_PREFIX, PAX_XATTR_PREFIX, WHITEOUT_PREFIX,
 };
@@ -50,7 +49,7 @@ pub fn store_layer(
     options: WriteOptions,
 ) -> Result<LayerBlob> {
     let blob = content.writer().context("cannot start a layer blob")?;
-    let gzip = GzEncoder::new(blob, Compression::new(6));
+    let gzip = ParallelGzip::new(blob, 6);
     let mut tar_hasher = HashingWriter::new(gzip);
     write_layer(upper, lowers, &mut tar_hasher, options)?;
     let (gzip, diff_id) = tar_hasher.finish();
