@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt, lchown, symlink};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use filetime::FileTime;
@@ -24,6 +24,9 @@ pub use select::{Item, SourceTree, select};
 /// Copies what `action` selects from `tree` into the root filesystem at
 /// `root`: contents, modes, mtimes, xattrs, symlinks and hard links, with
 /// `--chown` names resolved in `root` and `--chmod` applied.
+///
+/// Directories, symlinks and archives are made in order first; then regular files are
+/// copied on every core; then the further names of hard-linked files are linked.
 pub fn copy(tree: &SourceTree<'_>, action: &CopyAction, root: &Path) -> Result<()> {
     let items = select(tree, action, Some(root))?;
     let owner = owner(root, action.chown.as_ref())?;
@@ -31,7 +34,20 @@ pub fn copy(tree: &SourceTree<'_>, action: &CopyAction, root: &Path) -> Result<(
     if action.dest.ends_with('/') || items.len() > 1 {
         mkdir_all(root, &action.dest, 0o755, parent_owner)?;
     }
-    let mut links: HashMap<(u64, u64), std::path::PathBuf> = HashMap::new();
+    let ids_of = |item: &Item| {
+        owner.unwrap_or(if tree.is_context {
+            Ids::default()
+        } else {
+            Ids {
+                uid: item.meta.uid(),
+                gid: item.meta.gid(),
+            }
+        })
+    };
+    // Regular files to copy, by target (a later item for the same target wins).
+    let mut files: HashMap<PathBuf, &Item> = HashMap::new();
+    let mut first_links: HashMap<(u64, u64), PathBuf> = HashMap::new();
+    let mut further_links: Vec<(PathBuf, PathBuf, &Item)> = Vec::new();
     let mut dir_times = Vec::new();
     // Destination directories known to exist: items come parents first, so
     // most parents were just copied and need no `mkdir -p` walk.
@@ -51,14 +67,7 @@ pub fn copy(tree: &SourceTree<'_>, action: &CopyAction, root: &Path) -> Result<(
             continue;
         }
         let target = resolve_in_root(root, &item.dest, kind.is_dir())?;
-        let ids = owner.unwrap_or(if tree.is_context {
-            Ids::default()
-        } else {
-            Ids {
-                uid: item.meta.uid(),
-                gid: item.meta.gid(),
-            }
-        });
+        files.remove(&target);
         let context = || format!("cannot copy {} to {}", item.rel, item.dest);
         if kind.is_dir() {
             present.insert(&item.dest);
@@ -70,46 +79,93 @@ pub fn copy(tree: &SourceTree<'_>, action: &CopyAction, root: &Path) -> Result<(
                 }
                 Err(_) => fs::create_dir(&target).with_context(context)?,
             }
-        } else {
-            present.remove(item.dest.as_str());
-            remove(&target)?;
-            if kind.is_symlink() {
-                symlink(fs::read_link(&item.host)?, &target).with_context(context)?;
-            } else if let Some(first) = links
-                .get(&(item.meta.dev(), item.meta.ino()))
-                .filter(|_| item.meta.nlink() > 1)
-            {
-                fs::hard_link(first, &target).with_context(context)?;
-                continue;
-            } else if kind.is_file() {
-                fs::copy(&item.host, &target).with_context(context)?;
-                links.insert((item.meta.dev(), item.meta.ino()), target.clone());
-            } else {
-                // Sockets, fifos and devices are not copied, as in BuildKit.
-                continue;
+            finish_entry(&target, item, ids_of(item), action)?;
+            dir_times.push((target, FileTime::from_last_modification_time(&item.meta)));
+            continue;
+        }
+        present.remove(item.dest.as_str());
+        remove(&target)?;
+        if kind.is_symlink() {
+            symlink(fs::read_link(&item.host)?, &target).with_context(context)?;
+            finish_entry(&target, item, ids_of(item), action)?;
+        } else if kind.is_file() {
+            let inode = (item.meta.dev(), item.meta.ino());
+            match first_links.get(&inode).filter(|_| item.meta.nlink() > 1) {
+                Some(first) => further_links.push((first.clone(), target, item)),
+                None => {
+                    first_links.insert(inode, target.clone());
+                    files.insert(target, item);
+                }
             }
         }
-        lchown(&target, Some(ids.uid), Some(ids.gid)).with_context(context)?;
-        if !kind.is_symlink() {
-            let mode = item.meta.mode() & 0o7777;
-            let mode = match &action.chmod {
-                Some(spec) => apply_chmod(spec, mode, kind.is_dir())?,
-                None => mode,
-            };
-            fs::set_permissions(&target, fs::Permissions::from_mode(mode)).with_context(context)?;
-            copy_xattrs(&item.host, &target)?;
-        }
-        let mtime = FileTime::from_last_modification_time(&item.meta);
-        if kind.is_dir() {
-            dir_times.push((target, mtime));
-        } else {
-            filetime::set_symlink_file_times(&target, mtime, mtime).with_context(context)?;
-        }
+        // Sockets, fifos and devices are not copied, as in BuildKit.
+    }
+    let files: Vec<(PathBuf, &Item)> = files.into_iter().collect();
+    on_every_core(&files, |(target, item)| {
+        fs::copy(&item.host, target)
+            .with_context(|| format!("cannot copy {} to {}", item.rel, item.dest))?;
+        finish_entry(target, item, ids_of(item), action)
+    })?;
+    for (first, target, item) in further_links {
+        fs::hard_link(&first, &target)
+            .with_context(|| format!("cannot copy {} to {}", item.rel, item.dest))?;
     }
     for (path, mtime) in dir_times.into_iter().rev() {
         filetime::set_symlink_file_times(&path, mtime, mtime)?;
     }
     Ok(())
+}
+
+/// Gives a copied entry its owner, mode (after `--chmod`), xattrs and mtime (a
+/// directory's mtime is set at the end, once its contents are in).
+fn finish_entry(target: &Path, item: &Item, ids: Ids, action: &CopyAction) -> Result<()> {
+    let context = || format!("cannot copy {} to {}", item.rel, item.dest);
+    let kind = item.meta.file_type();
+    lchown(target, Some(ids.uid), Some(ids.gid)).with_context(context)?;
+    if !kind.is_symlink() {
+        let mode = item.meta.mode() & 0o7777;
+        let mode = match &action.chmod {
+            Some(spec) => apply_chmod(spec, mode, kind.is_dir())?,
+            None => mode,
+        };
+        fs::set_permissions(target, fs::Permissions::from_mode(mode)).with_context(context)?;
+        copy_xattrs(&item.host, target)?;
+    }
+    if !kind.is_dir() {
+        let mtime = FileTime::from_last_modification_time(&item.meta);
+        filetime::set_symlink_file_times(target, mtime, mtime).with_context(context)?;
+    }
+    Ok(())
+}
+
+/// Runs `work` on each of `jobs`, spread over one thread per core; the first error wins
+/// and stops the rest.
+fn on_every_core<T: Sync>(jobs: &[T], work: impl Fn(&T) -> Result<()> + Sync) -> Result<()> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZero::get)
+        .min(jobs.len());
+    if threads <= 1 {
+        return jobs.iter().try_for_each(work);
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failed = std::sync::Mutex::new(None);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                while failed.lock().map(|f| f.is_none()).unwrap_or(false) {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(job) = jobs.get(i) else { break };
+                    if let Err(err) = work(job) {
+                        failed.lock().unwrap().get_or_insert(err);
+                    }
+                }
+            });
+        }
+    });
+    match failed.into_inner().unwrap() {
+        Some(err) => Err(err),
+        None => Ok(()),
+    }
 }
 
 /// ADD of a local archive: its contents go into the destination directory, owners and

@@ -210,3 +210,30 @@ fn checksum_covers_only_the_selection() {
         "selected change"
     );
 }
+
+#[test]
+fn many_files_and_hard_links_copy_in_parallel() {
+    let ctx = tempfile::tempdir().unwrap();
+    let dir = ctx.path().join("data");
+    fs::create_dir(&dir).unwrap();
+    for i in 0..200 {
+        let file = dir.join(format!("f{i:03}"));
+        fs::write(&file, format!("file {i}\n")).unwrap();
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o600 + (i % 2) * 0o44)).unwrap();
+    }
+    fs::hard_link(dir.join("f000"), dir.join("link-a")).unwrap();
+    fs::hard_link(dir.join("f000"), dir.join("link-b")).unwrap();
+
+    let dest = copy_into(ctx.path(), &[], &action("data", "/out/")).unwrap();
+    let out = dest.path().join("out");
+    for i in 0..200 {
+        let file = out.join(format!("f{i:03}"));
+        assert_eq!(fs::read_to_string(&file).unwrap(), format!("file {i}\n"));
+        let mode = fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600 + (i % 2) * 0o44, "{}", file.display());
+    }
+    let inode = |name: &str| fs::metadata(out.join(name)).unwrap().ino();
+    assert_eq!(inode("f000"), inode("link-a"));
+    assert_eq!(inode("f000"), inode("link-b"));
+    assert_ne!(inode("f000"), inode("f001"));
+}
