@@ -29,22 +29,23 @@ pub struct PushReport {
     pub skipped: usize,
 }
 
-/// Pushes the image stored as `local` to `remote` (tag or digest); `progress` hears a line
-/// per blob.
+/// Pushes the manifest or index `digest` (of `media_type`) from the store to `remote`
+/// (tag or digest), with every blob it needs; `progress` hears a line per blob.
 pub fn push(
     client: &RegistryClient,
     content: &ContentStore,
     images: &ImageStore,
-    local: &str,
+    digest: &Digest,
+    media_type: &str,
     remote: &Reference,
     progress: &dyn Fn(&str),
 ) -> Result<PushReport> {
-    let record = images
-        .get(local)
-        .with_context(|| format!("no image {local} in the local store"))?;
-    let top = content.read(&record.digest)?;
+    let local = remote.to_string();
+    let top = content
+        .read(digest)
+        .with_context(|| format!("{local}: manifest {digest} is not in the local store"))?;
     let mut manifests = Vec::new();
-    if is_index(&record.media_type) {
+    if is_index(media_type) {
         let index: serde_json::Value = serde_json::from_slice(&top)?;
         for entry in index["manifests"].as_array().into_iter().flatten() {
             let digest: Digest = entry["digest"]
@@ -97,8 +98,8 @@ pub fn push(
         .clone()
         .or_else(|| remote.digest.clone())
         .unwrap_or_else(|| "latest".into());
-    put_manifest(client, remote, &target, &top, &record.media_type)?;
-    report.digest = Some(record.digest);
+    put_manifest(client, remote, &target, &top, media_type)?;
+    report.digest = Some(*digest);
     Ok(report)
 }
 

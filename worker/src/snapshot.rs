@@ -282,7 +282,7 @@ mod tests {
 
     fn entries(content: &ContentStore, layer: &LayerBlob) -> Vec<String> {
         let blob = content.open_blob(&layer.digest).unwrap();
-        tar::Archive::new(flate2::read::MultiGzDecoder::new(blob))
+        tar::Archive::new(blob)
             .entries()
             .unwrap()
             .map(|e| e.unwrap().path().unwrap().display().to_string())

@@ -67,17 +67,10 @@ pub fn pull(state: &StateDir, options: &RegistryOptions, args: PullArgs) -> Resu
 pub fn push(state: &StateDir, options: &RegistryOptions, args: PushArgs) -> Result<(), Failure> {
     let reference = reference(&args.name)?;
     let _lock = state.lock(false).map_err(Failure::msg)?;
-    let content = state.content().map_err(Failure::msg)?;
-    let images = state.images().map_err(Failure::msg)?;
-    let report = kiln_registry::push::push(
-        &client(options)?,
-        &content,
-        &images,
-        &reference.to_string(),
-        &reference,
-        &|line| eprintln!("{line}"),
-    )
-    .map_err(|e| Failure::msg(format!("cannot push {reference}: {e:#}")))?;
+    let report = crate::engine::push_stored(state, &client(options)?, &reference, &|line| {
+        eprintln!("{line}")
+    })
+    .map_err(|e| Failure::msg(format!("{e:#}")))?;
     println!(
         "{}: digest: {} ({} blobs pushed, {} mounted, {} already there)",
         reference,

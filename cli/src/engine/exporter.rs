@@ -3,10 +3,10 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use kiln_cache::{ContentStore, Digest, ImageRecord, ImageStore};
+use kiln_cache::{CacheIndexStore, ContentStore, Digest, ImageRecord, ImageStore};
 use kiln_image::{History, Image, Reference};
 use kiln_solver::Platform;
-use kiln_worker::layer::LayerBlob;
+use kiln_worker::layer::{LayerBlob, LayerCompression, recompress};
 use kiln_worker::snapshot::Snapshot;
 use oci_spec::image::{DescriptorBuilder, ImageManifestBuilder, MediaType};
 
@@ -155,6 +155,61 @@ pub fn store_manifest(
         .put(&manifest_bytes)
         .context("cannot store the image manifest")?;
     Ok((digest, manifest_bytes.len() as u64))
+}
+
+/// What to send a registry for the stored manifest `digest`: itself when its layers are
+/// all compressed (or it is an index), else a manifest of its own whose uncompressed
+/// layers are gzipped (made once per layer and remembered in `memo`); returns the digest
+/// and media type.
+pub fn distributable(
+    content: &ContentStore,
+    memo: &CacheIndexStore,
+    digest: Digest,
+    media_type: &str,
+) -> Result<(Digest, String)> {
+    let unchanged = Ok((digest, media_type.to_string()));
+    if media_type.contains("index") || media_type.contains("manifest.list") {
+        return unchanged;
+    }
+    let manifest: serde_json::Value = serde_json::from_slice(&content.read(&digest)?)?;
+    let descriptors = manifest["layers"].as_array().cloned().unwrap_or_default();
+    let uncompressed =
+        |d: &serde_json::Value| d["mediaType"].as_str().is_some_and(|t| t.ends_with(".tar"));
+    if !descriptors.iter().any(uncompressed) {
+        return unchanged;
+    }
+    let config_digest: Digest = manifest["config"]["digest"]
+        .as_str()
+        .context("manifest without config")?
+        .parse()?;
+    let config: Image = serde_json::from_slice(&content.read(&config_digest)?)?;
+    let layers = descriptors
+        .iter()
+        .zip(&config.rootfs.diff_ids)
+        .map(|(descriptor, diff_id)| {
+            let layer = LayerBlob {
+                diff_id: diff_id.parse()?,
+                digest: descriptor["digest"]
+                    .as_str()
+                    .context("layer without digest")?
+                    .parse()?,
+                size: descriptor["size"].as_u64().unwrap_or(0),
+                media_type: descriptor["mediaType"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            };
+            recompress(content, &layer, LayerCompression::Gzip, memo)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let format = if media_type.contains("docker") {
+        ManifestFormat::Docker
+    } else {
+        ManifestFormat::Oci
+    };
+    let config_size = manifest["config"]["size"].as_u64().unwrap_or(0);
+    let (digest, _) = store_manifest(content, (config_digest, config_size), &layers, format)?;
+    Ok((digest, format.manifest().to_string()))
 }
 
 /// Makes the history's non-empty entries match the layer count, as

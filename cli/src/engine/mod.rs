@@ -21,7 +21,7 @@ use kiln_image::{Image, PlatformWanted, Reference};
 use kiln_registry::{RegistryClient, RegistryOptions};
 use kiln_solver::{CacheIndex, Definition, Platform, ProgressEvent, SolveOptions, solve};
 use kiln_worker::exec::ExternalRuntime;
-use kiln_worker::layer::{WriteOptions, recompress};
+use kiln_worker::layer::{LayerCompression, WriteOptions, recompress};
 use kiln_worker::snapshot::{Snapshot, Snapshotter};
 use kiln_worker::{Worker, WorkerConfig, WorkerRef, resolve_image};
 
@@ -170,24 +170,36 @@ fn remove_leftovers(
     Ok(())
 }
 
-/// The exported image as `output` wants it: layers recompressed and a manifest of its
-/// own when it asks for a compression or Docker media types, else as exported.
+/// How an output's layers are compressed: as it says, else gzip for archives and pushed
+/// images, and as stored (uncompressed) for local names.
+fn compression_for(output: &Output) -> Option<LayerCompression> {
+    output.compression.or(match output.kind {
+        output::OutputKind::Oci | output::OutputKind::Docker => Some(LayerCompression::Gzip),
+        output::OutputKind::Image if output.push => Some(LayerCompression::Gzip),
+        _ => None,
+    })
+}
+
+/// The exported image as `output` wants it: layers compressed and a manifest of its own
+/// when it needs a compression or Docker media types, else as exported.
 fn image_for<'a>(
     content: &ContentStore,
+    memo: &CacheIndexStore,
     exported: &exporter::Exported,
     snapshot: &Snapshot,
     output: &Output,
     tags: &'a [String],
 ) -> Result<output::ImageBlobs<'a>> {
-    let layers = match output.compression {
+    let compression = compression_for(output);
+    let layers = match compression {
         Some(compression) => snapshot
             .layers
             .iter()
-            .map(|layer| recompress(content, layer, compression))
+            .map(|layer| recompress(content, layer, compression, memo))
             .collect::<Result<Vec<_>>>()?,
         None => snapshot.layers.clone(),
     };
-    let manifest = if output.compression.is_none() && output.format == ManifestFormat::Oci {
+    let manifest = if layers == snapshot.layers && output.format == ManifestFormat::Oci {
         (exported.manifest_digest, exported.manifest_size)
     } else {
         exporter::store_manifest(content, exported.config, &layers, output.format)?
@@ -204,7 +216,7 @@ fn image_for<'a>(
 /// Names the image of a `type=image` output in the store and, with `push=true`, pushes
 /// every name.
 fn store_and_push(
-    content: &ContentStore,
+    state: &StateDir,
     images: &ImageStore,
     registry: &RegistryClient,
     output: &Output,
@@ -224,31 +236,42 @@ fn store_and_push(
                 .map_or(0, |d| d.as_secs() as i64),
         })?;
         if output.push {
-            push(registry, content, images, &reference, notice)?;
+            push_stored(state, registry, &reference, notice)?;
         }
     }
     Ok(())
 }
 
-/// Pushes the stored image `reference` to its registry.
-fn push(
+/// Pushes the stored image `reference` to its registry, its uncompressed layers gzipped
+/// on the way (see [`exporter::distributable`]).
+pub fn push_stored(
+    state: &StateDir,
     registry: &RegistryClient,
-    content: &ContentStore,
-    images: &ImageStore,
     reference: &Reference,
     notice: &(dyn Fn(&str) + Sync),
-) -> Result<()> {
+) -> Result<kiln_registry::push::PushReport> {
+    let content = state.content()?;
+    let images = state.images()?;
+    let record = images
+        .get(&reference.to_string())
+        .with_context(|| format!("no image {reference} in the local store"))?;
     notice(&format!("pushing {reference}"));
+    let (digest, media_type) = exporter::distributable(
+        &content,
+        &state.cache_index(),
+        record.digest,
+        &record.media_type,
+    )?;
     kiln_registry::push::push(
         registry,
-        content,
-        images,
-        &reference.to_string(),
+        &content,
+        &images,
+        &digest,
+        &media_type,
         reference,
         notice,
     )
-    .with_context(|| format!("cannot push {reference}"))?;
-    Ok(())
+    .with_context(|| format!("cannot push {reference}"))
 }
 
 /// Runs a build: lowers the Dockerfile, solves it with a local worker and
@@ -360,12 +383,13 @@ pub fn build(
         &request.tags,
         request.source_date_epoch,
     )?;
+    let memo = state.cache_index();
     for out in &request.outputs {
-        let written =
-            image_for(&content, &exported, &snapshot, out, &request.tags).and_then(|image| {
+        let written = image_for(&content, &memo, &exported, &snapshot, out, &request.tags)
+            .and_then(|image| {
                 output::write_output(out, &content, &outputs_view, &snapshot, &image)?;
                 if out.kind == output::OutputKind::Image {
-                    store_and_push(&content, &images, &registry, out, &image, notice)?;
+                    store_and_push(state, &images, &registry, out, &image, notice)?;
                 }
                 Ok(())
             });
@@ -375,7 +399,7 @@ pub fn build(
         for tag in &request.tags {
             let remote = Reference::parse_normalized(tag)
                 .map_err(|e| anyhow::anyhow!("invalid tag {tag:?}: {e}"))?;
-            push(&registry, &content, &images, &remote, notice)?;
+            push_stored(state, &registry, &remote, notice)?;
         }
     }
     Ok(BuildResult {

@@ -1,7 +1,7 @@
 //! Layer blob compression: gzip when a layer is written, zstd on request when exporting.
 
 use anyhow::{Context, Result};
-use kiln_cache::ContentStore;
+use kiln_cache::{CacheIndexStore, ContentStore};
 
 use super::apply::decompressed;
 use super::gzip::ParallelGzip;
@@ -39,14 +39,24 @@ impl LayerCompression {
 }
 
 /// `layer` compressed with `compression`, stored in `content`: the layer itself when it
-/// already is, else a new blob with the same diff_id.
+/// already is, else a blob with the same diff_id, made once and remembered in `memo` by
+/// diff_id and compression.
 pub fn recompress(
     content: &ContentStore,
     layer: &LayerBlob,
     compression: LayerCompression,
+    memo: &CacheIndexStore,
 ) -> Result<LayerBlob> {
     if compression.describes(&layer.media_type) {
         return Ok(layer.clone());
+    }
+    let key = format!("compressed:{}:{}", compression.media_type(), layer.diff_id);
+    if let Some(known) = memo
+        .get(&key)
+        .and_then(|v| serde_json::from_slice::<LayerBlob>(&v).ok())
+        .filter(|known| content.contains(&known.digest))
+    {
+        return Ok(known);
     }
     let source = content
         .open_blob(&layer.digest)
@@ -66,10 +76,14 @@ pub fn recompress(
         }
     };
     let (digest, size) = blob.commit(None).context("cannot store the layer blob")?;
-    Ok(LayerBlob {
+    let compressed = LayerBlob {
         diff_id: layer.diff_id,
         digest,
         size,
         media_type: compression.media_type().to_string(),
-    })
+    };
+    if let Ok(value) = serde_json::to_vec(&compressed) {
+        memo.put(&key, &value);
+    }
+    Ok(compressed)
 }

@@ -168,21 +168,42 @@ fn identical_trees_give_identical_bytes_and_epoch_clamps_mtimes() {
 }
 
 #[test]
-fn stored_layer_digests_match_its_bytes() {
+fn stored_layers_are_plain_tars_and_compress_once() {
     let src = tempfile::tempdir().unwrap();
     fs::write(src.path().join("a"), "hello").unwrap();
     let store_dir = tempfile::tempdir().unwrap();
     let content = kiln_cache::ContentStore::open(store_dir.path()).unwrap();
     let blob = store_layer(src.path(), &[], &content, WriteOptions::default()).unwrap();
-    let compressed = content.read(&blob.digest).unwrap();
-    assert_eq!(compressed.len() as u64, blob.size);
-    let mut tar = Vec::new();
+    let tar = content.read(&blob.digest).unwrap();
+    assert_eq!(tar.len() as u64, blob.size);
+    assert_eq!(kiln_cache::Digest::of(&tar), blob.diff_id);
+    assert_eq!(blob.digest, blob.diff_id);
+    assert_eq!(blob.media_type, "application/vnd.oci.image.layer.v1.tar");
+
+    let memo = kiln_cache::CacheIndexStore::new(store_dir.path().join("memo.redb"));
+    let gzip = recompress(&content, &blob, LayerCompression::Gzip, &memo).unwrap();
+    assert_eq!(gzip.diff_id, blob.diff_id);
+    assert_eq!(
+        gzip.media_type,
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+    );
+    let mut unpacked = Vec::new();
     std::io::Read::read_to_end(
-        &mut flate2::read::MultiGzDecoder::new(compressed.as_slice()),
-        &mut tar,
+        &mut flate2::read::MultiGzDecoder::new(content.read(&gzip.digest).unwrap().as_slice()),
+        &mut unpacked,
     )
     .unwrap();
-    assert_eq!(kiln_cache::Digest::of(&tar), blob.diff_id);
+    assert_eq!(unpacked, tar);
+    // The second time the memo answers.
+    assert_eq!(
+        recompress(&content, &blob, LayerCompression::Gzip, &memo).unwrap(),
+        gzip
+    );
+    // A compressed layer is already what gzip asks for.
+    assert_eq!(
+        recompress(&content, &gzip, LayerCompression::Gzip, &memo).unwrap(),
+        gzip
+    );
 }
 
 /// A tar entry with a raw (unchecked) name.

@@ -8,16 +8,17 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use kiln_cache::{ContentStore, Digest};
-use sha2::{Digest as _, Sha256};
 use tar::{EntryType, Header};
 
-use super::gzip::ParallelGzip;
 use super::{
     OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, OVERLAY_XATTR_PREFIX, PAX_XATTR_PREFIX, WHITEOUT_PREFIX,
 };
 
-/// Media type of the gzip-compressed layers kiln writes.
+/// Media type of gzip-compressed layers (what kiln exports and pushes by default).
 pub const LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+
+/// Media type of the uncompressed layers kiln stores for its own images.
+pub const TAR_LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar";
 
 /// Choices that change the bytes of a layer.
 #[derive(Debug, Clone, Copy, Default)]
@@ -40,26 +41,25 @@ pub struct LayerBlob {
     pub media_type: String,
 }
 
-/// Writes `upper` (a directory in overlayfs format over `lowers`, top first) as a
-/// gzip-compressed OCI layer into `content`, hashing the tar and the blob as they stream.
+/// Writes `upper` (a directory in overlayfs format over `lowers`, top first) as an
+/// uncompressed OCI layer into `content`; its digest is its diff_id, hashed as it streams.
+///
+/// Compression waits until a layer leaves the machine (an archive or a push; see
+/// [`recompress`](super::recompress)): local builds never pay for it.
 pub fn store_layer(
     upper: &Path,
     lowers: &[PathBuf],
     content: &ContentStore,
     options: WriteOptions,
 ) -> Result<LayerBlob> {
-    let blob = content.writer().context("cannot start a layer blob")?;
-    let gzip = ParallelGzip::new(blob, 6);
-    let mut tar_hasher = HashingWriter::new(gzip);
-    write_layer(upper, lowers, &mut tar_hasher, options)?;
-    let (gzip, diff_id) = tar_hasher.finish();
-    let blob = gzip.finish().context("cannot compress the layer")?;
+    let mut blob = content.writer().context("cannot start a layer blob")?;
+    write_layer(upper, lowers, &mut blob, options)?;
     let (digest, size) = blob.commit(None).context("cannot store the layer blob")?;
     Ok(LayerBlob {
-        diff_id,
+        diff_id: digest,
         digest,
         size,
-        media_type: LAYER_MEDIA_TYPE.to_string(),
+        media_type: TAR_LAYER_MEDIA_TYPE.to_string(),
     })
 }
 
@@ -359,39 +359,4 @@ fn read_xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     }
     xattrs.sort();
     Ok(xattrs)
-}
-
-/// A writer that hashes everything passing through it with sha256.
-pub(crate) struct HashingWriter<W> {
-    inner: W,
-    hasher: Sha256,
-}
-
-impl<W: Write> HashingWriter<W> {
-    pub(crate) fn new(inner: W) -> Self {
-        Self {
-            inner,
-            hasher: Sha256::new(),
-        }
-    }
-
-    /// The inner writer and the digest of what was written.
-    pub(crate) fn finish(self) -> (W, Digest) {
-        (
-            self.inner,
-            Digest::from_bytes(self.hasher.finalize().into()),
-        )
-    }
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
 }
