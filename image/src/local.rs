@@ -17,6 +17,17 @@ pub struct PlatformWanted<'a> {
     pub variant: Option<&'a str>,
 }
 
+impl std::fmt::Display for PlatformWanted<'_> {
+    /// `os/architecture[/variant]`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        match self.variant {
+            Some(variant) => write!(f, "/{variant}"),
+            None => Ok(()),
+        }
+    }
+}
+
 /// One layer of a resolved image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageLayer {
@@ -78,17 +89,7 @@ pub fn resolve_local(
                             || p.variant().as_deref() == platform.variant)
                 })
             })
-            .ok_or_else(|| {
-                format!(
-                    "image {reference} has no manifest for {}/{}{}",
-                    platform.os,
-                    platform.architecture,
-                    platform
-                        .variant
-                        .map(|v| format!("/{v}"))
-                        .unwrap_or_default()
-                )
-            })?;
+            .ok_or_else(|| format!("image {reference} has no manifest for {platform}"))?;
         manifest_digest = chosen
             .digest()
             .to_string()

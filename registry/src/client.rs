@@ -110,13 +110,7 @@ impl RegistryClient {
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);
         }
-        let challenge = response
-            .headers()
-            .get(WWW_AUTHENTICATE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
-        let authorization = self.authorize(reference, access, &challenge)?;
+        let authorization = self.authorize(reference, access, &challenge_of(&response))?;
         let response = attempt(Some(&authorization))?;
         if response.status() == StatusCode::UNAUTHORIZED {
             bail!(
@@ -225,15 +219,9 @@ impl RegistryClient {
             check(response, domain)?;
             return Ok(());
         }
-        let challenge = response
-            .headers()
-            .get(WWW_AUTHENTICATE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
         let credential = (user.to_string(), password.to_string());
         let authorization = self
-            .answer(&challenge, None, Some(&credential))
+            .answer(&challenge_of(&response), None, Some(&credential))
             .map_err(|err| match err {
                 Refusal::NeedsLogin => anyhow::anyhow!("{domain}: login refused"),
                 Refusal::Other(err) => err.context(format!("{domain}: login refused")),
@@ -282,6 +270,16 @@ pub fn check(response: Response, what: &str) -> Result<Response> {
     } else {
         bail!("{what}: the registry answered {status}: {detail}")
     }
+}
+
+/// The `WWW-Authenticate` header of a 401 answer (empty when missing).
+fn challenge_of(response: &Response) -> String {
+    response
+        .headers()
+        .get(WWW_AUTHENTICATE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
 }
 
 fn login_hint(domain: &str) -> String {

@@ -157,17 +157,7 @@ pub fn pull(
             .into_iter()
             .flatten()
             .find(|m| platform_matches(&m["platform"], platform))
-            .with_context(|| {
-                format!(
-                    "{name} has no image for {}/{}{}",
-                    platform.os,
-                    platform.architecture,
-                    platform
-                        .variant
-                        .map(|v| format!("/{v}"))
-                        .unwrap_or_default()
-                )
-            })?;
+            .with_context(|| format!("{name} has no image for {platform}"))?;
         let digest = chosen["digest"]
             .as_str()
             .context("index entry without digest")?;

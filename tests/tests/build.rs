@@ -814,18 +814,14 @@ fn source_date_epoch_makes_builds_bit_identical() {
     let mut digests = Vec::new();
     // The second build reruns every step: the same bytes must come out again.
     for extra in [&[][..], &["--no-cache"][..]] {
-        let out = setup
-            .command()
-            .env("SOURCE_DATE_EPOCH", "1700000000")
-            .args(extra)
-            .args(["--metadata-file", metadata.to_str().unwrap()])
-            .arg(setup.context.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        run(
+            setup
+                .command()
+                .env("SOURCE_DATE_EPOCH", "1700000000")
+                .args(extra)
+                .args(["--metadata-file", metadata.to_str().unwrap()])
+                .arg(setup.context.path()),
+            true,
         );
         let metadata: serde_json::Value =
             serde_json::from_slice(&fs::read(&metadata).unwrap()).unwrap();

@@ -273,18 +273,14 @@ fn basic_auth_uses_docker_config_and_names_what_failed() {
         helper_dir.path().display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let out = kiln()
-        .env("DOCKER_CONFIG", helper_config.path())
-        .env("PATH", path)
-        .arg("--root")
-        .arg(tempfile::tempdir().unwrap().path())
-        .args(["pull", &format!("{host}/busybox:1")])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run(
+        kiln()
+            .env("DOCKER_CONFIG", helper_config.path())
+            .env("PATH", path)
+            .arg("--root")
+            .arg(tempfile::tempdir().unwrap().path())
+            .args(["pull", &format!("{host}/busybox:1")]),
+        true,
     );
 
     run(
