@@ -42,6 +42,23 @@ pub struct ImageRecord {
     pub created: i64,
 }
 
+impl ImageRecord {
+    /// A record naming `digest` (a manifest or index of `media_type`, `size` bytes) as
+    /// `name`, set now.
+    pub fn named_now(name: String, media_type: String, digest: Digest, size: u64) -> Self {
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        ImageRecord {
+            name,
+            media_type,
+            digest,
+            size,
+            created,
+        }
+    }
+}
+
 /// Names → manifests, in a redb database.
 #[derive(Clone, Debug)]
 pub struct ImageStore {

@@ -205,16 +205,15 @@ pub fn pull(
     }
     // Blobs first, then manifests, then the name: a name never points at a partial image.
     content.put(&manifest.bytes)?;
-    content.put(&top.bytes)?;
-    images.put(&ImageRecord {
+    if top.digest != manifest.digest {
+        content.put(&top.bytes)?;
+    }
+    images.put(&ImageRecord::named_now(
         name,
-        media_type: top.media_type.clone(),
-        digest: top.digest,
-        size: top.bytes.len() as u64,
-        created: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64),
-    })?;
+        top.media_type.clone(),
+        top.digest,
+        top.bytes.len() as u64,
+    ))?;
     Ok(top.digest)
 }
 

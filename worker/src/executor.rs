@@ -33,13 +33,17 @@ pub fn resolve_image(
     reference: &str,
     platform: &Platform,
 ) -> Result<ResolvedImage, String> {
-    let variant = (!platform.variant.is_empty()).then_some(platform.variant.as_str());
-    let wanted = PlatformWanted {
+    resolve_local(content, images, reference, &platform_wanted(platform))
+}
+
+/// `platform` as the image store and registries match it against index entries (a variant
+/// only when the platform names one).
+pub fn platform_wanted(platform: &Platform) -> PlatformWanted<'_> {
+    PlatformWanted {
         os: &platform.os,
         architecture: &platform.architecture,
-        variant,
-    };
-    resolve_local(content, images, reference, &wanted)
+        variant: (!platform.variant.is_empty()).then_some(platform.variant.as_str()),
+    }
 }
 
 /// A vertex's result.

@@ -10,4 +10,4 @@ pub mod layer;
 pub mod rootfs;
 pub mod snapshot;
 
-pub use executor::{Worker, WorkerConfig, WorkerRef, resolve_image};
+pub use executor::{Worker, WorkerConfig, WorkerRef, platform_wanted, resolve_image};

@@ -87,13 +87,12 @@ pub fn load(state: &StateDir, args: LoadArgs) -> Result<(), Failure> {
             .parse()
             .map_err(Failure::msg)?;
         for name in names {
-            let record = ImageRecord {
-                name: name.to_string(),
-                media_type: image.target.media_type().to_string(),
+            let record = ImageRecord::named_now(
+                name.to_string(),
+                image.target.media_type().to_string(),
                 digest,
-                size: image.target.size(),
-                created: now(),
-            };
+                image.target.size(),
+            );
             images.put(&record).map_err(Failure::msg)?;
             println!("Loaded image: {}", name.familiar());
         }

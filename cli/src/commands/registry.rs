@@ -2,7 +2,7 @@
 
 use clap::Args;
 use kiln_cache::StateDir;
-use kiln_image::{PlatformWanted, Reference};
+use kiln_image::Reference;
 use kiln_registry::{RegistryClient, RegistryOptions};
 use kiln_solver::Platform;
 
@@ -40,12 +40,6 @@ pub fn pull(state: &StateDir, options: &RegistryOptions, args: PullArgs) -> Resu
         Some(p) => p.parse::<Platform>().map_err(Failure::msg)?,
         None => Platform::host(),
     };
-    let variant = (!platform.variant.is_empty()).then_some(platform.variant.as_str());
-    let wanted = PlatformWanted {
-        os: &platform.os,
-        architecture: &platform.architecture,
-        variant,
-    };
     let _lock = state.lock(false).map_err(Failure::msg)?;
     let content = state.content().map_err(Failure::msg)?;
     let images = state.images().map_err(Failure::msg)?;
@@ -54,7 +48,7 @@ pub fn pull(state: &StateDir, options: &RegistryOptions, args: PullArgs) -> Resu
         &content,
         &images,
         &reference,
-        &wanted,
+        &kiln_worker::platform_wanted(&platform),
         &|line| eprintln!("{line}"),
     )
     .map_err(|e| Failure::msg(format!("cannot pull {reference}: {e:#}")))?;

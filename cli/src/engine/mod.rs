@@ -17,13 +17,13 @@ use std::sync::atomic::AtomicBool;
 use anyhow::{Context, Result};
 use kiln_cache::{CacheIndexStore, ChecksumCache, ContentStore, Digest, ImageStore, StateDir};
 use kiln_frontend::lower::{BuildOptions, ImageResolver, lower};
-use kiln_image::{Image, PlatformWanted, Reference};
+use kiln_image::{Image, Reference};
 use kiln_registry::{RegistryClient, RegistryOptions};
 use kiln_solver::{CacheIndex, Definition, Platform, ProgressEvent, SolveOptions, solve};
 use kiln_worker::exec::ExternalRuntime;
 use kiln_worker::layer::{LayerCompression, WriteOptions, recompress};
 use kiln_worker::snapshot::{Snapshot, Snapshotter};
-use kiln_worker::{Worker, WorkerConfig, WorkerRef, resolve_image};
+use kiln_worker::{Worker, WorkerConfig, WorkerRef, platform_wanted, resolve_image};
 
 /// Everything a build needs from its client.
 pub struct BuildRequest {
@@ -90,7 +90,6 @@ impl From<anyhow::Error> for BuildError {
     }
 }
 
-/// Base image configs for the frontend, from the local store.
 /// Base images from the local store, pulled into it first when missing (or always, with
 /// `--pull`; never again for a pinned digest that is there).
 struct StoreImages<'a> {
@@ -117,18 +116,12 @@ impl ImageResolver for StoreImages<'_> {
             .insert(format!("{parsed} {platform}"));
         if pull {
             (self.notice)(&format!("pulling {parsed}"));
-            let variant = (!platform.variant.is_empty()).then_some(platform.variant.as_str());
-            let wanted = PlatformWanted {
-                os: &platform.os,
-                architecture: &platform.architecture,
-                variant,
-            };
             kiln_registry::pull::pull(
                 self.registry,
                 self.content,
                 self.images,
                 &parsed,
-                &wanted,
+                &platform_wanted(platform),
                 self.notice,
             )
             .map_err(|e| format!("{e:#}"))?;
@@ -226,15 +219,12 @@ fn store_and_push(
     for name in &output.names {
         let reference = Reference::parse_normalized(name)
             .map_err(|e| anyhow::anyhow!("invalid image name {name:?}: {e}"))?;
-        images.put(&kiln_cache::ImageRecord {
-            name: reference.to_string(),
-            media_type: image.media_type.to_string(),
-            digest: image.manifest.0,
-            size: image.manifest.1,
-            created: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64),
-        })?;
+        images.put(&kiln_cache::ImageRecord::named_now(
+            reference.to_string(),
+            image.media_type.to_string(),
+            image.manifest.0,
+            image.manifest.1,
+        ))?;
         if output.push {
             push_stored(state, registry, &reference, notice)?;
         }
