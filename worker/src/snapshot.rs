@@ -44,9 +44,9 @@ impl Snapshotter {
     }
 
     /// Unmounts and deletes the scratch space of steps and unpacks that a killed kiln left
-    /// behind; returns how many there were. Only for a process that holds the state
-    /// directory alone: other builds' live steps look the same.
-    pub fn remove_stale(&self) -> Result<usize> {
+    /// behind. Only for a process that holds the state directory alone: other builds' live
+    /// steps look the same.
+    pub fn remove_stale(&self) -> Result<()> {
         let work = fs::canonicalize(&self.work)?;
         let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         // Field 5 is the mount point, with spaces and such escaped as octal.
@@ -62,14 +62,12 @@ impl Snapshotter {
             unmount(point, UnmountFlags::DETACH)
                 .with_context(|| format!("cannot unmount {}", point.display()))?;
         }
-        let mut removed = 0;
         for entry in fs::read_dir(&work)? {
             let path = entry?.path();
             fs::remove_dir_all(&path)
                 .with_context(|| format!("cannot remove {}", path.display()))?;
-            removed += 1;
         }
-        Ok(removed)
+        Ok(())
     }
 
     /// The directory holding `layer` unpacked, unpacking it from `content`

@@ -1,7 +1,6 @@
 //! Running a bundle with an OCI runtime process: runc and friends, or kiln's embedded
 //! runtime, which re-executes the kiln binary with the same command line.
 
-use std::ffi::OsString;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -33,64 +32,63 @@ pub struct ExternalRuntime {
     binary: PathBuf,
     /// Where it keeps container state: one entry per container.
     state: PathBuf,
-    /// Arguments before the command: where the runtime keeps container state.
-    global_args: Vec<OsString>,
+    /// `binary` is kiln, serving the embedded runtime (`kiln oci-runtime --state`), rather
+    /// than a runc-like program (`runc --root`).
+    embedded: bool,
 }
 
 impl ExternalRuntime {
     /// An external runtime binary (`runc`, `crun`, `youki`) keeping its container state
     /// under `state`.
     pub fn new(binary: impl Into<PathBuf>, state: impl Into<PathBuf>) -> Self {
-        let state = state.into();
         Self {
             binary: binary.into(),
-            global_args: vec!["--root".into(), state.clone().into_os_string()],
-            state,
+            state: state.into(),
+            embedded: false,
         }
     }
 
     /// kiln's embedded libcontainer runtime, served by `kiln_binary oci-runtime`, keeping
     /// its container state under `state`.
     pub fn embedded(kiln_binary: impl Into<PathBuf>, state: impl Into<PathBuf>) -> Self {
-        let state = state.into();
         Self {
             binary: kiln_binary.into(),
-            global_args: vec![
-                EMBEDDED_RUNTIME_COMMAND.into(),
-                "--state".into(),
-                state.clone().into_os_string(),
-            ],
-            state,
+            state: state.into(),
+            embedded: true,
         }
     }
 
-    /// Kills and deletes every container in the state directory; returns how many there
-    /// were. Only for a process that holds kiln's state directory alone: then each one
-    /// belongs to a kiln that was killed.
-    pub fn remove_orphans(&self) -> usize {
+    /// Kills and deletes every container in the state directory. Only for a process that
+    /// holds kiln's state directory alone: then each one belongs to a kiln that was killed.
+    pub fn remove_orphans(&self) {
         let Ok(entries) = std::fs::read_dir(&self.state) else {
-            return 0;
+            return;
         };
-        let mut removed = 0;
         for entry in entries.filter_map(Result::ok) {
-            let id = entry.file_name();
             let deleted = self
                 .command()
-                .args(["delete".as_ref(), "--force".as_ref(), id.as_os_str()])
+                .args([
+                    "delete".as_ref(),
+                    "--force".as_ref(),
+                    entry.file_name().as_os_str(),
+                ])
                 .stderr(Stdio::null())
                 .status();
             if !deleted.is_ok_and(|s| s.success()) {
                 // A half-created container the runtime cannot load.
                 let _ = std::fs::remove_dir_all(entry.path());
             }
-            removed += 1;
         }
-        removed
     }
 
     fn command(&self) -> Command {
         let mut command = Command::new(&self.binary);
-        command.args(&self.global_args);
+        if self.embedded {
+            command.args([EMBEDDED_RUNTIME_COMMAND, "--state"]);
+        } else {
+            command.arg("--root");
+        }
+        command.arg(&self.state);
         command
     }
 }
