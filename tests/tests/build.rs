@@ -3,6 +3,7 @@
 //! runtime and with `--oci-runtime runc`.
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -885,4 +886,38 @@ fn env_arg_and_heredocs_reach_the_image(runtime: Runtime) {
     );
     assert!(env.contains(&serde_json::json!("WHO=world")), "{env:?}");
     assert_eq!(config["config"]["WorkingDir"], "/srv/app");
+}
+
+/// `COPY --from` hard-links unchanged files from the source stage's layers: changing,
+/// re-moding or deleting them later must never reach the stage they came from.
+#[test]
+fn files_copied_from_a_stage_stay_apart_from_it() {
+    let setup = Setup::new(
+        Runtime::Embedded,
+        "FROM busybox:1 AS build\n\
+         RUN echo original > /f && mkdir /d && echo in-d > /d/g\n\
+         FROM busybox:1 AS changer\n\
+         COPY --from=build /f /d /copied/\n\
+         RUN echo changed >> /copied/f && chmod 600 /copied/f && rm /copied/g\n\
+         FROM busybox:1\n\
+         COPY --from=build /f /from-build\n\
+         COPY --from=build /d/g /g-from-build\n\
+         COPY --from=changer /copied/ /from-changer/\n",
+    );
+    let out = tempfile::tempdir().unwrap();
+    setup.build_ok(&["-o", &format!("type=local,dest={}", out.path().display())]);
+    let read = |name: &str| fs::read_to_string(out.path().join(name)).unwrap();
+    let mode = |name: &str| {
+        fs::metadata(out.path().join(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(read("from-build"), "original\n");
+    assert_eq!(mode("from-build"), 0o644);
+    assert_eq!(read("g-from-build"), "in-d\n");
+    assert_eq!(read("from-changer/f"), "original\nchanged\n");
+    assert_eq!(mode("from-changer/f"), 0o600);
+    assert!(!out.path().join("from-changer/g").exists());
 }

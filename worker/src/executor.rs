@@ -18,7 +18,7 @@ use kiln_solver::{
 use serde::{Deserialize, Serialize};
 
 use crate::exec::{self, ExecRequest, OciRuntime, SandboxMount};
-use crate::fileop::{self, SourceTree};
+use crate::fileop::{self, LayerLinker, SourceTree};
 use crate::http::{self, Download};
 use crate::layer::{LayerBlob, WriteOptions};
 use crate::rootfs::resolve_in_root;
@@ -263,11 +263,13 @@ impl Worker {
             Some(i) => self.snapshot(&inputs[i])?.clone(),
             None => Snapshot::default(),
         };
-        let active = self.config.snapshots.prepare(&base, &self.config.content)?;
-        let root = active.rootfs();
-        for action in &op.actions {
+        let mut active = self.config.snapshots.prepare(&base, &self.config.content)?;
+        for (n, action) in op.actions.iter().enumerate() {
+            let root = active.rootfs();
             match action {
-                FileAction::Copy(copy) => self.copy(copy, inputs, root)?,
+                FileAction::Copy(copy) => {
+                    self.copy(copy, inputs, &mut active, n + 1 < op.actions.len())?;
+                }
                 FileAction::Mkdir(mkdir) => fileop::mkdir(root, mkdir)?,
                 FileAction::Mkfile(mkfile) => fileop::mkfile(root, mkfile)?,
                 FileAction::Symlink(link) => fileop::make_symlink(root, link)?,
@@ -309,13 +311,21 @@ impl Worker {
         )?))
     }
 
-    fn copy(&self, copy: &CopyAction, inputs: &[WorkerRef], root: &Path) -> Result<()> {
+    /// Runs one COPY into `dest`. Files from a snapshot may be hard-linked into its upper
+    /// directory; then `dest` is remounted if `more_follow`, so later actions see them.
+    fn copy(
+        &self,
+        copy: &CopyAction,
+        inputs: &[WorkerRef],
+        dest: &mut ActiveSnapshot,
+        more_follow: bool,
+    ) -> Result<()> {
         match &inputs[copy.input] {
             WorkerRef::Local {
                 name,
                 exclude_patterns,
             } => self.with_context_tree(name, exclude_patterns, |tree| {
-                fileop::copy(tree, copy, root)
+                fileop::copy(tree, copy, dest.rootfs(), None)
             }),
             WorkerRef::Snapshot(snapshot) => {
                 let view = self
@@ -327,7 +337,13 @@ impl Worker {
                     ignore: None,
                     is_context: false,
                 };
-                fileop::copy(&tree, copy, root)
+                let linker =
+                    LayerLinker::new(view.lowers(), view.rootfs(), dest.rootfs(), dest.upper());
+                fileop::copy(&tree, copy, dest.rootfs(), Some(&linker))?;
+                if linker.linked_any() && more_follow {
+                    dest.remount()?;
+                }
+                Ok(())
             }
         }
     }

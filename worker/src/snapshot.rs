@@ -117,18 +117,14 @@ impl Snapshotter {
         let mut active = ActiveSnapshot {
             scratch: Some(scratch),
             upper,
+            work,
             lowers: lowers.iter().rev().cloned().collect(),
+            empty,
             rootfs,
             mounted: false,
             snapshotter: self.clone(),
         };
-        let lowers: Vec<&Path> = if lowers.is_empty() {
-            vec![empty.as_path()]
-        } else {
-            lowers.iter().rev().map(PathBuf::as_path).collect()
-        };
-        mount_overlay(&lowers, &active.upper, &work, &active.rootfs)?;
-        active.mounted = true;
+        active.mount()?;
         Ok(active)
     }
 
@@ -152,8 +148,12 @@ impl Snapshotter {
 pub struct ActiveSnapshot {
     scratch: Option<tempfile::TempDir>,
     upper: PathBuf,
+    /// overlayfs's work directory.
+    work: PathBuf,
     /// The unpacked layers below, top first.
     lowers: Vec<PathBuf>,
+    /// The lower directory when there are no layers (overlayfs needs one).
+    empty: PathBuf,
     rootfs: PathBuf,
     mounted: bool,
     snapshotter: Snapshotter,
@@ -163,6 +163,34 @@ impl ActiveSnapshot {
     /// The merged filesystem, where a step reads and writes.
     pub fn rootfs(&self) -> &Path {
         &self.rootfs
+    }
+
+    /// The upper directory, where the changes are.
+    pub fn upper(&self) -> &Path {
+        &self.upper
+    }
+
+    /// The unpacked layers below, top first. They are never written.
+    pub fn lowers(&self) -> &[PathBuf] {
+        &self.lowers
+    }
+
+    /// Mounts the overlay afresh, after the upper directory was written directly (the
+    /// old mount may hold stale lookups).
+    pub fn remount(&mut self) -> Result<()> {
+        self.unmount()?;
+        self.mount()
+    }
+
+    fn mount(&mut self) -> Result<()> {
+        let lowers: Vec<&Path> = if self.lowers.is_empty() {
+            vec![self.empty.as_path()]
+        } else {
+            self.lowers.iter().map(PathBuf::as_path).collect()
+        };
+        mount_overlay(&lowers, &self.upper, &self.work, &self.rootfs)?;
+        self.mounted = true;
+        Ok(())
     }
 
     /// Unmounts, stores the changes as a layer and returns `base` with that

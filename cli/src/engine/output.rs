@@ -203,7 +203,7 @@ pub fn write_output(
                 ignore: Some(&nothing_ignored),
                 is_context: false,
             };
-            fileop::copy(&tree, &CopyAction::new(0, "/", "/"), dest)
+            fileop::copy(&tree, &CopyAction::new(0, "/", "/"), dest, None)
         }
     }
 }

@@ -2,6 +2,7 @@
 //! mounted root filesystem.
 
 mod chmod;
+mod link;
 mod select;
 
 use std::collections::{HashMap, HashSet};
@@ -19,6 +20,7 @@ use sha2::{Digest as _, Sha256};
 use crate::layer::{extract_archive, is_tar_archive};
 use crate::rootfs::{Ids, resolve_in_root, resolve_user};
 pub use chmod::apply_chmod;
+pub use link::LayerLinker;
 pub use select::{Item, SourceTree, select};
 
 /// Copies what `action` selects from `tree` into the root filesystem at
@@ -26,8 +28,14 @@ pub use select::{Item, SourceTree, select};
 /// `--chown` names resolved in `root` and `--chmod` applied.
 ///
 /// Directories, symlinks and archives are made in order first; then regular files are
-/// copied on every core; then the further names of hard-linked files are linked.
-pub fn copy(tree: &SourceTree<'_>, action: &CopyAction, root: &Path) -> Result<()> {
+/// copied on every core (or, with a `linker`, hard-linked where nothing about them
+/// changes); then the further names of hard-linked files are linked.
+pub fn copy(
+    tree: &SourceTree<'_>,
+    action: &CopyAction,
+    root: &Path,
+    linker: Option<&LayerLinker<'_>>,
+) -> Result<()> {
     let items = select(tree, action, Some(root))?;
     let owner = owner(root, action.chown.as_ref())?;
     let parent_owner = owner.unwrap_or_default();
@@ -102,9 +110,15 @@ pub fn copy(tree: &SourceTree<'_>, action: &CopyAction, root: &Path) -> Result<(
     }
     let files: Vec<(PathBuf, &Item)> = files.into_iter().collect();
     on_every_core(&files, |(target, item)| {
+        let ids = ids_of(item);
+        let unchanged =
+            ids.uid == item.meta.uid() && ids.gid == item.meta.gid() && action.chmod.is_none();
+        if unchanged && linker.is_some_and(|l| l.link(item, target)) {
+            return Ok(());
+        }
         fs::copy(&item.host, target)
             .with_context(|| format!("cannot copy {} to {}", item.rel, item.dest))?;
-        finish_entry(target, item, ids_of(item), action)
+        finish_entry(target, item, ids, action)
     })?;
     for (first, target, item) in further_links {
         fs::hard_link(&first, &target)
@@ -182,7 +196,7 @@ fn extract_into(item: &Item, action: &CopyAction, root: &Path) -> Result<()> {
         ignore: None,
         is_context: false,
     };
-    copy(&tree, &contents, root)
+    copy(&tree, &contents, root, None)
 }
 
 /// sha256 over what `action` selects from `tree`: each entry's path below
