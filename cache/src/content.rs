@@ -4,9 +4,11 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use rustix::fs::OFlags;
 use sha2::{Digest as _, Sha256};
 
 use crate::Digest;
@@ -127,7 +129,9 @@ impl ContentStore {
             temp,
             hasher: Sha256::new(),
             size: 0,
-            pending: Vec::with_capacity(WRITE_CHUNK),
+            chunk: ChunkBuffer::new(),
+            written: 0,
+            direct: DirectIo::Untried,
         })
     }
 
@@ -181,35 +185,89 @@ impl ContentStore {
 
 /// How much a [`BlobWriter`] gathers before writing. Whole, block-aligned chunks spare the
 /// kernel from zeroing the partial blocks that small unaligned writes (tar headers, file
-/// tails) would leave; that zeroing cost as much as the copying itself.
+/// tails) would leave, and can bypass the page cache.
 const WRITE_CHUNK: usize = 1 << 20;
+
+/// The memory alignment direct I/O asks of a buffer (the largest logical block size).
+const DIRECT_ALIGN: usize = 4096;
+
+/// One chunk being gathered, at an address aligned for direct I/O.
+struct ChunkBuffer {
+    bytes: Vec<u8>,
+    /// Where the aligned chunk starts in `bytes`.
+    start: usize,
+    /// How many bytes of the chunk are filled.
+    filled: usize,
+}
+
+impl ChunkBuffer {
+    fn new() -> Self {
+        let bytes = vec![0; WRITE_CHUNK + DIRECT_ALIGN];
+        let start = bytes.as_ptr().align_offset(DIRECT_ALIGN);
+        Self {
+            bytes,
+            start,
+            filled: 0,
+        }
+    }
+
+    /// Copies as much of `buf` as fits; returns how much that was.
+    fn fill(&mut self, buf: &[u8]) -> usize {
+        let n = buf.len().min(WRITE_CHUNK - self.filled);
+        let at = self.start + self.filled;
+        self.bytes[at..at + n].copy_from_slice(&buf[..n]);
+        self.filled += n;
+        n
+    }
+
+    fn filled(&self) -> &[u8] {
+        &self.bytes[self.start..self.start + self.filled]
+    }
+}
+
+/// Whether a [`BlobWriter`] writes around the page cache.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum DirectIo {
+    /// Not yet: nothing but whole chunks has been written.
+    Untried,
+    /// Whole chunks go straight to the disk.
+    On,
+    /// Through the page cache: the filesystem refused, or a partial chunk was written.
+    Off,
+}
 
 /// A blob being written: hashes what passes through, and lands atomically on commit. Dropped
 /// without commit, it deletes its temporary file.
+///
+/// Whole chunks are written with `O_DIRECT` where the filesystem allows it: a layer is
+/// written once and read rarely, and on this project's 2-core VMs filling fresh page-cache
+/// pages ran at 360 MB/s against 1.5 GB/s for direct writes.
 pub struct BlobWriter {
     store: ContentStore,
     file: Option<File>,
     temp: PathBuf,
     hasher: Sha256,
+    /// Bytes hashed (written or gathered).
     size: u64,
-    /// Bytes hashed but not yet written, less than [`WRITE_CHUNK`] between calls.
-    pending: Vec<u8>,
+    chunk: ChunkBuffer,
+    /// Bytes in the file.
+    written: u64,
+    direct: DirectIo,
 }
 
 impl Write for BlobWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = buf.len().min(WRITE_CHUNK - self.pending.len());
-        self.pending.extend_from_slice(&buf[..n]);
+        let n = self.chunk.fill(buf);
         self.hasher.update(&buf[..n]);
         self.size += n as u64;
-        if self.pending.len() == WRITE_CHUNK {
-            self.write_pending()?;
+        if self.chunk.filled == WRITE_CHUNK {
+            self.write_chunk()?;
         }
         Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.write_pending()
+        self.write_chunk()
     }
 }
 
@@ -219,18 +277,43 @@ impl BlobWriter {
         self.size
     }
 
-    fn write_pending(&mut self) -> io::Result<()> {
-        if let Some(file) = self.file.as_mut() {
-            file.write_all(&self.pending)?;
+    /// Writes out the gathered chunk; a whole one directly if the filesystem allows.
+    fn write_chunk(&mut self) -> io::Result<()> {
+        if self.chunk.filled == 0 {
+            return Ok(());
         }
-        self.pending.clear();
+        let file = self.file.as_ref().expect("file is present until commit");
+        let whole = self.chunk.filled == WRITE_CHUNK;
+        self.direct = match (self.direct, whole) {
+            (DirectIo::Untried, true) => match set_direct(file, true) {
+                Ok(()) => DirectIo::On,
+                Err(_) => DirectIo::Off,
+            },
+            (DirectIo::On, false) => {
+                set_direct(file, false)?;
+                DirectIo::Off
+            }
+            (_, false) => DirectIo::Off,
+            (state, true) => state,
+        };
+        let written = file.write_all_at(self.chunk.filled(), self.written);
+        if written.is_err() && self.direct == DirectIo::On {
+            // Some filesystems accept the flag but not the write: go the usual way.
+            set_direct(file, false)?;
+            self.direct = DirectIo::Off;
+            file.write_all_at(self.chunk.filled(), self.written)?;
+        } else {
+            written?;
+        }
+        self.written += self.chunk.filled as u64;
+        self.chunk.filled = 0;
         Ok(())
     }
 
     /// Finishes the blob: checks it against `expected` (if given), syncs it and renames it into
     /// place. Returns its digest and size.
     pub fn commit(mut self, expected: Option<Digest>) -> Result<(Digest, u64), ContentError> {
-        self.write_pending()
+        self.write_chunk()
             .map_err(io_err("cannot write", &self.temp))?;
         let file = self.file.take().expect("commit runs once");
         let actual = Digest::from_bytes(std::mem::take(&mut self.hasher).finalize().into());
@@ -245,6 +328,17 @@ impl BlobWriter {
         fs::rename(&self.temp, &dest).map_err(io_err("cannot store", &dest))?;
         Ok((actual, self.size))
     }
+}
+
+/// Turns `O_DIRECT` on or off for `file`.
+fn set_direct(file: &File, on: bool) -> io::Result<()> {
+    let flags = rustix::fs::fcntl_getfl(file)?;
+    let flags = if on {
+        flags | OFlags::DIRECT
+    } else {
+        flags - OFlags::DIRECT
+    };
+    Ok(rustix::fs::fcntl_setfl(file, flags)?)
 }
 
 impl Drop for BlobWriter {

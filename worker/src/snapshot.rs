@@ -40,6 +40,7 @@ impl Snapshotter {
         fs::create_dir_all(&snapshotter.layers)
             .with_context(|| format!("cannot create {}", snapshotter.layers.display()))?;
         fs::create_dir_all(&snapshotter.work)?;
+        spread_subdirectories(&snapshotter.work);
         Ok(snapshotter)
     }
 
@@ -234,6 +235,21 @@ impl Drop for ActiveSnapshot {
                 let _ = scratch.keep();
             }
         }
+    }
+}
+
+/// Asks the filesystem to place each subdirectory of `dir` (each step's scratch) in a block
+/// group of its own, as for top-level directories (ext4's `FS_TOPDIR_FL`; other
+/// filesystems ignore or refuse it, which is fine: it is only a hint).
+///
+/// Why: ext4 without a journal checks, for every new inode, the inodes of its group freed
+/// in the last minute, one lookup each. With the scratch of earlier steps freed in the
+/// same group, a 5,000-file COPY took 1.2 s instead of 0.4 s.
+fn spread_subdirectories(dir: &Path) {
+    if let Ok(dir) = fs::File::open(dir)
+        && let Ok(flags) = rustix::fs::ioctl_getflags(&dir)
+    {
+        let _ = rustix::fs::ioctl_setflags(&dir, flags | rustix::fs::IFlags::TOPDIR);
     }
 }
 

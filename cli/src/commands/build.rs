@@ -1,5 +1,6 @@
 //! `kiln build`: build an image from a Dockerfile and a context.
 
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -113,7 +114,9 @@ pub fn run(state: &StateDir, registry: &RegistryOptions, args: BuildArgs) -> Res
     let request = BuildRequest {
         dockerignore: read_dockerignore(&dockerfile_path, &args.context),
         dockerfile: dockerfile.bytes.clone(),
-        context: args.context.clone(),
+        // Canonical, so that the checksum cache (keyed by path) is shared by `kiln build .`
+        // and `kiln build /abs/path` of the same context.
+        context: fs::canonicalize(&args.context).unwrap_or_else(|_| args.context.clone()),
         options,
         tags: args.tags.clone(),
         outputs: args.outputs.clone(),
