@@ -921,3 +921,16 @@ fn files_copied_from_a_stage_stay_apart_from_it() {
     assert_eq!(mode("from-changer/f"), 0o600);
     assert!(!out.path().join("from-changer/g").exists());
 }
+
+/// Steps that change nothing make the same empty layer; a stack holding it more than once
+/// still mounts.
+#[test]
+fn steps_that_change_nothing_can_follow_each_other() {
+    let setup = Setup::new(
+        Runtime::Embedded,
+        "FROM busybox:1\nRUN true\nRUN true\nRUN true\nRUN echo ok > /ok\n",
+    );
+    let out = tempfile::tempdir().unwrap();
+    setup.build_ok(&["-o", &format!("type=local,dest={}", out.path().display())]);
+    assert_eq!(fs::read_to_string(out.path().join("ok")).unwrap(), "ok\n");
+}

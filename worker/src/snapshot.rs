@@ -115,11 +115,20 @@ impl Snapshotter {
             fs::create_dir(path)?;
         }
         let [upper, work, rootfs, empty] = paths;
+        // A layer can recur in a stack (two `RUN true` make the same empty layer), and
+        // overlayfs refuses a lower directory given twice. Only the topmost copy counts:
+        // every path the lower one holds, the upper one holds the same way.
+        let mut top_first: Vec<PathBuf> = Vec::with_capacity(lowers.len());
+        for lower in lowers.iter().rev() {
+            if !top_first.contains(lower) {
+                top_first.push(lower.clone());
+            }
+        }
         let mut active = ActiveSnapshot {
             scratch: Some(scratch),
             upper,
             work,
-            lowers: lowers.iter().rev().cloned().collect(),
+            lowers: top_first,
             empty,
             rootfs,
             mounted: false,
@@ -362,6 +371,20 @@ mod tests {
             entries(&content, &next.layers[1]),
             [".wh.a", "b", "d/", "d/.wh..wh..opq", "d/z"]
         );
+
+        // The same layer twice in a stack mounts (the top one counts).
+        let twice = Snapshot {
+            layers: vec![
+                base.layers[0].clone(),
+                next.layers[1].clone(),
+                base.layers[0].clone(),
+            ],
+        };
+        let view = snapshots.prepare(&twice, &content).unwrap();
+        assert_eq!(fs::read_to_string(view.rootfs().join("a")).unwrap(), "a");
+        assert_eq!(fs::read_to_string(view.rootfs().join("d/x")).unwrap(), "x");
+        assert!(view.rootfs().join("d/z").exists());
+        drop(view);
 
         // A fresh unpack of the stack gives the same view.
         let fresh = Snapshotter::open(state.path().join("other")).unwrap();
