@@ -2,6 +2,7 @@
 //! runtime, which re-executes the kiln binary with the same command line.
 
 use std::io::Read;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,6 +10,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use kiln_solver::LogStream;
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
+use rustix::process::{Pid, PidfdFlags};
 
 /// Something that runs an OCI bundle to completion.
 pub trait OciRuntime: Send + Sync {
@@ -121,6 +124,8 @@ impl OciRuntime for ExternalRuntime {
             .with_context(|| format!("cannot start the OCI runtime {}", self.binary.display()))?;
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
+        let exited = Pid::from_raw(child.id() as i32)
+            .and_then(|pid| rustix::process::pidfd_open(pid, PidfdFlags::empty()).ok());
         let status = std::thread::scope(|scope| {
             if let Some(out) = stdout {
                 scope.spawn(move || pump(out, LogStream::Stdout, log));
@@ -141,7 +146,7 @@ impl OciRuntime for ExternalRuntime {
                         .status();
                     killed = true;
                 }
-                std::thread::sleep(Duration::from_millis(20));
+                wait_for_exit(exited.as_ref(), Duration::from_millis(50));
             }
         });
         let _ = self
@@ -156,6 +161,22 @@ impl OciRuntime for ExternalRuntime {
         Ok(status.code().unwrap_or_else(|| {
             128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)
         }))
+    }
+}
+
+/// Sleeps until the process behind `pidfd` exits or `timeout` passes. A step's end is
+/// noticed at once; a 20 ms polling sleep had cost every RUN step 10 ms on average.
+/// Without a pidfd (Linux before 5.3) it just sleeps.
+fn wait_for_exit(pidfd: Option<&OwnedFd>, timeout: Duration) {
+    match pidfd {
+        Some(fd) => {
+            let timeout = Timespec {
+                tv_sec: 0,
+                tv_nsec: i64::from(timeout.subsec_nanos()),
+            };
+            let _ = poll(&mut [PollFd::new(fd, PollFlags::IN)], Some(&timeout));
+        }
+        None => std::thread::sleep(timeout),
     }
 }
 
