@@ -427,6 +427,7 @@ impl Executor for Worker {
                         digest: l.digest,
                         size: l.size,
                         media_type: l.media_type,
+                        created: None,
                     })
                     .collect();
                 Ok(WorkerRef::Snapshot(Snapshot { layers }))

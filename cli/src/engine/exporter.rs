@@ -76,21 +76,28 @@ pub fn export_image(
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs())
     });
-    let created = rfc3339(now);
     image.architecture = platform.architecture.clone();
     image.os = platform.os.clone();
     image.variant = (!platform.variant.is_empty()).then(|| platform.variant.clone());
-    image.created = Some(created.clone());
     image.rootfs.kind = "layers".into();
     image.rootfs.diff_ids = snapshot
         .layers
         .iter()
         .map(|l| l.diff_id.to_string())
         .collect();
-    for entry in image.history.iter_mut().filter(|h| h.created.is_none()) {
-        entry.created = Some(created.clone());
-    }
     align_history(&mut image.history, snapshot.layers.len());
+    // SOURCE_DATE_EPOCH stamps every new entry; otherwise a layer's entry takes the time
+    // its step ran, which the cache kept.
+    let layer_times = match source_date_epoch {
+        Some(_) => vec![None; snapshot.layers.len()],
+        None => snapshot.layers.iter().map(|l| l.created).collect(),
+    };
+    date_history(&mut image.history, &layer_times, now);
+    image.created = image
+        .history
+        .last()
+        .and_then(|h| h.created.clone())
+        .or_else(|| Some(rfc3339(now)));
 
     let config_bytes = serde_json::to_vec(&image)?;
     let config_digest = content
@@ -198,6 +205,7 @@ pub fn distributable(
                     .as_str()
                     .unwrap_or_default()
                     .to_string(),
+                created: None,
             };
             recompress(content, &layer, LayerCompression::Gzip, memo)
         })
@@ -210,6 +218,35 @@ pub fn distributable(
     let config_size = manifest["config"]["size"].as_u64().unwrap_or(0);
     let (digest, _) = store_manifest(content, (config_digest, config_size), &layers, format)?;
     Ok((digest, format.manifest().to_string()))
+}
+
+/// Gives every history entry without a time one, as BuildKit does: an entry that made a
+/// layer takes `layer_times` (one per layer, bottom first) where known; the others take the
+/// first new layer's time, or the previous entry's, or `now` when nothing has one.
+fn date_history(history: &mut [History], layer_times: &[Option<u64>], now: u64) {
+    let mut layers = layer_times.iter();
+    for entry in history.iter_mut().filter(|h| !h.empty_layer) {
+        if let (None, Some(Some(time))) = (&entry.created, layers.next()) {
+            entry.created = Some(rfc3339(*time));
+        }
+    }
+    let first_new = history
+        .iter()
+        .skip_while(|h| h.created.is_some())
+        .find_map(|h| h.created.clone());
+    let last_dated = history.iter().rev().find_map(|h| h.created.clone());
+    let mut created = first_new.or(last_dated).unwrap_or_else(|| rfc3339(now));
+    let mut seen_undated = false;
+    for entry in history.iter_mut() {
+        match &entry.created {
+            Some(time) if seen_undated => created = time.clone(),
+            Some(_) => {}
+            None => {
+                seen_undated = true;
+                entry.created = Some(created.clone());
+            }
+        }
+    }
 }
 
 /// Makes the history's non-empty entries match the layer count, as
@@ -280,5 +317,30 @@ mod tests {
         let mut history = vec![entry(false), entry(false)];
         align_history(&mut history, 1);
         assert_eq!(history.iter().filter(|h| !h.empty_layer).count(), 1);
+    }
+
+    #[test]
+    fn history_takes_layer_times_then_buildkits_fill_rule() {
+        let entry = |empty: bool, created: Option<u64>| History {
+            empty_layer: empty,
+            created: created.map(rfc3339),
+            ..History::default()
+        };
+        // Base image (dated), ENV (undated), RUN (its layer ran at 200), COPY (layer of
+        // an older cache without a time), CMD (undated).
+        let mut history = vec![
+            entry(false, Some(100)),
+            entry(true, None),
+            entry(false, None),
+            entry(false, None),
+            entry(true, None),
+        ];
+        date_history(&mut history, &[None, Some(200), None], 999);
+        let times: Vec<_> = history.iter().map(|h| h.created.clone().unwrap()).collect();
+        assert_eq!(times, [100, 200, 200, 200, 200].map(rfc3339));
+
+        let mut undated = vec![entry(true, None), entry(false, None)];
+        date_history(&mut undated, &[None], 999);
+        assert!(undated.iter().all(|h| h.created == Some(rfc3339(999))));
     }
 }

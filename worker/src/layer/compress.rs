@@ -56,7 +56,10 @@ pub fn recompress(
         .and_then(|v| serde_json::from_slice::<LayerBlob>(&v).ok())
         .filter(|known| content.contains(&known.digest))
     {
-        return Ok(known);
+        return Ok(LayerBlob {
+            created: layer.created,
+            ..known
+        });
     }
     let source = content
         .open_blob(&layer.digest)
@@ -81,6 +84,7 @@ pub fn recompress(
         digest,
         size,
         media_type: compression.media_type().to_string(),
+        created: layer.created,
     };
     if let Ok(value) = serde_json::to_vec(&compressed) {
         memo.put(&key, &value);

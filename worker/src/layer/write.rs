@@ -39,6 +39,11 @@ pub struct LayerBlob {
     pub size: u64,
     /// The blob's media type.
     pub media_type: String,
+    /// When the step that made this layer ran (seconds since the epoch; `None` for the
+    /// layers of pulled or loaded images). Cache records keep it, so the history of a
+    /// cached rebuild, and with it the image ID, stays the same, as in BuildKit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<u64>,
 }
 
 /// Writes `upper` (a directory in overlayfs format over `lowers`, top first) as an
@@ -55,11 +60,15 @@ pub fn store_layer(
     let mut blob = content.writer().context("cannot start a layer blob")?;
     write_layer(upper, lowers, &mut blob, options)?;
     let (digest, size) = blob.commit(None).context("cannot store the layer blob")?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     Ok(LayerBlob {
         diff_id: digest,
         digest,
         size,
         media_type: TAR_LAYER_MEDIA_TYPE.to_string(),
+        created: Some(now),
     })
 }
 
