@@ -149,11 +149,15 @@ impl OciRuntime for ExternalRuntime {
                 wait_for_exit(exited.as_ref(), Duration::from_millis(50));
             }
         });
-        let _ = self
-            .command()
-            .args(["delete", "--force", &id])
-            .stderr(Stdio::null())
-            .status();
+        // `run` deletes the container once it exits (runc and the embedded runtime alike);
+        // only what a kill or a failing runtime left in the state directory needs a delete.
+        if self.state.join(&id).exists() {
+            let _ = self
+                .command()
+                .args(["delete", "--force", &id])
+                .stderr(Stdio::null())
+                .status();
+        }
         let status = status.context("lost track of the OCI runtime")?;
         if cancel.load(Ordering::Relaxed) {
             anyhow::bail!("cancelled");
