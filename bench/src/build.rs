@@ -66,6 +66,26 @@ pub fn bench_build(kiln: &Path, runs: usize) {
         build(&[], &app);
     });
 
+    // What one RUN step costs (container start and exit, commit, cache record): the
+    // difference between 21 `RUN true` steps and one, per step.
+    let steps = work.path().join("steps");
+    write(&steps.join("one.Dockerfile"), "FROM busybox:1\nRUN true\n");
+    write(
+        &steps.join("many.Dockerfile"),
+        &format!("FROM busybox:1\n{}", "RUN true\n".repeat(21)),
+    );
+    let file = |name: &str| steps.join(name).to_string_lossy().into_owned();
+    let one = report("build 1 RUN step, --no-cache", runs, || {
+        build(&["--no-cache", "-f", &file("one.Dockerfile")], &steps);
+    });
+    let many_steps = report("build 21 RUN steps, --no-cache", runs, || {
+        build(&["--no-cache", "-f", &file("many.Dockerfile")], &steps);
+    });
+    println!(
+        "  each further RUN step                      {:>7.2} ms",
+        (many_steps.saturating_sub(one)).as_secs_f64() * 1e3 / 20.0
+    );
+
     let many = work.path().join("many");
     write(&many.join("Dockerfile"), "FROM busybox:1\nCOPY . /app/\n");
     let content = "x".repeat(FILE_SIZE);

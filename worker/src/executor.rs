@@ -233,9 +233,8 @@ impl Worker {
                 }
             }
         }
-        let scratch = tempfile::Builder::new()
-            .prefix("exec-")
-            .tempdir_in(std::env::temp_dir())?;
+        // In the state directory, not /tmp: a killed kiln's leftovers are found there.
+        let scratch = self.config.snapshots.scratch("exec-")?;
         let extra_env = step.meta.map(|m| m.proxy_env.clone()).unwrap_or_default();
         let request = ExecRequest {
             op,

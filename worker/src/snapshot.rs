@@ -78,9 +78,7 @@ impl Snapshotter {
         if dir.exists() {
             return Ok(dir);
         }
-        let scratch = tempfile::Builder::new()
-            .prefix("unpack-")
-            .tempdir_in(&self.work)?;
+        let scratch = self.scratch("unpack-")?;
         let target = scratch.path().join("layer");
         fs::create_dir(&target)?;
         let blob = content
@@ -107,9 +105,7 @@ impl Snapshotter {
     /// Like [`prepare`](Self::prepare) over plain directories, bottom
     /// first; they are only read.
     pub fn prepare_dirs(&self, lowers: &[PathBuf]) -> Result<ActiveSnapshot> {
-        let scratch = tempfile::Builder::new()
-            .prefix("step-")
-            .tempdir_in(&self.work)?;
+        let scratch = self.scratch("step-")?;
         let paths = ["upper", "work", "rootfs", "empty"].map(|name| scratch.path().join(name));
         for path in &paths {
             fs::create_dir(path)?;
@@ -136,6 +132,15 @@ impl Snapshotter {
         };
         active.mount()?;
         Ok(active)
+    }
+
+    /// A new scratch directory named `prefix…`: deleted when dropped, or by
+    /// [`remove_stale`](Self::remove_stale) if kiln was killed first.
+    pub fn scratch(&self, prefix: &str) -> Result<tempfile::TempDir> {
+        tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in(&self.work)
+            .with_context(|| format!("cannot create a directory in {}", self.work.display()))
     }
 
     fn layer_dir(&self, layer: &LayerBlob) -> PathBuf {
