@@ -100,8 +100,9 @@ fn many_steps_dockerfile(stages: usize, steps: usize) -> String {
     text
 }
 
-/// Runs the corpus benchmarks with `kiln`, `runs` times each.
-pub fn bench_corpus(kiln: &Path, runs: usize) {
+/// Runs the corpus benchmarks with `kiln`, `runs` times each, and with the dockerd at
+/// `docker` too if given.
+pub fn bench_corpus(kiln: &Path, runs: usize, docker: Option<&str>) {
     let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/bench");
     let work = tempfile::tempdir().expect("temporary directory");
     let base = work.path().join("base");
@@ -209,9 +210,7 @@ pub fn bench_corpus(kiln: &Path, runs: usize) {
     let changed_file = context.join("d025/f02501.txt");
     let one_file: Vec<Sample> = (0..runs)
         .map(|n| {
-            let mut text = std::fs::read_to_string(&changed_file).expect("corpus file");
-            text.push_str(&format!("appended line {n}\n"));
-            std::fs::write(&changed_file, text).expect("corpus file");
+            append_line(&changed_file, &format!("appended line {n}"));
             build(&root, &context, &[])
         })
         .collect();
@@ -220,4 +219,82 @@ pub fn bench_corpus(kiln: &Path, runs: usize) {
         .map(|n| build(&fresh_root("stages", n), &stages, &[]))
         .collect();
     row("40 RUN steps in 8 stages, cold", stage_runs, "", "");
+    if let Some(host) = docker {
+        bench_docker(host, runs, &base.join("docker.tar"), &context);
+    }
+}
+
+/// Debian's docker.io client: its `docker build` drives the daemon's BuildKit (v0.8) itself,
+/// where newer clients want the buildx plugin.
+const DOCKER_CLIENT: &str = "/usr/bin/docker";
+
+/// Times `DOCKER_BUILDKIT=1 docker build` of the corpus at `context` with the dockerd at
+/// `host`, the busybox image loaded from `base_archive`: cold (after `docker builder prune
+/// -af`), no-op, and one file changed. Peak RSS is not comparable (the work happens in
+/// dockerd) and is left out.
+fn bench_docker(host: &str, runs: usize, base_archive: &Path, context: &Path) {
+    let docker = |args: &[&str]| {
+        let mut command = Command::new(DOCKER_CLIENT);
+        command
+            .args(["-H", host])
+            .args(args)
+            .env("DOCKER_BUILDKIT", "1");
+        command
+    };
+    let loaded = docker(&["load", "-i"]).arg(base_archive).output();
+    if !loaded.is_ok_and(|o| o.status.success()) {
+        println!("(skipped docker: cannot load the base image into the dockerd at {host})");
+        return;
+    }
+    // The dockerd that scripts/bench-docker starts has no bridge network.
+    let build = || {
+        rustix::fs::sync();
+        let started = std::time::Instant::now();
+        let out = docker(&["build", "--network", "host", "-q", "-t", "bench:docker"])
+            .arg(context)
+            .output()
+            .expect("run docker");
+        assert!(
+            out.status.success(),
+            "docker build failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Sample {
+            wall: started.elapsed(),
+            peak_rss_kib: 0,
+        }
+    };
+    println!(
+        "{:<36} (DOCKER_BUILDKIT=1 docker build, same corpus)",
+        "docker"
+    );
+    let cold: Vec<Sample> = (0..runs)
+        .map(|_| {
+            let pruned = docker(&["builder", "prune", "-af"]).output();
+            assert!(
+                pruned.is_ok_and(|o| o.status.success()),
+                "docker builder prune"
+            );
+            build()
+        })
+        .collect();
+    row("cold (after docker builder prune -af)", cold, "", "");
+    let noop: Vec<Sample> = (0..runs).map(|_| build()).collect();
+    row("no-op rebuild", noop, "", "");
+    let changed_file = context.join("d025/f02501.txt");
+    let one_file: Vec<Sample> = (0..runs)
+        .map(|n| {
+            append_line(&changed_file, &format!("docker line {n}"));
+            build()
+        })
+        .collect();
+    row("one file changed", one_file, "", "");
+}
+
+/// Appends `line` to the corpus file at `path`.
+fn append_line(path: &Path, line: &str) {
+    let mut text = std::fs::read_to_string(path).expect("corpus file");
+    text.push_str(line);
+    text.push('\n');
+    std::fs::write(path, text).expect("corpus file");
 }

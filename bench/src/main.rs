@@ -11,7 +11,9 @@
 //!   rebuild of a 5,000-file context with and without the checksum cache. Needs the `kiln`
 //!   binary beside this one and root.
 //! - `corpus`: issue 5's table: the shared 5,000-file corpus cold, no-op, one file changed
-//!   and exported, and 40 RUN steps in 8 stages, with peak RSS (at least 5 runs).
+//!   and exported, and 40 RUN steps in 8 stages, with peak RSS (at least 5 runs). With
+//!   `--docker HOST` (a dockerd's address), `DOCKER_BUILDKIT=1 docker build` of the same
+//!   corpus is timed beside it; `scripts/bench-docker` sets that up.
 
 mod build;
 mod corpus;
@@ -30,6 +32,7 @@ fn main() -> ExitCode {
         return peak_rss(all.collect());
     }
     let mut runs = 21;
+    let mut docker = None;
     let mut benches = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -37,6 +40,10 @@ fn main() -> ExitCode {
             "--runs" => match args.next().and_then(|n| n.parse().ok()) {
                 Some(n) if n > 0 => runs = n,
                 _ => return usage("--runs takes a positive number"),
+            },
+            "--docker" => match args.next() {
+                Some(host) => docker = Some(host),
+                None => return usage("--docker takes a dockerd address (unix:///…)"),
             },
             "parse" | "build" | "corpus" => benches.push(arg),
             "-h" | "--help" => return usage(""),
@@ -60,7 +67,7 @@ fn main() -> ExitCode {
             other => match sibling_kiln() {
                 Some(kiln) if other == "build" => build::bench_build(&kiln, runs),
                 // The corpus is slow: 5 runs unless fewer were asked for.
-                Some(kiln) => corpus::bench_corpus(&kiln, runs.min(5)),
+                Some(kiln) => corpus::bench_corpus(&kiln, runs.min(5), docker.as_deref()),
                 None => println!("(skipped {other}: no kiln binary beside kiln-bench)"),
             },
         }
@@ -90,7 +97,7 @@ fn usage(problem: &str) -> ExitCode {
     if !problem.is_empty() {
         eprintln!("error: {problem}");
     }
-    eprintln!("usage: kiln-bench [parse] [build] [corpus] [--runs N]");
+    eprintln!("usage: kiln-bench [parse] [build] [corpus] [--runs N] [--docker HOST]");
     if problem.is_empty() {
         ExitCode::SUCCESS
     } else {
