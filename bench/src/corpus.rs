@@ -12,8 +12,8 @@ use std::time::Duration;
 /// What one measured run took.
 struct Sample {
     wall: Duration,
-    /// Peak resident set of kiln and its children, in KiB.
-    peak_rss_kib: u64,
+    /// Peak resident set of kiln and its children, in KiB (`None` where not measured).
+    peak_rss_kib: Option<u64>,
 }
 
 /// Runs `kiln ARGS` under this binary's `peak-rss` wrapper and measures it. The page
@@ -37,8 +37,7 @@ fn measure(kiln: &Path, args: &[&str]) -> Sample {
     let peak_rss_kib = String::from_utf8_lossy(&out.stdout)
         .lines()
         .last()
-        .and_then(|l| l.trim().parse().ok())
-        .unwrap_or(0);
+        .and_then(|l| l.trim().parse().ok());
     Sample { wall, peak_rss_kib }
 }
 
@@ -46,13 +45,16 @@ fn measure(kiln: &Path, args: &[&str]) -> Sample {
 fn row(name: &str, mut samples: Vec<Sample>, target: &str, extra: &str) {
     samples.sort_by_key(|s| s.wall);
     let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1e3);
-    let rss = samples.iter().map(|s| s.peak_rss_kib).max().unwrap_or(0);
+    let rss = samples
+        .iter()
+        .filter_map(|s| s.peak_rss_kib)
+        .max()
+        .map_or("-".to_string(), |kib| format!("{} MB", kib / 1024));
     println!(
-        "{name:<36} {:>9} {:>9} {:>9} {:>8} MB  {target:<10} {extra}",
+        "{name:<36} {:>9} {:>9} {:>9} {rss:>11}  {target:<10} {extra}",
         ms(samples[samples.len() / 2].wall),
         ms(samples[0].wall),
         ms(samples[samples.len() - 1].wall),
-        rss / 1024,
     );
 }
 
@@ -261,7 +263,7 @@ fn bench_docker(host: &str, runs: usize, base_archive: &Path, context: &Path) {
         );
         Sample {
             wall: started.elapsed(),
-            peak_rss_kib: 0,
+            peak_rss_kib: None,
         }
     };
     println!(
