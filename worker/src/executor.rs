@@ -18,7 +18,7 @@ use kiln_solver::{
 use serde::{Deserialize, Serialize};
 
 use crate::exec::{self, ExecRequest, OciRuntime, SandboxMount};
-use crate::fileop::{self, LayerLinker, SourceTree};
+use crate::fileop::{self, SourceTree, UpperWriter};
 use crate::http::{self, Download};
 use crate::layer::{LayerBlob, WriteOptions};
 use crate::rootfs::resolve_in_root;
@@ -310,8 +310,9 @@ impl Worker {
         )?))
     }
 
-    /// Runs one COPY into `dest`. Files from a snapshot may be hard-linked into its upper
-    /// directory; then `dest` is remounted if `more_follow`, so later actions see them.
+    /// Runs one COPY into `dest`, writing files straight into its upper directory where it
+    /// may (and linking unchanged files of a snapshot source); then `dest` is remounted if
+    /// `more_follow`, so later actions see them.
     fn copy(
         &self,
         copy: &CopyAction,
@@ -319,13 +320,17 @@ impl Worker {
         dest: &mut ActiveSnapshot,
         more_follow: bool,
     ) -> Result<()> {
-        match &inputs[copy.input] {
+        let wrote = match &inputs[copy.input] {
             WorkerRef::Local {
                 name,
                 exclude_patterns,
-            } => self.with_context_tree(name, exclude_patterns, |tree| {
-                fileop::copy(tree, copy, dest.rootfs(), None)
-            }),
+            } => {
+                let upper = UpperWriter::new(dest.rootfs(), dest.upper());
+                self.with_context_tree(name, exclude_patterns, |tree| {
+                    fileop::copy(tree, copy, dest.rootfs(), Some(&upper))
+                })?;
+                upper.wrote_any()
+            }
             WorkerRef::Snapshot(snapshot) => {
                 let view = self
                     .config
@@ -336,15 +341,16 @@ impl Worker {
                     ignore: None,
                     is_context: false,
                 };
-                let linker =
-                    LayerLinker::new(view.lowers(), view.rootfs(), dest.rootfs(), dest.upper());
-                fileop::copy(&tree, copy, dest.rootfs(), Some(&linker))?;
-                if linker.linked_any() && more_follow {
-                    dest.remount()?;
-                }
-                Ok(())
+                let upper = UpperWriter::new(dest.rootfs(), dest.upper())
+                    .linking_from(view.lowers(), view.rootfs());
+                fileop::copy(&tree, copy, dest.rootfs(), Some(&upper))?;
+                upper.wrote_any()
             }
+        };
+        if wrote && more_follow {
+            dest.remount()?;
         }
+        Ok(())
     }
 }
 

@@ -2,7 +2,7 @@
 //! mounted root filesystem.
 
 mod chmod;
-mod link;
+mod direct;
 mod select;
 
 use std::collections::{HashMap, HashSet};
@@ -20,7 +20,7 @@ use sha2::{Digest as _, Sha256};
 use crate::layer::{extract_archive, is_tar_archive};
 use crate::rootfs::{Ids, resolve_in_root, resolve_user};
 pub use chmod::apply_chmod;
-pub use link::LayerLinker;
+pub use direct::UpperWriter;
 pub use select::{Item, SourceTree, select};
 
 /// Copies what `action` selects from `tree` into the root filesystem at
@@ -28,13 +28,14 @@ pub use select::{Item, SourceTree, select};
 /// `--chown` names resolved in `root` and `--chmod` applied.
 ///
 /// Directories, symlinks and archives are made in order first; then regular files are
-/// copied on every core (or, with a `linker`, hard-linked where nothing about them
-/// changes); then the further names of hard-linked files are linked.
+/// copied on every core (with an `upper` writer, straight into the overlay's upper
+/// directory where they may, and hard-linked where nothing about them changes); then the
+/// further names of hard-linked files are linked.
 pub fn copy(
     tree: &SourceTree<'_>,
     action: &CopyAction,
     root: &Path,
-    linker: Option<&LayerLinker<'_>>,
+    upper: Option<&UpperWriter<'_>>,
 ) -> Result<()> {
     let items = select(tree, action, Some(root))?;
     let owner = owner(root, action.chown.as_ref())?;
@@ -113,9 +114,14 @@ pub fn copy(
         let ids = ids_of(item);
         let unchanged =
             ids.uid == item.meta.uid() && ids.gid == item.meta.gid() && action.chmod.is_none();
-        if unchanged && linker.is_some_and(|l| l.link(item, target)) {
+        let claimed = upper.and_then(|u| Some((u, u.claim(item, target)?)));
+        if let Some((upper, path)) = &claimed
+            && unchanged
+            && upper.link(item, path)
+        {
             return Ok(());
         }
+        let target = claimed.as_ref().map_or(target, |(_, path)| path);
         fs::copy(&item.host, target)
             .with_context(|| format!("cannot copy {} to {}", item.rel, item.dest))?;
         finish_entry(target, item, ids, action)

@@ -1,9 +1,12 @@
-//! Hard links instead of copies for `COPY --from`: a regular file that a copy would
-//! reproduce unchanged (same owner, mode, mtime, no xattrs) is linked from the immutable
-//! layer directory that holds it straight into the destination's upper directory. That
-//! saves allocating an inode and copying the data; it is safe because layer directories
-//! are never written once installed, and overlayfs copies a lower file up before any
-//! change.
+//! Copies that go straight into the destination overlay's upper directory, around the
+//! mount: a new regular file there is the same change overlayfs would record, without
+//! overlayfs's own inode, dentry and splice work for each of thousands of files.
+//!
+//! `COPY --from` goes further: a file that the copy would reproduce unchanged (same owner,
+//! mode, mtime, no xattrs) is hard-linked from the immutable layer directory that holds it.
+//! That saves allocating an inode and copying the data; it is safe because layer
+//! directories are never written once installed, and overlayfs copies a lower file up
+//! before any change.
 
 use std::fs;
 use std::io::ErrorKind;
@@ -13,73 +16,88 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::Item;
 
-/// Links files from a stack of unpacked layers into an overlay's upper directory.
+/// Writes copied files into an overlay's upper directory, linking them from the source's
+/// layers where it may.
 ///
 /// Writing to the upper directory bypasses the mounted overlay, which may then hold stale
-/// lookups: once [`linked_any`](Self::linked_any) is true, remount before reading the
+/// lookups: once [`wrote_any`](Self::wrote_any) is true, remount before reading the
 /// destination through its mount again.
 #[derive(Debug)]
-pub struct LayerLinker<'a> {
-    /// The layers the source tree is merged from, top first.
-    layers: &'a [PathBuf],
-    /// The mounted source tree (item host paths are under it).
-    source_root: &'a Path,
+pub struct UpperWriter<'a> {
     /// The mounted destination filesystem (copy targets are under it).
     rootfs: &'a Path,
     /// The destination overlay's upper directory.
     upper: &'a Path,
-    /// Whether any file was linked.
-    linked: AtomicBool,
+    /// The layers a snapshot source is merged from (top first) and where it is mounted
+    /// (item host paths are under it); `None` for the build context.
+    source_layers: Option<(&'a [PathBuf], &'a Path)>,
+    /// Whether anything was written.
+    wrote: AtomicBool,
 }
 
-impl<'a> LayerLinker<'a> {
-    /// A linker from the tree mounted at `source_root` over `layers` (top first) to the
-    /// overlay mounted at `rootfs` with upper directory `upper`.
-    pub fn new(
-        layers: &'a [PathBuf],
-        source_root: &'a Path,
-        rootfs: &'a Path,
-        upper: &'a Path,
-    ) -> Self {
+impl<'a> UpperWriter<'a> {
+    /// A writer into the overlay mounted at `rootfs` with upper directory `upper`.
+    pub fn new(rootfs: &'a Path, upper: &'a Path) -> Self {
         Self {
-            layers,
-            source_root,
             rootfs,
             upper,
-            linked: AtomicBool::new(false),
+            source_layers: None,
+            wrote: AtomicBool::new(false),
         }
     }
 
-    /// Whether any file was linked, so the destination mount may be stale.
-    pub fn linked_any(&self) -> bool {
-        self.linked.load(Ordering::Relaxed)
+    /// Also links unchanged files of the snapshot mounted at `source_root` over `layers`
+    /// (top first).
+    pub fn linking_from(self, layers: &'a [PathBuf], source_root: &'a Path) -> Self {
+        Self {
+            source_layers: Some((layers, source_root)),
+            ..self
+        }
     }
 
-    /// Links the regular file `item` at `target` (a path under the destination mount)
-    /// if its layer copy can be shared; false means it must be copied instead. The caller
-    /// has checked that the copy would keep owner and mode. Files with several names are
-    /// always copied, so that their other names can be linked through the mount.
-    pub fn link(&self, item: &Item, target: &Path) -> bool {
+    /// Whether anything was written, so the destination mount may be stale.
+    pub fn wrote_any(&self) -> bool {
+        self.wrote.load(Ordering::Relaxed)
+    }
+
+    /// Where the regular file `item` may be written for `target` (a path under the
+    /// destination mount): in the upper directory, if its parent directory is there and
+    /// nothing (not even a whiteout, which would mean a lower layer has the name) is at the
+    /// name itself. Files with several names are left to the mount, so that their other
+    /// names can be linked through it.
+    pub fn claim(&self, item: &Item, target: &Path) -> Option<PathBuf> {
         if item.meta.nlink() != 1 {
-            return false;
+            return None;
         }
-        let (Some(real), Some(upper_target)) = (self.layer_file(item), self.free_in_upper(target))
-        else {
-            return false;
-        };
-        if fs::hard_link(real, upper_target).is_err() {
-            return false;
+        let upper = self.upper.join(target.strip_prefix(self.rootfs).ok()?);
+        let parent_is_dir = upper
+            .parent()
+            .and_then(|p| fs::symlink_metadata(p).ok())
+            .is_some_and(|m| m.is_dir());
+        let free =
+            matches!(fs::symlink_metadata(&upper), Err(e) if e.kind() == ErrorKind::NotFound);
+        let claimed = (parent_is_dir && free).then_some(upper);
+        if claimed.is_some() {
+            self.wrote.store(true, Ordering::Relaxed);
         }
-        self.linked.store(true, Ordering::Relaxed);
-        true
+        claimed
+    }
+
+    /// Hard-links `item` at `upper_target` (from [`claim`](Self::claim)) if its layer copy
+    /// can be shared; false means it must be copied. The caller has checked that the copy
+    /// would keep owner and mode.
+    pub fn link(&self, item: &Item, upper_target: &Path) -> bool {
+        self.layer_file(item)
+            .is_some_and(|real| fs::hard_link(real, upper_target).is_ok())
     }
 
     /// Where the file the source mount shows as `item` really is: the topmost layer
     /// holding its path, checked to be the same inode and free of xattrs (overlayfs keeps
     /// its own there, and they must not travel to another layer).
     fn layer_file(&self, item: &Item) -> Option<PathBuf> {
-        let rel = item.host.strip_prefix(self.source_root).ok()?;
-        for layer in self.layers {
+        let (layers, source_root) = self.source_layers?;
+        let rel = item.host.strip_prefix(source_root).ok()?;
+        for layer in layers {
             let candidate = layer.join(rel);
             match fs::symlink_metadata(&candidate) {
                 Ok(meta) => {
@@ -96,19 +114,6 @@ impl<'a> LayerLinker<'a> {
             }
         }
         None
-    }
-
-    /// `target`'s path in the upper directory, if its parent directory is there and
-    /// nothing (not even a whiteout) is at the name itself.
-    fn free_in_upper(&self, target: &Path) -> Option<PathBuf> {
-        let upper = self.upper.join(target.strip_prefix(self.rootfs).ok()?);
-        let parent_is_dir = upper
-            .parent()
-            .and_then(|p| fs::symlink_metadata(p).ok())
-            .is_some_and(|m| m.is_dir());
-        let free =
-            matches!(fs::symlink_metadata(&upper), Err(e) if e.kind() == ErrorKind::NotFound);
-        (parent_is_dir && free).then_some(upper)
     }
 }
 
@@ -154,8 +159,8 @@ mod tests {
         tempfile::TempDir,
     );
 
-    /// Copies `/app` of [`layers`] with a linker, and checks it through the remounted
-    /// destination.
+    /// Copies `/app` of [`layers`] with an upper writer that links, and checks it through
+    /// the remounted destination.
     fn copy_app(chown: Option<ChownOpt>) -> Copied {
         let dir = tempfile::tempdir().unwrap();
         let layers = layers(dir.path());
@@ -171,14 +176,10 @@ mod tests {
             chown,
             ..CopyAction::new(0, "/app", "/app")
         };
-        let linker = LayerLinker::new(
-            source.lowers(),
-            source.rootfs(),
-            dest.rootfs(),
-            dest.upper(),
-        );
-        copy(&tree, &action, dest.rootfs(), Some(&linker)).unwrap();
-        assert!(linker.linked_any());
+        let upper = UpperWriter::new(dest.rootfs(), dest.upper())
+            .linking_from(source.lowers(), source.rootfs());
+        copy(&tree, &action, dest.rootfs(), Some(&upper)).unwrap();
+        assert!(upper.wrote_any());
         dest.remount().unwrap();
         for (name, content) in [("a", "a"), ("b", "new b"), ("x", "x"), ("twin2", "t")] {
             let through_mount = fs::read_to_string(dest.rootfs().join("app").join(name));
@@ -219,5 +220,41 @@ mod tests {
         );
         assert_ne!(ino(&copied.join("b")), ino(&upper_layer.join("app/b")));
         assert_eq!(fs::symlink_metadata(copied.join("b")).unwrap().uid(), 7);
+    }
+
+    #[test]
+    fn context_files_go_into_the_upper_directory_and_replace_lower_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let context = dir.path().join("context");
+        fs::create_dir_all(&context).unwrap();
+        fs::write(context.join("new"), "new").unwrap();
+        fs::write(context.join("replaced"), "from the context").unwrap();
+        let lower = dir.path().join("lower");
+        fs::create_dir_all(lower.join("app")).unwrap();
+        fs::write(lower.join("app/replaced"), "from the layer").unwrap();
+        let snapshots = Snapshotter::open(dir.path().join("snapshots")).unwrap();
+        let mut dest = snapshots.prepare_dirs(&[lower]).unwrap();
+        let tree = SourceTree {
+            root: &context,
+            ignore: None,
+            is_context: true,
+        };
+        let upper = UpperWriter::new(dest.rootfs(), dest.upper());
+        copy(
+            &tree,
+            &CopyAction::new(0, ".", "/app/"),
+            dest.rootfs(),
+            Some(&upper),
+        )
+        .unwrap();
+        assert!(upper.wrote_any());
+        dest.remount().unwrap();
+        let app = dest.rootfs().join("app");
+        assert_eq!(fs::read_to_string(app.join("new")).unwrap(), "new");
+        assert_eq!(
+            fs::read_to_string(app.join("replaced")).unwrap(),
+            "from the context"
+        );
+        assert!(dest.upper().join("app/new").is_file());
     }
 }
