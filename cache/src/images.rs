@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::Digest;
@@ -78,7 +78,7 @@ impl ImageStore {
         }
     }
 
-    fn open(&self) -> Result<Database, ImageStoreError> {
+    fn open(&self) -> Result<crate::db::DbHandle, ImageStoreError> {
         crate::db::open_waiting(&self.path).map_err(|e| self.error(e))
     }
 

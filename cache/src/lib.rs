@@ -13,6 +13,7 @@ mod state;
 
 pub use checksums::ChecksumCache;
 pub use content::{BlobWriter, ContentError, ContentStore};
+pub use db::close_databases;
 pub use digest::{Digest, DigestError};
 pub use images::{ImageRecord, ImageStore, ImageStoreError};
 pub use index::CacheIndexStore;

@@ -74,6 +74,7 @@ fn main() -> ExitCode {
         Command::Prune(args) => commands::store::prune(&state, args),
         Command::OciRuntime(args) => return commands::oci_runtime::run(args),
     };
+    kiln_cache::close_databases();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -945,3 +945,56 @@ fn steps_that_change_nothing_can_follow_each_other() {
     setup.build_ok(&["-o", &format!("type=local,dest={}", out.path().display())]);
     assert_eq!(fs::read_to_string(out.path().join("ok")).unwrap(), "ok\n");
 }
+
+/// Builds share a state directory: three at once all finish, and each names its image.
+/// (A process keeps a database open while it uses it and lets go once idle; the others
+/// wait for it.)
+#[test]
+fn concurrent_builds_share_a_state_directory() {
+    let setup = app_setup(Runtime::Embedded);
+    let started = std::time::Instant::now();
+    let builds: Vec<_> = (0..3)
+        .map(|n| {
+            setup
+                .command()
+                .args([
+                    "--progress",
+                    "plain",
+                    "--no-cache",
+                    "-t",
+                    &format!("app:{n}"),
+                ])
+                .arg(setup.context.path())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for build in builds {
+        let out = build.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Not a speed check: a build that waited out another's database lock (two minutes)
+    // would still succeed, with cache misses.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "the builds waited for each other's databases"
+    );
+    let images = run(
+        kiln().arg("--root").arg(setup.root.path()).arg("images"),
+        true,
+    );
+    let images = String::from_utf8_lossy(&images.stdout);
+    for n in 0..3 {
+        let tag = n.to_string();
+        let named = images.lines().any(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.len() > 1 && fields[0] == "app" && fields[1] == tag
+        });
+        assert!(named, "app:{n} missing:\n{images}");
+    }
+}
