@@ -7,6 +7,7 @@ mod executor;
 pub mod fileop;
 pub mod http;
 pub mod layer;
+mod parallel;
 pub mod rootfs;
 pub mod snapshot;
 

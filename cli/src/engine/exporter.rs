@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use kiln_cache::{CacheIndexStore, ContentStore, Digest, ImageRecord, ImageStore};
 use kiln_image::{History, Image, Reference};
 use kiln_solver::Platform;
-use kiln_worker::layer::{LayerBlob, LayerCompression, recompress};
+use kiln_worker::layer::{LayerBlob, LayerCompression, recompress_all};
 use kiln_worker::snapshot::Snapshot;
 use oci_spec::image::{DescriptorBuilder, ImageManifestBuilder, MediaType};
 
@@ -207,9 +207,10 @@ pub fn distributable(
                     .to_string(),
                 created: None,
             };
-            recompress(content, &layer, LayerCompression::Gzip, memo)
+            Ok(layer)
         })
         .collect::<Result<Vec<_>>>()?;
+    let layers = recompress_all(content, &layers, LayerCompression::Gzip, memo)?;
     let format = if media_type.contains("docker") {
         ManifestFormat::Docker
     } else {

@@ -21,7 +21,7 @@ use kiln_image::{Image, Reference};
 use kiln_registry::{RegistryClient, RegistryOptions};
 use kiln_solver::{CacheIndex, Definition, Platform, ProgressEvent, SolveOptions, solve};
 use kiln_worker::exec::ExternalRuntime;
-use kiln_worker::layer::{LayerCompression, WriteOptions, recompress};
+use kiln_worker::layer::{LayerCompression, WriteOptions, recompress_all};
 use kiln_worker::snapshot::{Snapshot, Snapshotter};
 use kiln_worker::{Worker, WorkerConfig, WorkerRef, platform_wanted, resolve_image};
 
@@ -185,11 +185,7 @@ fn image_for<'a>(
 ) -> Result<output::ImageBlobs<'a>> {
     let compression = compression_for(output);
     let layers = match compression {
-        Some(compression) => snapshot
-            .layers
-            .iter()
-            .map(|layer| recompress(content, layer, compression, memo))
-            .collect::<Result<Vec<_>>>()?,
+        Some(compression) => recompress_all(content, &snapshot.layers, compression, memo)?,
         None => snapshot.layers.clone(),
     };
     let manifest = if layers == snapshot.layers && output.format == ManifestFormat::Oci {

@@ -18,6 +18,7 @@ use kiln_solver::{ChownOpt, CopyAction, MkdirAction, MkfileAction, SymlinkAction
 use sha2::{Digest as _, Sha256};
 
 use crate::layer::{extract_archive, is_tar_archive};
+use crate::parallel::map_on_every_core;
 use crate::rootfs::{Ids, resolve_in_root, resolve_user};
 pub use chmod::apply_chmod;
 pub use direct::UpperWriter;
@@ -110,7 +111,7 @@ pub fn copy(
         // Sockets, fifos and devices are not copied, as in BuildKit.
     }
     let files: Vec<(PathBuf, &Item)> = files.into_iter().collect();
-    on_every_core(&files, |(target, item)| {
+    map_on_every_core(&files, |(target, item)| {
         let ids = ids_of(item);
         let unchanged =
             ids.uid == item.meta.uid() && ids.gid == item.meta.gid() && action.chmod.is_none();
@@ -156,36 +157,6 @@ fn finish_entry(target: &Path, item: &Item, ids: Ids, action: &CopyAction) -> Re
         filetime::set_symlink_file_times(target, mtime, mtime).with_context(context)?;
     }
     Ok(())
-}
-
-/// Runs `work` on each of `jobs`, spread over one thread per core; the first error wins
-/// and stops the rest.
-fn on_every_core<T: Sync>(jobs: &[T], work: impl Fn(&T) -> Result<()> + Sync) -> Result<()> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, std::num::NonZero::get)
-        .min(jobs.len());
-    if threads <= 1 {
-        return jobs.iter().try_for_each(work);
-    }
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let failed = std::sync::Mutex::new(None);
-    std::thread::scope(|scope| {
-        for _ in 0..threads {
-            scope.spawn(|| {
-                while failed.lock().map(|f| f.is_none()).unwrap_or(false) {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(job) = jobs.get(i) else { break };
-                    if let Err(err) = work(job) {
-                        failed.lock().unwrap().get_or_insert(err);
-                    }
-                }
-            });
-        }
-    });
-    match failed.into_inner().unwrap() {
-        Some(err) => Err(err),
-        None => Ok(()),
-    }
 }
 
 /// ADD of a local archive: its contents go into the destination directory, owners and

@@ -1,4 +1,5 @@
-//! Layer blob compression: gzip when a layer is written, zstd on request when exporting.
+//! Layer blob compression, done when a layer leaves the machine (an archive or a push) and
+//! remembered by diff_id: gzip by default, zstd on request.
 
 use anyhow::{Context, Result};
 use kiln_cache::{CacheIndexStore, ContentStore};
@@ -6,6 +7,7 @@ use kiln_cache::{CacheIndexStore, ContentStore};
 use super::apply::decompressed;
 use super::gzip::ParallelGzip;
 use super::write::{LAYER_MEDIA_TYPE, LayerBlob};
+use crate::parallel::map_on_every_core;
 
 /// The media type of a zstd-compressed OCI layer.
 pub const ZSTD_LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
@@ -38,10 +40,23 @@ impl LayerCompression {
     }
 }
 
+/// [`recompress`] of each of `layers`, several layers at once (each also compresses on
+/// every core, which a layer smaller than a gzip member cannot use).
+pub fn recompress_all(
+    content: &ContentStore,
+    layers: &[LayerBlob],
+    compression: LayerCompression,
+    memo: &CacheIndexStore,
+) -> Result<Vec<LayerBlob>> {
+    map_on_every_core(layers, |layer| {
+        recompress(content, layer, compression, memo)
+    })
+}
+
 /// `layer` compressed with `compression`, stored in `content`: the layer itself when it
 /// already is, else a blob with the same diff_id, made once and remembered in `memo` by
 /// diff_id and compression.
-pub fn recompress(
+pub(crate) fn recompress(
     content: &ContentStore,
     layer: &LayerBlob,
     compression: LayerCompression,

@@ -13,7 +13,7 @@ mod gzip;
 mod write;
 
 pub use apply::{ApplyStats, apply_layer, extract_archive, is_tar_archive};
-pub use compress::{LayerCompression, ZSTD_LAYER_MEDIA_TYPE, recompress};
+pub use compress::{LayerCompression, ZSTD_LAYER_MEDIA_TYPE, recompress_all};
 pub use write::{LayerBlob, WriteOptions, store_layer, write_layer};
 
 /// Prefix of an OCI whiteout entry's file name.

@@ -181,7 +181,20 @@ fn stored_layers_are_plain_tars_and_compress_once() {
     assert_eq!(blob.media_type, "application/vnd.oci.image.layer.v1.tar");
 
     let memo = kiln_cache::CacheIndexStore::new(store_dir.path().join("memo.redb"));
-    let gzip = recompress(&content, &blob, LayerCompression::Gzip, &memo).unwrap();
+    fs::write(src.path().join("a"), "another layer").unwrap();
+    let other = store_layer(src.path(), &[], &content, WriteOptions::default()).unwrap();
+    let both = recompress_all(
+        &content,
+        &[blob.clone(), other.clone()],
+        LayerCompression::Gzip,
+        &memo,
+    )
+    .unwrap();
+    let [gzip, other_gzip] = <[LayerBlob; 2]>::try_from(both).unwrap();
+    assert_eq!(
+        other_gzip.diff_id, other.diff_id,
+        "results keep the layers' order"
+    );
     assert_eq!(gzip.diff_id, blob.diff_id);
     assert_eq!(
         gzip.media_type,
@@ -194,16 +207,15 @@ fn stored_layers_are_plain_tars_and_compress_once() {
     )
     .unwrap();
     assert_eq!(unpacked, tar);
-    // The second time the memo answers.
-    assert_eq!(
-        recompress(&content, &blob, LayerCompression::Gzip, &memo).unwrap(),
-        gzip
+    // The second time the memo answers, and a compressed layer is already what gzip
+    // asks for.
+    let again = recompress_all(
+        &content,
+        &[blob, gzip.clone()],
+        LayerCompression::Gzip,
+        &memo,
     );
-    // A compressed layer is already what gzip asks for.
-    assert_eq!(
-        recompress(&content, &gzip, LayerCompression::Gzip, &memo).unwrap(),
-        gzip
-    );
+    assert_eq!(again.unwrap(), [gzip.clone(), gzip]);
 }
 
 /// A tar entry with a raw (unchecked) name.
