@@ -17,6 +17,23 @@ pub struct PlatformWanted<'a> {
     pub variant: Option<&'a str>,
 }
 
+impl PlatformWanted<'_> {
+    /// Whether an index entry for `os`/`architecture`/`variant` is this platform: the
+    /// variant counts only when one is wanted, and an `arm64` entry without one counts as
+    /// `v8` (as containerd's matcher has it).
+    pub fn matches(&self, os: &str, architecture: &str, variant: Option<&str>) -> bool {
+        os == self.os
+            && architecture == self.architecture
+            && match self.variant {
+                None => true,
+                Some(wanted) => {
+                    variant == Some(wanted)
+                        || (variant.is_none() && architecture == "arm64" && wanted == "v8")
+                }
+            }
+    }
+}
+
 impl std::fmt::Display for PlatformWanted<'_> {
     /// `os/architecture[/variant]`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -83,10 +100,11 @@ pub fn resolve_local(
             .iter()
             .find(|m| {
                 m.platform().as_ref().is_some_and(|p| {
-                    p.os().to_string() == platform.os
-                        && p.architecture().to_string() == platform.architecture
-                        && (platform.variant.is_none()
-                            || p.variant().as_deref() == platform.variant)
+                    platform.matches(
+                        &p.os().to_string(),
+                        &p.architecture().to_string(),
+                        p.variant().as_deref(),
+                    )
                 })
             })
             .ok_or_else(|| format!("image {reference} has no manifest for {platform}"))?;
@@ -189,5 +207,38 @@ impl ImageContent {
         for layer in document["layers"].as_array().into_iter().flatten() {
             self.blobs.extend(digest_of(layer));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn platforms_match_on_os_architecture_and_a_wanted_variant() {
+        let wanted = |variant| PlatformWanted {
+            os: "linux",
+            architecture: "arm64",
+            variant,
+        };
+        assert!(wanted(None).matches("linux", "arm64", Some("v8")));
+        assert!(wanted(Some("v8")).matches("linux", "arm64", Some("v8")));
+        assert!(
+            wanted(Some("v8")).matches("linux", "arm64", None),
+            "arm64 means v8"
+        );
+        assert!(!wanted(Some("v7")).matches("linux", "arm64", None));
+        assert!(!wanted(Some("v8")).matches("linux", "arm64", Some("v9")));
+        assert!(!wanted(None).matches("linux", "amd64", None));
+        assert!(!wanted(None).matches("windows", "arm64", None));
+        let arm = PlatformWanted {
+            os: "linux",
+            architecture: "arm",
+            variant: Some("v8"),
+        };
+        assert!(
+            !arm.matches("linux", "arm", None),
+            "only arm64 defaults to v8"
+        );
     }
 }

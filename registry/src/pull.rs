@@ -217,19 +217,12 @@ pub fn pull(
     Ok(top.digest)
 }
 
-/// Whether an index entry's `platform` is the one wanted (a variant only when asked for;
-/// `arm64` entries without a variant count as `v8`).
+/// Whether an index entry's `platform` is the one wanted.
 fn platform_matches(entry: &serde_json::Value, wanted: &PlatformWanted<'_>) -> bool {
-    let variant = entry["variant"].as_str();
-    entry["os"].as_str() == Some(wanted.os)
-        && entry["architecture"].as_str() == Some(wanted.architecture)
-        && match wanted.variant {
-            None => true,
-            Some(v) => {
-                variant == Some(v)
-                    || (variant.is_none() && wanted.architecture == "arm64" && v == "v8")
-            }
-        }
+    let field = |name: &str| entry[name].as_str();
+    field("os")
+        .zip(field("architecture"))
+        .is_some_and(|(os, architecture)| wanted.matches(os, architecture, field("variant")))
 }
 
 /// `1.2MB`, `723kB`, `12B`.
