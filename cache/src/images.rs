@@ -46,15 +46,12 @@ impl ImageRecord {
     /// A record naming `digest` (a manifest or index of `media_type`, `size` bytes) as
     /// `name`, set now.
     pub fn named_now(name: String, media_type: String, digest: Digest, size: u64) -> Self {
-        let created = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
         ImageRecord {
             name,
             media_type,
             digest,
             size,
-            created,
+            created: crate::unix_seconds_now() as i64,
         }
     }
 }

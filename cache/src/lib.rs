@@ -18,3 +18,10 @@ pub use digest::{Digest, DigestError};
 pub use images::{ImageRecord, ImageStore, ImageStoreError};
 pub use index::CacheIndexStore;
 pub use state::{StateDir, StateLock};
+
+/// Seconds since the Unix epoch, now (0 for a clock set before it).
+pub fn unix_seconds_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -370,26 +370,23 @@ fn a_corrupt_blob_is_refused_and_nothing_is_named() {
     });
     let host = base.trim_start_matches("http://");
     let root = tempfile::tempdir().unwrap();
-    let out = run(
-        kiln()
-            .arg("--root")
-            .arg(root.path())
-            .args(["pull", &format!("{host}/bad:1")]),
-        false,
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    // A pull that must fail; what it printed.
+    let failed_pull = |name: &str| {
+        let out = run(
+            kiln()
+                .arg("--root")
+                .arg(root.path())
+                .args(["pull", &format!("{host}/{name}:1")]),
+            false,
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let stderr = failed_pull("bad");
     assert!(
         stderr.contains(&format!("{host}/bad: blob {claimed} arrived corrupt")),
         "{stderr}"
     );
-    let out = run(
-        kiln()
-            .arg("--root")
-            .arg(root.path())
-            .args(["pull", &format!("{host}/cut:1")]),
-        false,
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = failed_pull("cut");
     assert!(
         stderr.contains(&format!("{host}/cut: the download of blob")),
         "{stderr}"

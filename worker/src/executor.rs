@@ -331,11 +331,8 @@ impl Worker {
                 })?;
                 upper.wrote_any()
             }
-            WorkerRef::Snapshot(snapshot) => {
-                let view = self
-                    .config
-                    .snapshots
-                    .prepare(snapshot, &self.config.content)?;
+            input @ WorkerRef::Snapshot(_) => {
+                let view = self.mount_view(input)?;
                 let tree = SourceTree {
                     root: view.rootfs(),
                     ignore: None,

@@ -3,7 +3,6 @@
 use std::fs::File;
 use std::io::BufReader;
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::Args;
 use kiln_cache::{ContentStore, Digest, ImageRecord, StateDir};
@@ -28,12 +27,6 @@ pub struct RmiArgs {
     /// Image names to remove.
     #[arg(required = true)]
     names: Vec<String>,
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 fn parse_name(name: &str) -> Result<Reference, Failure> {
@@ -128,7 +121,7 @@ fn id_and_size(content: &ContentStore, record: &ImageRecord) -> (String, u64) {
 
 /// Docker's "N units ago".
 fn age(created: i64) -> String {
-    let secs = (now() - created).max(0);
+    let secs = (kiln_cache::unix_seconds_now() as i64 - created).max(0);
     let (n, unit) = match secs {
         0..=59 => (secs, "second"),
         60..=3599 => (secs / 60, "minute"),

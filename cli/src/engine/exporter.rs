@@ -1,12 +1,10 @@
 //! Writing a build result as an image: config, manifest, names.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use anyhow::{Context, Result};
 use kiln_cache::{CacheIndexStore, ContentStore, Digest, ImageRecord, ImageStore};
 use kiln_image::{History, Image, Reference};
 use kiln_solver::Platform;
-use kiln_worker::layer::{LayerBlob, LayerCompression, recompress_all};
+use kiln_worker::layer::{LayerBlob, LayerCompression, TAR_LAYER_MEDIA_TYPE, recompress_all};
 use kiln_worker::snapshot::Snapshot;
 use oci_spec::image::{DescriptorBuilder, ImageManifestBuilder, MediaType};
 
@@ -39,13 +37,13 @@ impl ManifestFormat {
     /// The type of a layer whose blob has type `current` (same bytes, this format's name;
     /// zstd layers keep the OCI type, which Docker's format lacks).
     fn layer(self, current: &str) -> &'static str {
-        let gzip = current.ends_with("gzip");
-        match (self, gzip, current.ends_with("zstd")) {
-            (_, _, true) => "application/vnd.oci.image.layer.v1.tar+zstd",
-            (Self::Oci, true, _) => "application/vnd.oci.image.layer.v1.tar+gzip",
-            (Self::Oci, false, _) => "application/vnd.oci.image.layer.v1.tar",
-            (Self::Docker, true, _) => "application/vnd.docker.image.rootfs.diff.tar.gzip",
-            (Self::Docker, false, _) => "application/vnd.docker.image.rootfs.diff.tar",
+        let gzip = LayerCompression::Gzip.describes(current);
+        match self {
+            _ if LayerCompression::Zstd.describes(current) => LayerCompression::Zstd.media_type(),
+            Self::Oci if gzip => LayerCompression::Gzip.media_type(),
+            Self::Oci => TAR_LAYER_MEDIA_TYPE,
+            Self::Docker if gzip => "application/vnd.docker.image.rootfs.diff.tar.gzip",
+            Self::Docker => "application/vnd.docker.image.rootfs.diff.tar",
         }
     }
 }
@@ -71,11 +69,7 @@ pub fn export_image(
     tags: &[String],
     source_date_epoch: Option<u64>,
 ) -> Result<Exported> {
-    let now = source_date_epoch.unwrap_or_else(|| {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-    });
+    let now = source_date_epoch.unwrap_or_else(kiln_cache::unix_seconds_now);
     image.architecture = platform.architecture.clone();
     image.os = platform.os.clone();
     image.variant = (!platform.variant.is_empty()).then(|| platform.variant.clone());

@@ -12,9 +12,9 @@ use kiln_patterns::PatternMatcher;
 use kiln_solver::CopyAction;
 use kiln_worker::fileop::{self, SourceTree};
 use kiln_worker::layer::{LayerCompression, WriteOptions, write_layer};
+use kiln_worker::snapshot::{Snapshot, Snapshotter};
 
 use super::exporter::ManifestFormat;
-use kiln_worker::snapshot::{Snapshot, Snapshotter};
 
 /// Where a build result goes besides the image store.
 #[derive(Debug, Clone, PartialEq, Eq)]

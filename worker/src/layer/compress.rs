@@ -40,8 +40,10 @@ impl LayerCompression {
     }
 }
 
-/// [`recompress`] of each of `layers`, several layers at once (each also compresses on
-/// every core, which a layer smaller than a gzip member cannot use).
+/// `layers` compressed with `compression`, stored in `content`, in their order: a layer
+/// that already is stays as it is, any other gets a blob with the same diff_id, made once
+/// and remembered in `memo` by diff_id and compression. Several layers are compressed at
+/// once (each also on every core, which a layer smaller than one gzip member cannot use).
 pub fn recompress_all(
     content: &ContentStore,
     layers: &[LayerBlob],
@@ -53,9 +55,7 @@ pub fn recompress_all(
     })
 }
 
-/// `layer` compressed with `compression`, stored in `content`: the layer itself when it
-/// already is, else a blob with the same diff_id, made once and remembered in `memo` by
-/// diff_id and compression.
+/// One layer of [`recompress_all`].
 pub(crate) fn recompress(
     content: &ContentStore,
     layer: &LayerBlob,

@@ -50,7 +50,7 @@ pub struct LayerBlob {
 /// uncompressed OCI layer into `content`; its digest is its diff_id, hashed as it streams.
 ///
 /// Compression waits until a layer leaves the machine (an archive or a push; see
-/// [`recompress`](super::recompress)): local builds never pay for it.
+/// [`recompress_all`](super::recompress_all)): local builds never pay for it.
 pub fn store_layer(
     upper: &Path,
     lowers: &[PathBuf],
@@ -60,15 +60,12 @@ pub fn store_layer(
     let mut blob = content.writer().context("cannot start a layer blob")?;
     write_layer(upper, lowers, &mut blob, options)?;
     let (digest, size) = blob.commit(None).context("cannot store the layer blob")?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
     Ok(LayerBlob {
         diff_id: digest,
         digest,
         size,
         media_type: TAR_LAYER_MEDIA_TYPE.to_string(),
-        created: Some(now),
+        created: Some(kiln_cache::unix_seconds_now()),
     })
 }
 
