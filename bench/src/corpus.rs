@@ -16,23 +16,29 @@ struct Sample {
     peak_rss_kib: Option<u64>,
 }
 
-/// Runs `kiln ARGS` under this binary's `peak-rss` wrapper and measures it. The page
-/// cache is written back first (untimed, as `hyperfine --prepare sync` would), so that
-/// one run does not pay for the disk writes of the run before it.
-fn measure(kiln: &Path, args: &[&str]) -> Sample {
+/// Runs `command`, which must succeed, and times it. The page cache is written back
+/// first (untimed, as `hyperfine --prepare sync` would), so that one run does not pay for
+/// the disk writes of the run before it.
+fn timed(command: &mut Command) -> (Duration, std::process::Output) {
     rustix::fs::sync();
     let started = std::time::Instant::now();
-    let out = Command::new(std::env::current_exe().expect("kiln-bench path"))
-        .arg(crate::PEAK_RSS_COMMAND)
-        .arg(kiln)
-        .args(args)
-        .output()
-        .expect("run kiln");
+    let out = command.output().expect("run the benchmarked command");
     let wall = started.elapsed();
     assert!(
         out.status.success(),
-        "kiln {args:?} failed:\n{}",
+        "{command:?} failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    (wall, out)
+}
+
+/// Runs `kiln ARGS` under this binary's `peak-rss` wrapper and measures it.
+fn measure(kiln: &Path, args: &[&str]) -> Sample {
+    let (wall, out) = timed(
+        Command::new(std::env::current_exe().expect("kiln-bench path"))
+            .arg(crate::PEAK_RSS_COMMAND)
+            .arg(kiln)
+            .args(args),
     );
     let peak_rss_kib = String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -249,22 +255,12 @@ fn bench_docker(host: &str, runs: usize, base_archive: &Path, context: &Path) {
         return;
     }
     // The dockerd that scripts/bench-docker starts has no bridge network.
-    let build = || {
-        rustix::fs::sync();
-        let started = std::time::Instant::now();
-        let out = docker(&["build", "--network", "host", "-q", "-t", "bench:docker"])
-            .arg(context)
-            .output()
-            .expect("run docker");
-        assert!(
-            out.status.success(),
-            "docker build failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Sample {
-            wall: started.elapsed(),
-            peak_rss_kib: None,
-        }
+    let build = || Sample {
+        wall: timed(
+            docker(&["build", "--network", "host", "-q", "-t", "bench:docker"]).arg(context),
+        )
+        .0,
+        peak_rss_kib: None,
     };
     println!(
         "{:<36} (DOCKER_BUILDKIT=1 docker build, same corpus)",

@@ -11,5 +11,5 @@ mod reference;
 
 pub use archive::{ArchiveError, ImportedImage, import_archive};
 pub use config::{ContainerConfig, Empty, HealthConfig, History, Image, RootFs};
-pub use local::{ImageContent, ImageLayer, PlatformWanted, ResolvedImage, resolve_local};
+pub use local::{ImageContent, ImageLayer, PlatformWanted, ResolvedImage, is_index, resolve_local};
 pub use reference::{DOCKER_HUB, Reference, ReferenceError};

@@ -6,6 +6,11 @@ use oci_spec::image::{ImageIndex, ImageManifest};
 
 use crate::{Image, Reference};
 
+/// Whether a manifest media type names an index (OCI) or manifest list (Docker).
+pub fn is_index(media_type: &str) -> bool {
+    media_type.contains("index") || media_type.contains("manifest.list")
+}
+
 /// The platform wanted from a multi-platform image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlatformWanted<'a> {
@@ -92,7 +97,7 @@ pub fn resolve_local(
     };
     let mut manifest_digest = record.digest;
     let mut bytes = read(&manifest_digest)?;
-    if record.media_type.contains("index") || record.media_type.contains("manifest.list") {
+    if is_index(&record.media_type) {
         let index: ImageIndex = serde_json::from_slice(&bytes)
             .map_err(|e| format!("image {reference}: bad index: {e}"))?;
         let chosen = index

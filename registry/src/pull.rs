@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 
 use anyhow::{Context, Result, bail};
 use kiln_cache::{ContentStore, Digest, ImageRecord, ImageStore};
-use kiln_image::{PlatformWanted, Reference};
+use kiln_image::{PlatformWanted, Reference, is_index};
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
 
 use crate::client::{Access, RegistryClient, check};
@@ -28,11 +28,6 @@ pub struct Fetched {
     pub media_type: String,
     /// Its digest.
     pub digest: Digest,
-}
-
-/// Whether a media type names an index or manifest list.
-pub fn is_index(media_type: &str) -> bool {
-    media_type.contains("index") || media_type.contains("manifest.list")
 }
 
 /// Fetches the manifest `reference` names (by tag or digest); a pinned digest must match

@@ -6,12 +6,11 @@ use std::fs::File;
 
 use anyhow::{Context, Result, bail};
 use kiln_cache::{ContentStore, Digest, ImageStore};
-use kiln_image::{ImageContent, Reference};
+use kiln_image::{ImageContent, Reference, is_index};
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 
 use crate::client::{Access, RegistryClient, check};
-use crate::pull::is_index;
 
 /// How often a blob upload that broke off is tried again.
 const UPLOAD_ATTEMPTS: usize = 3;

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use kiln_cache::{CacheIndexStore, ContentStore, Digest, ImageRecord, ImageStore};
-use kiln_image::{History, Image, Reference};
+use kiln_image::{History, Image, Reference, is_index};
 use kiln_solver::Platform;
 use kiln_worker::layer::{LayerBlob, LayerCompression, TAR_LAYER_MEDIA_TYPE, recompress_all};
 use kiln_worker::snapshot::Snapshot;
@@ -169,7 +169,7 @@ pub fn distributable(
     media_type: &str,
 ) -> Result<(Digest, String)> {
     let unchanged = Ok((digest, media_type.to_string()));
-    if media_type.contains("index") || media_type.contains("manifest.list") {
+    if is_index(media_type) {
         return unchanged;
     }
     let manifest: serde_json::Value = serde_json::from_slice(&content.read(&digest)?)?;
