@@ -3,7 +3,7 @@
 //! runtime and with `--oci-runtime runc`.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -367,6 +367,10 @@ fn assert_no_leftovers(root: &Path) {
 
 fn run_steps_are_sandboxed_like_docker(runtime: Runtime) {
     let marker = tempfile::NamedTempFile::new().unwrap();
+    // A host block device that the host can open: a step may create a node for it but
+    // must not open it (the devices cgroup denies all but Docker's few devices).
+    let disk = openable_host_block_device();
+    let (major, minor) = (rustix::fs::major(disk), rustix::fs::minor(disk));
     let setup = Setup::new(
         runtime,
         &format!(
@@ -374,7 +378,10 @@ fn run_steps_are_sandboxed_like_docker(runtime: Runtime) {
              RUN cat /proc/sys/kernel/hostname /etc/hosts && \\\n\
              \x20   while read -r key value; do [ \"$key\" = CapEff: ] && echo \"caps $value\"; done < /proc/self/status; \\\n\
              \x20   if [ -e {host} ]; then echo host file visible; else echo host file hidden; fi\n\
-             RUN --network=none while read -r line; do echo \"net $line\"; done < /proc/net/dev\n",
+             RUN --network=none while read -r line; do echo \"net $line\"; done < /proc/net/dev\n\
+             RUN mknod /disk b {major} {minor} && echo node made; \\\n\
+             \x20   if head -c 512 /disk >/dev/null; then echo disk readable; else echo disk refused; fi; \\\n\
+             \x20   echo x > /dev/null && head -c 1 /dev/urandom >/dev/null && echo null and urandom usable\n",
             host = marker.path().display()
         ),
     );
@@ -385,6 +392,9 @@ fn run_steps_are_sandboxed_like_docker(runtime: Runtime) {
         // Docker's 14 default capabilities and no more.
         "caps 00000000a80425fb",
         "host file hidden",
+        "node made",
+        "disk refused",
+        "null and urandom usable",
     ] {
         assert!(printed(&progress, line), "{line:?} missing:\n{progress}");
     }
@@ -395,6 +405,20 @@ fn run_steps_are_sandboxed_like_docker(runtime: Runtime) {
         .collect();
     assert_eq!(interfaces.len(), 1, "only loopback: {interfaces:?}");
     assert!(interfaces[0].starts_with("lo:"), "{interfaces:?}");
+}
+
+/// The device number of a block device under `/dev` that this (root) process can open.
+fn openable_host_block_device() -> u64 {
+    use std::os::unix::fs::FileTypeExt as _;
+    fs::read_dir("/dev")
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find_map(|path| {
+            let meta = fs::symlink_metadata(&path).ok()?;
+            (meta.file_type().is_block_device() && fs::File::open(&path).is_ok())
+                .then(|| meta.rdev())
+        })
+        .expect("no block device under /dev opens on this host; the device check needs one")
 }
 
 fn local_and_tar_outputs_hold_the_root_filesystem(runtime: Runtime) {

@@ -4,9 +4,10 @@
 use anyhow::Result;
 use kiln_solver::{NetworkMode, SecurityMode};
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
-    Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder, get_default_maskedpaths,
-    get_default_mounts, get_default_readonly_paths,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxDeviceCgroup,
+    LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
+    get_default_maskedpaths, get_default_mounts, get_default_readonly_paths,
 };
 use std::collections::HashSet;
 
@@ -123,6 +124,11 @@ pub fn build(
 
     let linux = LinuxBuilder::default()
         .namespaces(namespaces)
+        .resources(
+            LinuxResourcesBuilder::default()
+                .devices(device_rules(op.security)?)
+                .build()?,
+        )
         .masked_paths(if op.security == SecurityMode::Insecure {
             vec![]
         } else {
@@ -146,6 +152,51 @@ pub fn build(
         .set_mounts(Some(all_mounts))
         .set_linux(Some(linux));
     Ok(spec)
+}
+
+/// Docker's device cgroup rules: deny every device, then allow creating device nodes
+/// (opening one is what counts) and the few devices a container needs. Without a deny
+/// rule a runtime leaves the devices cgroup open and a step could `mknod` and read the
+/// host's disks. Insecure steps may open every device, as `docker run --privileged` and
+/// BuildKit's `--security=insecure` allow.
+fn device_rules(security: SecurityMode) -> Result<Vec<LinuxDeviceCgroup>> {
+    use LinuxDeviceType::{A, B, C};
+    let rule = |allow: bool,
+                typ: LinuxDeviceType,
+                major: Option<i64>,
+                minor: Option<i64>,
+                access: &str| {
+        let mut rule = LinuxDeviceCgroupBuilder::default()
+            .allow(allow)
+            .typ(typ)
+            .access(access);
+        if let Some(major) = major {
+            rule = rule.major(major);
+        }
+        if let Some(minor) = minor {
+            rule = rule.minor(minor);
+        }
+        rule.build()
+    };
+    if security == SecurityMode::Insecure {
+        return Ok(vec![rule(true, A, None, None, "rwm")?]);
+    }
+    let char_device = |major: i64, minor: Option<i64>| rule(true, C, Some(major), minor, "rwm");
+    Ok(vec![
+        rule(false, A, None, None, "rwm")?,
+        rule(true, C, None, None, "m")?,
+        rule(true, B, None, None, "m")?,
+        char_device(1, Some(3))?,    // /dev/null
+        char_device(1, Some(5))?,    // /dev/zero
+        char_device(1, Some(7))?,    // /dev/full
+        char_device(1, Some(8))?,    // /dev/random
+        char_device(1, Some(9))?,    // /dev/urandom
+        char_device(5, Some(0))?,    // /dev/tty
+        char_device(5, Some(1))?,    // /dev/console
+        char_device(5, Some(2))?,    // /dev/ptmx
+        char_device(136, None)?,     // /dev/pts/*
+        char_device(10, Some(200))?, // /dev/net/tun
+    ])
 }
 
 fn bind(target: &str, source: &str, readonly: bool) -> Result<Mount> {
