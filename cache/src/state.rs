@@ -55,12 +55,17 @@ impl StateDir {
 
     /// Opens the content store (`content/`).
     pub fn content(&self) -> Result<ContentStore, ContentError> {
+        self.create_root().map_err(|source| ContentError::Io {
+            action: "cannot create",
+            path: self.root.clone(),
+            source,
+        })?;
         ContentStore::open(self.root.join("content"))
     }
 
     /// The image store (`kiln.redb`); the directory is created when needed.
     pub fn images(&self) -> Result<ImageStore, ContentError> {
-        std::fs::create_dir_all(&self.root).map_err(|source| ContentError::Io {
+        self.create_root().map_err(|source| ContentError::Io {
             action: "cannot create",
             path: self.root.clone(),
             source,
@@ -98,13 +103,37 @@ impl StateDir {
     }
 
     fn open_lock(&self) -> io::Result<StateLock> {
-        std::fs::create_dir_all(&self.root)?;
+        self.create_private()?;
         let file = File::options()
             .create(true)
             .truncate(false)
             .write(true)
             .open(self.root.join("lock"))?;
         Ok(StateLock { file })
+    }
+
+    /// Creates the state directory, mode 0700, and makes the directories that hold what
+    /// builds produce private (0700) even in an existing one: unpacked layers, step
+    /// filesystems, cache mounts and container state hold other people's setuid binaries
+    /// and device nodes, which no other user of the host may reach.
+    fn create_private(&self) -> io::Result<()> {
+        use std::os::unix::fs::PermissionsExt as _;
+        self.create_root()?;
+        for dir in [
+            self.snapshots(),
+            self.cache_mounts(),
+            self.embedded_runtime_state(),
+            self.runtime_state(),
+        ] {
+            private_dir_builder().create(&dir)?;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+        Ok(())
+    }
+
+    /// Creates the state directory (and missing parents) with mode 0700.
+    fn create_root(&self) -> io::Result<()> {
+        private_dir_builder().create(&self.root)
     }
 
     /// Directories of `RUN --mount=type=cache` (`cache-mounts/`).
@@ -141,6 +170,14 @@ impl StateDir {
     pub fn embedded_runtime_state(&self) -> PathBuf {
         self.root.join("containers")
     }
+}
+
+/// Creates directories, missing parents included, with mode 0700.
+fn private_dir_builder() -> std::fs::DirBuilder {
+    use std::os::unix::fs::DirBuilderExt as _;
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true).mode(0o700);
+    builder
 }
 
 /// Whether the effective user is root, read from `/proc/self/status`.

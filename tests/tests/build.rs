@@ -557,6 +557,100 @@ fn add_extracts_local_tar_archives_and_copy_does_not() {
     );
 }
 
+/// A hostile archive's device nodes and setuid files, and those a RUN step makes, are
+/// unpacked and kept only where no other user of the host can reach them: never in the
+/// host's temporary directory (`TMPDIR` points nowhere here), and under a directory of the
+/// state directory that only root may enter.
+#[test]
+fn add_and_run_keep_hostile_files_out_of_other_users_reach() {
+    let base = serve_http(vec![("/payload", b"downloaded\n".to_vec())]);
+    let setup = Setup::new(
+        Runtime::Embedded,
+        &format!(
+            "FROM busybox:1\n\
+             ADD hostile.tar /opt/\n\
+             ADD {base}/payload /dl/\n\
+             RUN mknod /made c 1 3 && ls -l /opt/hostile/suid\n"
+        ),
+    );
+    let ctx = setup.context.path();
+    let hostile = ctx.join("hostile");
+    fs::create_dir(&hostile).unwrap();
+    run(
+        Command::new("mknod")
+            .arg(hostile.join("dev"))
+            .args(["b", "7", "0"]),
+        true,
+    );
+    fs::write(hostile.join("suid"), "#!/bin/sh\n").unwrap();
+    fs::set_permissions(hostile.join("suid"), fs::Permissions::from_mode(0o4755)).unwrap();
+    run(
+        Command::new("tar")
+            .arg("-C")
+            .arg(ctx)
+            .arg("-cf")
+            .arg(ctx.join("hostile.tar"))
+            .arg("hostile"),
+        true,
+    );
+    fs::remove_dir_all(&hostile).unwrap();
+
+    // A state directory that others may enter, as one made by hand may be.
+    let root = setup.root.path();
+    fs::set_permissions(root, fs::Permissions::from_mode(0o755)).unwrap();
+    let out = setup
+        .command()
+        .env("TMPDIR", ctx.join("no-such-dir"))
+        .arg(ctx)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "build failed:\n{stderr}");
+
+    let mut hostile_files = 0;
+    for entry in walkdir(root) {
+        let meta = fs::symlink_metadata(&entry).unwrap();
+        use std::os::unix::fs::FileTypeExt as _;
+        let kind = meta.file_type();
+        let dangerous = kind.is_block_device()
+            || kind.is_char_device()
+            || (kind.is_file() && meta.mode() & 0o4000 != 0);
+        if !dangerous {
+            continue;
+        }
+        hostile_files += 1;
+        let fenced = entry
+            .ancestors()
+            .skip(1)
+            .take_while(|dir| dir.starts_with(root))
+            .any(|dir| fs::metadata(dir).unwrap().mode() & 0o011 == 0);
+        assert!(fenced, "{} is reachable by other users", entry.display());
+    }
+    // The setuid file of the ADD layer and the RUN layer's device node (ADD, like COPY,
+    // leaves the archive's device node out).
+    assert!(
+        hostile_files >= 2,
+        "the layers were not found under {}",
+        root.display()
+    );
+}
+
+/// Every path below `dir` (not following symlinks).
+fn walkdir(dir: &Path) -> Vec<PathBuf> {
+    let mut paths = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_dir() {
+                pending.push(entry.path());
+            }
+            paths.push(entry.path());
+        }
+    }
+    paths
+}
+
 #[test]
 fn add_downloads_urls_and_checks_their_checksum() {
     let base = serve_http(vec![("/files/data.txt", b"downloaded\n".to_vec())]);

@@ -290,7 +290,7 @@ impl Worker {
         let known = self.downloads.lock().unwrap().remove(url);
         let download = match known {
             Some(download) => download,
-            None => http::download(url, checksum)?,
+            None => http::download(url, checksum, self.config.snapshots.scratch_root())?,
         };
         let active = self
             .config
@@ -320,6 +320,7 @@ impl Worker {
         dest: &mut ActiveSnapshot,
         more_follow: bool,
     ) -> Result<()> {
+        let scratch = self.config.snapshots.scratch_root();
         let wrote = match &inputs[copy.input] {
             WorkerRef::Local {
                 name,
@@ -327,7 +328,7 @@ impl Worker {
             } => {
                 let upper = UpperWriter::new(dest.rootfs(), dest.upper());
                 self.with_context_tree(name, exclude_patterns, |tree| {
-                    fileop::copy(tree, copy, dest.rootfs(), Some(&upper))
+                    fileop::copy(tree, copy, dest.rootfs(), Some(&upper), scratch)
                 })?;
                 upper.wrote_any()
             }
@@ -340,7 +341,7 @@ impl Worker {
                 };
                 let upper = UpperWriter::new(dest.rootfs(), dest.upper())
                     .linking_from(view.lowers(), view.rootfs());
-                fileop::copy(&tree, copy, dest.rootfs(), Some(&upper))?;
+                fileop::copy(&tree, copy, dest.rootfs(), Some(&upper), scratch)?;
                 upper.wrote_any()
             }
         };
@@ -370,7 +371,7 @@ impl Executor for Worker {
                 ..
             }) => Ok(Some(sum.clone())),
             Op::Source(SourceOp::Http { url, .. }) => {
-                let download = http::download(url, None)?;
+                let download = http::download(url, None, self.config.snapshots.scratch_root())?;
                 let digest = download.digest.clone();
                 self.downloads.lock().unwrap().insert(url.clone(), download);
                 Ok(Some(digest))

@@ -1,6 +1,7 @@
 //! HTTP(S) sources (ADD of a URL): the download, checked against `--checksum`.
 
 use std::io::{self, Read, Write};
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
@@ -17,9 +18,10 @@ pub struct Download {
     pub last_modified: Option<SystemTime>,
 }
 
-/// Fetches `url`. With `expected` (`sha256:…`, `sha384:…` or `sha512:…`), content with
-/// another digest is an error.
-pub fn download(url: &str, expected: Option<&str>) -> Result<Download> {
+/// Fetches `url` into a temporary file in `scratch` (a directory private to kiln). With
+/// `expected` (`sha256:…`, `sha384:…` or `sha512:…`), content with another digest is an
+/// error.
+pub fn download(url: &str, expected: Option<&str>, scratch: &Path) -> Result<Download> {
     let client = reqwest::blocking::Client::builder()
         .connect_timeout(Duration::from_secs(30))
         .timeout(None)
@@ -38,7 +40,10 @@ pub fn download(url: &str, expected: Option<&str>) -> Result<Download> {
         .get(reqwest::header::LAST_MODIFIED)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| httpdate::parse_http_date(v).ok());
-    let mut file = tempfile::NamedTempFile::new()?;
+    let mut file = tempfile::Builder::new()
+        .prefix("download-")
+        .tempfile_in(scratch)
+        .with_context(|| format!("cannot create a file in {}", scratch.display()))?;
     let mut sha256 = Sha256::new();
     let mut check = expected.map(Checker::new).transpose()?;
     let mut buffer = vec![0u8; 64 * 1024];

@@ -143,6 +143,12 @@ impl Snapshotter {
             .with_context(|| format!("cannot create a directory in {}", self.work.display()))
     }
 
+    /// The directory that holds scratch space (private to kiln); what is left in it when
+    /// kiln is killed goes at [`remove_stale`](Self::remove_stale).
+    pub fn scratch_root(&self) -> &Path {
+        &self.work
+    }
+
     fn layer_dir(&self, layer: &LayerBlob) -> PathBuf {
         self.layers.join(layer.diff_id.hex())
     }

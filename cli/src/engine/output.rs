@@ -203,7 +203,8 @@ pub fn write_output(
                 ignore: Some(&nothing_ignored),
                 is_context: false,
             };
-            fileop::copy(&tree, &CopyAction::new(0, "/", "/"), dest, None)
+            let copy_all = CopyAction::new(0, "/", "/");
+            fileop::copy(&tree, &copy_all, dest, None, snapshots.scratch_root())
         }
     }
 }

@@ -178,7 +178,14 @@ mod tests {
         };
         let upper = UpperWriter::new(dest.rootfs(), dest.upper())
             .linking_from(source.lowers(), source.rootfs());
-        copy(&tree, &action, dest.rootfs(), Some(&upper)).unwrap();
+        copy(
+            &tree,
+            &action,
+            dest.rootfs(),
+            Some(&upper),
+            snapshots.scratch_root(),
+        )
+        .unwrap();
         assert!(upper.wrote_any());
         dest.remount().unwrap();
         for (name, content) in [("a", "a"), ("b", "new b"), ("x", "x"), ("twin2", "t")] {
@@ -245,6 +252,7 @@ mod tests {
             &CopyAction::new(0, ".", "/app/"),
             dest.rootfs(),
             Some(&upper),
+            snapshots.scratch_root(),
         )
         .unwrap();
         assert!(upper.wrote_any());

@@ -31,12 +31,15 @@ pub use select::{Item, SourceTree, select};
 /// Directories, symlinks and archives are made in order first; then regular files are
 /// copied on every core (with an `upper` writer, straight into the overlay's upper
 /// directory where they may, and hard-linked where nothing about them changes); then the
-/// further names of hard-linked files are linked.
+/// further names of hard-linked files are linked. ADD unpacks archives in a scratch
+/// directory made in `scratch`, which must be private to kiln (archives hold device nodes
+/// and setuid files).
 pub fn copy(
     tree: &SourceTree<'_>,
     action: &CopyAction,
     root: &Path,
     upper: Option<&UpperWriter<'_>>,
+    scratch: &Path,
 ) -> Result<()> {
     let items = select(tree, action, Some(root))?;
     let owner = owner(root, action.chown.as_ref())?;
@@ -73,7 +76,7 @@ pub fn copy(
         let kind = item.meta.file_type();
         if action.unpack_archives && item.is_source && kind.is_file() && is_tar_archive(&item.host)
         {
-            extract_into(item, action, root)?;
+            extract_into(item, action, root, scratch)?;
             continue;
         }
         let target = resolve_in_root(root, &item.dest, kind.is_dir())?;
@@ -160,20 +163,24 @@ fn finish_entry(target: &Path, item: &Item, ids: Ids, action: &CopyAction) -> Re
 }
 
 /// ADD of a local archive: its contents go into the destination directory, owners and
-/// modes as the archive says (owners as `--chown` says, if given).
-fn extract_into(item: &Item, action: &CopyAction, root: &Path) -> Result<()> {
-    let scratch = tempfile::tempdir()?;
+/// modes as the archive says (owners as `--chown` says, if given). The archive is unpacked
+/// into a fresh directory in `scratch` first.
+fn extract_into(item: &Item, action: &CopyAction, root: &Path, scratch: &Path) -> Result<()> {
+    let unpacked = tempfile::Builder::new()
+        .prefix("add-")
+        .tempdir_in(scratch)
+        .with_context(|| format!("cannot create a directory in {}", scratch.display()))?;
     let archive = fs::File::open(&item.host)?;
-    extract_archive(archive, scratch.path())
+    extract_archive(archive, unpacked.path())
         .with_context(|| format!("cannot extract {}", item.rel))?;
     let mut contents = CopyAction::new(0, "/", format!("{}/", action.dest.trim_end_matches('/')));
     contents.chown = action.chown.clone();
     let tree = SourceTree {
-        root: scratch.path(),
+        root: unpacked.path(),
         ignore: None,
         is_context: false,
     };
-    copy(&tree, &contents, root, None)
+    copy(&tree, &contents, root, None, scratch)
 }
 
 /// sha256 over what `action` selects from `tree`: each entry's path below

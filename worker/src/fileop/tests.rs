@@ -64,7 +64,7 @@ fn copy_into(
         is_context: true,
     };
     let dest = tempfile::tempdir().unwrap();
-    copy(&tree, action, dest.path(), None)?;
+    copy(&tree, action, dest.path(), None, &std::env::temp_dir())?;
     Ok(dest)
 }
 
@@ -144,7 +144,7 @@ fn file_into_existing_directory_chown_chmod_and_exclude() {
         group: Some("staff".into()),
     });
     a.chmod = Some("go-rwx".into());
-    copy(&tree, &a, dest.path(), None).unwrap();
+    copy(&tree, &a, dest.path(), None, &std::env::temp_dir()).unwrap();
     let meta = fs::metadata(dest.path().join("existing/a.txt")).unwrap();
     assert_eq!(
         (meta.mode() & 0o7777, meta.uid(), meta.gid()),
@@ -153,7 +153,7 @@ fn file_into_existing_directory_chown_chmod_and_exclude() {
 
     let mut ex = action("src", "/src/");
     ex.exclude_patterns = vec!["*.md".into(), "sub".into()];
-    copy(&tree, &ex, dest.path(), None).unwrap();
+    copy(&tree, &ex, dest.path(), None, &std::env::temp_dir()).unwrap();
     assert_eq!(files(&dest.path().join("src")), ["main.rs"]);
 }
 
@@ -182,7 +182,14 @@ fn symlinks_never_escape() {
         ignore: None,
         is_context: true,
     };
-    copy(&tree, &action("a.txt", "/dir/"), dest.path(), None).unwrap();
+    copy(
+        &tree,
+        &action("a.txt", "/dir/"),
+        dest.path(),
+        None,
+        &std::env::temp_dir(),
+    )
+    .unwrap();
     assert!(dest.path().join("target/a.txt").exists());
 }
 
