@@ -50,6 +50,36 @@ impl Digest {
     }
 }
 
+/// A reader that takes the sha256 of everything read through it.
+pub struct DigestingReader<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: std::io::Read> DigestingReader<R> {
+    /// Wraps `inner`.
+    pub fn new(inner: R) -> Self {
+        Self {
+            inner,
+            hasher: Sha256::new(),
+        }
+    }
+
+    /// Reads what is left of the stream and returns the digest of all of it.
+    pub fn finish(mut self) -> std::io::Result<Digest> {
+        std::io::copy(&mut self, &mut std::io::sink())?;
+        Ok(Digest(self.hasher.finalize().into()))
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for DigestingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "sha256:{}", self.hex())
@@ -124,5 +154,13 @@ mod tests {
         ));
         let upper = format!("sha256:{}", "A".repeat(64));
         assert!(matches!(upper.parse::<Digest>(), Err(DigestError::Hex(_))));
+    }
+
+    #[test]
+    fn digesting_reader_covers_what_is_left_unread() {
+        let mut reader = DigestingReader::new(&b"hello world"[..]);
+        let mut first = [0u8; 5];
+        std::io::Read::read_exact(&mut reader, &mut first).unwrap();
+        assert_eq!(reader.finish().unwrap(), Digest::of(b"hello world"));
     }
 }

@@ -14,7 +14,7 @@ mod state;
 pub use checksums::ChecksumCache;
 pub use content::{BlobWriter, ContentError, ContentStore};
 pub use db::close_databases;
-pub use digest::{Digest, DigestError};
+pub use digest::{Digest, DigestError, DigestingReader};
 pub use images::{ImageRecord, ImageStore, ImageStoreError};
 pub use index::CacheIndexStore;
 pub use state::{StateDir, StateLock};

@@ -84,7 +84,7 @@ impl Snapshotter {
         let blob = content
             .open_blob(&layer.digest)
             .with_context(|| format!("layer {} is missing from the content store", layer.digest))?;
-        apply_layer(blob, &target)
+        apply_layer(blob, &target, layer)
             .with_context(|| format!("cannot unpack layer {}", layer.digest))?;
         self.install(&target, &dir)?;
         Ok(dir)

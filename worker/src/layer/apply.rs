@@ -13,7 +13,9 @@ use flate2::read::MultiGzDecoder;
 use rustix::fs::{CWD, FileType, Mode, makedev, mknodat};
 use tar::EntryType;
 
-use super::{OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, PAX_XATTR_PREFIX, WHITEOUT_PREFIX};
+use kiln_cache::DigestingReader;
+
+use super::{LayerBlob, OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, PAX_XATTR_PREFIX, WHITEOUT_PREFIX};
 
 /// What [`apply_layer`] unpacked.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -29,8 +31,31 @@ pub struct ApplyStats {
 /// modes (including setuid/setgid), xattrs and mtimes are kept. Entries
 /// whose names contain `..`, or that would be written through a symlink, are
 /// refused.
-pub fn apply_layer(reader: impl Read, dest: &Path) -> Result<ApplyStats> {
-    unpack(decompressed(reader)?, dest, Whiteouts::Convert).context("cannot read the layer")
+///
+/// The blob must have the digest `layer.digest` and its tar the digest `layer.diff_id`
+/// (what an image's config claims): both are checked as the layer streams, and a layer
+/// whose content is not what it claims is an error, so an unpacked layer can be trusted
+/// to be the one its diff_id names.
+pub fn apply_layer(reader: impl Read, dest: &Path, layer: &LayerBlob) -> Result<ApplyStats> {
+    let mut blob = DigestingReader::new(reader);
+    let mut tar = DigestingReader::new(decompressed(&mut blob)?);
+    let stats = unpack(&mut tar, dest, Whiteouts::Convert).context("cannot read the layer")?;
+    let diff_id = tar.finish().context("cannot read the layer")?;
+    let digest = blob.finish().context("cannot read the layer")?;
+    if digest != layer.digest {
+        bail!(
+            "the blob is corrupt: its content has the digest {digest}, not {}",
+            layer.digest
+        );
+    }
+    if diff_id != layer.diff_id {
+        bail!(
+            "the layer is not what the image claims: its content has the diff_id {diff_id}, \
+             the image's config says {}",
+            layer.diff_id
+        );
+    }
+    Ok(stats)
 }
 
 /// Extracts a tar archive (plain, gzip, bzip2, xz or zstd) into the fresh directory `dest`,

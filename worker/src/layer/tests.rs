@@ -5,6 +5,7 @@ use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, lchown, symlink};
 use std::path::Path;
 
+use kiln_cache::Digest;
 use rustix::fs::{CWD, FileType, Mode, makedev, mknodat};
 use tar::{EntryType, Header};
 
@@ -81,8 +82,24 @@ fn round_trip(src: &Path) -> (Vec<u8>, tempfile::TempDir) {
     let mut tar = Vec::new();
     write_layer(src, &[], &mut tar, WriteOptions::default()).unwrap();
     let out = tempfile::tempdir().unwrap();
-    apply_layer(tar.as_slice(), out.path()).unwrap();
+    apply_tar(&tar, out.path()).unwrap();
     (tar, out)
+}
+
+/// A [`LayerBlob`] of `blob`, whose tar (decompressed) is `tar`.
+fn layer_of(blob: &[u8], tar: &[u8]) -> LayerBlob {
+    LayerBlob {
+        diff_id: Digest::of(tar),
+        digest: Digest::of(blob),
+        size: blob.len() as u64,
+        media_type: TAR_LAYER_MEDIA_TYPE.to_string(),
+        created: None,
+    }
+}
+
+/// Applies an uncompressed layer that claims to be what it is.
+fn apply_tar(tar: &[u8], dest: &Path) -> anyhow::Result<ApplyStats> {
+    apply_layer(tar, dest, &layer_of(tar, tar))
 }
 
 #[test]
@@ -254,7 +271,7 @@ fn apply_hostile(
     let bytes = tar.into_inner().unwrap();
     let sandbox = tempfile::tempdir().unwrap();
     fs::create_dir(sandbox.path().join("layer")).unwrap();
-    let result = apply_layer(bytes.as_slice(), &sandbox.path().join("layer"));
+    let result = apply_tar(&bytes, &sandbox.path().join("layer"));
     (result, sandbox)
 }
 
@@ -307,14 +324,60 @@ fn absolute_names_are_relative_to_the_layer() {
 #[test]
 fn garbage_is_an_error_not_a_panic() {
     let out = tempfile::tempdir().unwrap();
-    assert!(apply_layer(&[0x1f, 0x8b, 1, 2, 3][..], out.path()).is_err());
+    assert!(apply_tar(&[0x1f, 0x8b, 1, 2, 3], out.path()).is_err());
     assert!(
-        apply_layer(
+        apply_tar(
             &b"not a tar at all, just text that goes on"[..].repeat(20)[..],
             out.path()
         )
         .is_err()
     );
+}
+
+#[test]
+fn a_layer_must_be_what_its_digests_claim() {
+    let src = tempfile::tempdir().unwrap();
+    fs::write(src.path().join("file"), "content").unwrap();
+    let mut tar = Vec::new();
+    write_layer(src.path(), &[], &mut tar, WriteOptions::default()).unwrap();
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gzip.write_all(&tar).unwrap();
+    let blob = gzip.finish().unwrap();
+    let honest = layer_of(&blob, &tar);
+
+    let out = tempfile::tempdir().unwrap();
+    apply_layer(blob.as_slice(), out.path(), &honest).unwrap();
+    assert_eq!(fs::read(out.path().join("file")).unwrap(), b"content");
+
+    let other = Digest::of(b"another layer");
+    let lying = LayerBlob {
+        diff_id: other,
+        ..honest.clone()
+    };
+    let message = format!(
+        "{:#}",
+        apply_layer(blob.as_slice(), tempfile::tempdir().unwrap().path(), &lying).unwrap_err()
+    );
+    assert!(
+        message.contains("not what the image claims")
+            && message.contains(&Digest::of(&tar).to_string()),
+        "{message}"
+    );
+
+    let corrupt = LayerBlob {
+        digest: other,
+        ..honest
+    };
+    let message = format!(
+        "{:#}",
+        apply_layer(
+            blob.as_slice(),
+            tempfile::tempdir().unwrap().path(),
+            &corrupt
+        )
+        .unwrap_err()
+    );
+    assert!(message.contains("the blob is corrupt"), "{message}");
 }
 
 /// The entry names of an uncompressed tar.
