@@ -109,7 +109,13 @@ pub fn du(state: &StateDir) -> Result<(), Failure> {
     let (image_layers, cache_layers): (Vec<_>, Vec<_>) = layers
         .iter()
         .partition(|(name, _)| keep.diff_ids.iter().any(|d| d.hex() == name.as_str()));
-    let mounts = disk_usage(&state.cache_mounts());
+    // What the cache mounts hold: the (always present) directory itself is no cache.
+    let mounts: u64 = fs::read_dir(state.cache_mounts())
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|entry| disk_usage(&entry.path()))
+        .sum();
     let databases: u64 = [state.cache_index_path(), state.checksums()]
         .iter()
         .map(|p| disk_usage(p))
