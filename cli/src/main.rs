@@ -1,7 +1,7 @@
 //! The `kiln` command: a BuildKit-class container image builder.
 
 mod commands;
-mod engine;
+mod progress;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -13,8 +13,8 @@ use kiln_registry::RegistryOptions;
 use kiln_solver::Platform;
 
 use super::{Dockerfile, Failure, parse_build_args};
-use crate::engine::progress::{Progress, ProgressMode};
-use crate::engine::{BuildError, BuildRequest, BuildResult, Output, build};
+use crate::progress::{Progress, ProgressMode};
+use kiln_engine::{BuildError, BuildRequest, BuildResult, Output, build};
 
 /// Arguments of `kiln build`.
 #[derive(Args)]

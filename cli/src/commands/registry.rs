@@ -61,7 +61,7 @@ pub fn pull(state: &StateDir, options: &RegistryOptions, args: PullArgs) -> Resu
 pub fn push(state: &StateDir, options: &RegistryOptions, args: PushArgs) -> Result<(), Failure> {
     let reference = reference(&args.name)?;
     let _lock = state.lock(false).map_err(Failure::msg)?;
-    let report = crate::engine::push_stored(state, &client(options)?, &reference, &|line| {
+    let report = kiln_engine::push_stored(state, &client(options)?, &reference, &|line| {
         eprintln!("{line}")
     })
     .map_err(|e| Failure::msg(format!("{e:#}")))?;

@@ -1,14 +1,14 @@
-//! The build engine: Dockerfile → op DAG → solved snapshot → image.
+//! kiln's build engine: one build end to end, Dockerfile → op DAG → solved snapshot →
+//! image and outputs.
 //!
-//! The CLI drives it in-process through [`build`]; a remote builder is meant
-//! to be a thin adapter over the same request, progress and result types.
+//! The `kiln` command drives it in-process through [`build`]; the remote builder
+//! (`kiln serve`) is a thin adapter over the same request, progress and result types.
 
 mod exporter;
 mod output;
-pub mod progress;
 
-use exporter::ManifestFormat;
-pub use output::Output;
+pub use exporter::ManifestFormat;
+pub use output::{Output, OutputKind};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
