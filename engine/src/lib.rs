@@ -4,9 +4,11 @@
 //! The `kiln` command drives it in-process through [`build`]; the remote builder
 //! (`kiln serve`) is a thin adapter over the same request, progress and result types.
 
+mod events;
 mod exporter;
 mod output;
 
+pub use events::BuildEvent;
 pub use exporter::ManifestFormat;
 pub use output::{Output, OutputKind};
 
@@ -19,7 +21,7 @@ use kiln_cache::{CacheIndexStore, ChecksumCache, ContentStore, Digest, ImageStor
 use kiln_frontend::lower::{BuildOptions, ImageResolver, lower};
 use kiln_image::{Image, Reference};
 use kiln_registry::{RegistryClient, RegistryOptions};
-use kiln_solver::{CacheIndex, Definition, Platform, ProgressEvent, SolveOptions, solve};
+use kiln_solver::{CacheIndex, Platform, SolveOptions, solve};
 use kiln_worker::exec::ExternalRuntime;
 use kiln_worker::layer::{LayerCompression, WriteOptions, recompress_all};
 use kiln_worker::snapshot::{Snapshot, Snapshotter};
@@ -261,14 +263,15 @@ pub fn push_stored(
 }
 
 /// Runs a build: lowers the Dockerfile, solves it with a local worker and
-/// writes the image into the store under `request.tags`.
+/// writes the image into the store under `request.tags`, reporting progress to `events`;
+/// setting `cancel` stops it.
 pub fn build(
     state: &StateDir,
     mut request: BuildRequest,
-    progress: &(dyn Fn(&Definition, ProgressEvent) + Sync),
-    notice: &(dyn Fn(&str) + Sync),
+    events: &(dyn Fn(BuildEvent) + Sync),
     cancel: &AtomicBool,
 ) -> Result<BuildResult, BuildError> {
+    let notice = &|message: &str| events(BuildEvent::Notice(message.to_string()));
     if request.push && request.tags.is_empty() {
         return Err(anyhow::anyhow!("--push needs a name to push to: add -t NAME").into());
     }
@@ -339,7 +342,10 @@ pub fn build(
     let options = SolveOptions {
         max_parallelism: request.max_parallelism,
     };
-    let forward = |event| progress(definition, event);
+    events(BuildEvent::Solving {
+        vertices: definition.len(),
+    });
+    let forward = |event| events(BuildEvent::step(definition, event));
     let solved = solve(definition, &worker, &cache, options, &forward, cancel);
     worker.checksums().persist();
     let output = solved.map_err(|failure| {

@@ -140,8 +140,7 @@ pub fn run(state: &StateDir, registry: &RegistryOptions, args: BuildArgs) -> Res
         build(
             state,
             request,
-            &|definition, event| printer.event(definition, event),
-            &|message| printer.notice(message),
+            &|event| printer.event(event),
             &cancel,
         )
     });

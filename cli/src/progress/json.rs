@@ -4,19 +4,20 @@
 //! (`started`, `cached`, `log`, `completed`, `failed` or `cancelled`); `log` adds `stream`
 //! and `data`, `completed` and `failed` add `seconds`, and `failed` adds `error`.
 
-use kiln_solver::{LogStream, ProgressEvent, ProgressKind};
+use kiln_cache::Digest;
+use kiln_solver::{LogStream, ProgressKind};
 use serde_json::json;
 
 use super::Step;
 
-/// The JSON line for `event`, which happened to `step`.
-pub(super) fn line(event: &ProgressEvent, step: &Step) -> String {
+/// The JSON line for `kind`, which happened to `step` (vertex `vertex`).
+pub(super) fn line(vertex: &Digest, kind: &ProgressKind, step: &Step) -> String {
     let mut value = json!({
-        "vertex": event.vertex.to_string(),
+        "vertex": vertex.to_string(),
         "step": step.number,
         "name": step.name,
     });
-    let fields = match &event.kind {
+    let fields = match kind {
         ProgressKind::Started => json!({"event": "started"}),
         ProgressKind::Cached => json!({"event": "cached"}),
         ProgressKind::Log(stream, data) => json!({

@@ -14,7 +14,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use kiln_cache::Digest;
-use kiln_solver::{Definition, ProgressEvent, ProgressKind};
+use kiln_engine::BuildEvent;
+use kiln_solver::ProgressKind;
 
 /// How to show progress (`--progress`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -112,26 +113,32 @@ impl Progress {
     }
 
     /// Records one event and, except in `tty` mode (which redraws on its own), shows it.
-    pub fn event(&self, definition: &Definition, event: ProgressEvent) {
-        let mut steps = self.steps.lock().expect("progress lock");
-        steps.total = definition.len();
-        let next = steps.order.len() + 1;
-        if !steps.by_vertex.contains_key(&event.vertex) {
-            steps.order.push(event.vertex);
+    pub fn event(&self, event: BuildEvent) {
+        match event {
+            BuildEvent::Solving { vertices } => {
+                self.steps.lock().expect("progress lock").total = vertices;
+            }
+            BuildEvent::Notice(message) => self.notice(&message),
+            BuildEvent::Step { vertex, name, kind } => self.step_event(vertex, name, &kind),
         }
-        let step = steps.by_vertex.entry(event.vertex).or_insert_with(|| Step {
+    }
+
+    fn step_event(&self, vertex: Digest, name: String, kind: &ProgressKind) {
+        let mut steps = self.steps.lock().expect("progress lock");
+        let next = steps.order.len() + 1;
+        if !steps.by_vertex.contains_key(&vertex) {
+            steps.order.push(vertex);
+        }
+        let step = steps.by_vertex.entry(vertex).or_insert_with(|| Step {
             number: next,
-            name: definition
-                .meta(&event.vertex)
-                .map(|m| m.description.clone())
-                .unwrap_or_default(),
+            name,
             started: Instant::now(),
             state: StepState::Running,
             tail: Vec::new(),
             partial: Vec::new(),
         });
         let mut new_lines = Vec::new();
-        match &event.kind {
+        match kind {
             ProgressKind::Started => {}
             ProgressKind::Cached => step.state = StepState::Cached,
             ProgressKind::Log(_, data) => {
@@ -156,8 +163,8 @@ impl Progress {
         let step = step.clone();
         drop(steps);
         let lines = match self.mode {
-            ProgressMode::Plain => plain::lines(&step, &event.kind, &new_lines),
-            ProgressMode::Json => vec![json::line(&event, &step)],
+            ProgressMode::Plain => plain::lines(&step, kind, &new_lines),
+            ProgressMode::Json => vec![json::line(&vertex, kind, &step)],
             _ => return,
         };
         let mut out = self.out.lock().expect("progress lock");
@@ -169,7 +176,7 @@ impl Progress {
 
     /// Shows a message that belongs to no step (pulls and pushes): a line in `plain` and
     /// `tty`, an object with `event: "message"` in `json`, nothing in `quiet`.
-    pub fn notice(&self, message: &str) {
+    fn notice(&self, message: &str) {
         let line = match self.mode {
             ProgressMode::Quiet => return,
             ProgressMode::Tty => {
