@@ -10,9 +10,8 @@ mod output;
 
 pub use events::BuildEvent;
 pub use exporter::ManifestFormat;
-pub use output::{Output, OutputKind};
+pub use output::{ClientTarget, Destination, Output, OutputKind};
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
@@ -25,14 +24,15 @@ use kiln_solver::{CacheIndex, Platform, SolveOptions, solve};
 use kiln_worker::exec::ExternalRuntime;
 use kiln_worker::layer::{LayerCompression, WriteOptions, recompress_all};
 use kiln_worker::snapshot::{Snapshot, Snapshotter};
+pub use kiln_worker::{LocalDirectories, LocalSources};
 use kiln_worker::{Worker, WorkerConfig, WorkerRef, platform_wanted, resolve_image};
 
 /// Everything a build needs from its client.
 pub struct BuildRequest {
     /// The Dockerfile's bytes.
     pub dockerfile: Vec<u8>,
-    /// The build context directory.
-    pub context: PathBuf,
+    /// The local sources: the build context (named `context`) and any named contexts.
+    pub sources: Box<dyn LocalSources>,
     /// `.dockerignore` text, if there is one.
     pub dockerignore: Option<Vec<u8>>,
     /// Frontend options (target, args, platforms, cache filters, labels).
@@ -324,7 +324,6 @@ pub fn build(
     let definition = &lowered.definition;
 
     let outputs_view = snapshots.clone();
-    let contexts = HashMap::from([("context".to_string(), request.context.clone())]);
     let layer_options = WriteOptions {
         source_date_epoch: request.source_date_epoch,
     };
@@ -333,7 +332,7 @@ pub fn build(
         images: images.clone(),
         snapshots,
         runtime: Box::new(runtime),
-        contexts,
+        sources: request.sources,
         cache_mounts: state.cache_mounts(),
         checksums: ChecksumCache::open(state.checksums()),
         layer_options,

@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use kiln_cache::{ContentStore, Digest};
@@ -21,8 +22,8 @@ use super::exporter::ManifestFormat;
 pub struct Output {
     /// What is written.
     pub kind: OutputKind,
-    /// The file or directory written (empty for `type=image`).
-    pub dest: PathBuf,
+    /// Where the file or directory goes (`None` for `type=image`).
+    pub dest: Option<Destination>,
     /// Layer compression for images (`compression=gzip|zstd`); `None` keeps the layers as
     /// built.
     pub compression: Option<LayerCompression>,
@@ -49,6 +50,46 @@ pub enum OutputKind {
     Image,
 }
 
+/// Where an output that is a file or a directory goes.
+#[derive(Clone)]
+pub enum Destination {
+    /// A path on this machine: the archive's file, or the directory of `type=local`.
+    Path(PathBuf),
+    /// The client of a remote build, reached through its session.
+    Client(Arc<dyn ClientTarget>),
+}
+
+/// An output's destination on a remote build's client.
+pub trait ClientTarget: Send + Sync {
+    /// Opens a stream to the client, lets `write` write the archive (oci, docker or tar)
+    /// into it, and closes it; an error from either side fails the output.
+    fn send_archive(&self, write: &mut dyn FnMut(&mut dyn Write) -> Result<()>) -> Result<()>;
+
+    /// Sends the directory tree `dir` (a `type=local` output) to the client.
+    fn send_directory(&self, dir: &Path) -> Result<()>;
+}
+
+impl std::fmt::Debug for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Destination::Path(path) => f.debug_tuple("Path").field(path).finish(),
+            Destination::Client(_) => f.write_str("Client"),
+        }
+    }
+}
+
+impl PartialEq for Destination {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Destination::Path(a), Destination::Path(b)) => a == b,
+            (Destination::Client(a), Destination::Client(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Destination {}
+
 impl Output {
     /// Whether it is an image (has a manifest) rather than a root filesystem.
     pub fn is_image(&self) -> bool {
@@ -60,10 +101,10 @@ impl Output {
 
     /// How messages name it: its names or its destination.
     pub fn describe(&self) -> String {
-        if self.kind == OutputKind::Image {
-            format!("image {}", self.names.join(","))
-        } else {
-            self.dest.display().to_string()
+        match &self.dest {
+            _ if self.kind == OutputKind::Image => format!("image {}", self.names.join(",")),
+            Some(Destination::Path(path)) => path.display().to_string(),
+            Some(Destination::Client(_)) | None => format!("{:?} output", self.kind),
         }
     }
 }
@@ -85,14 +126,14 @@ impl std::str::FromStr for Output {
     fn from_str(spec: &str) -> Result<Self, String> {
         let mut output = Output {
             kind: OutputKind::Local,
-            dest: PathBuf::new(),
+            dest: None,
             compression: None,
             format: ManifestFormat::Oci,
             names: Vec::new(),
             push: false,
         };
         if !spec.contains('=') {
-            output.dest = PathBuf::from(spec);
+            output.dest = Some(Destination::Path(PathBuf::from(spec)));
             return Ok(output);
         }
         let mut kind = None;
@@ -142,7 +183,8 @@ impl std::str::FromStr for Output {
                 return Err(format!("output {spec:?} needs name=REF"));
             }
         } else {
-            output.dest = dest.ok_or_else(|| format!("output {spec:?} needs dest=PATH"))?;
+            let dest = dest.ok_or_else(|| format!("output {spec:?} needs dest=PATH"))?;
+            output.dest = Some(Destination::Path(dest));
         }
         if !output.is_image()
             && (output.compression.is_some() || output.format != ManifestFormat::Oci)
@@ -177,48 +219,71 @@ pub fn write_output(
     snapshot: &Snapshot,
     image: &ImageBlobs<'_>,
 ) -> Result<()> {
-    let dest = &output.dest;
+    let Some(dest) = &output.dest else {
+        return Ok(());
+    };
     match output.kind {
-        OutputKind::Oci => write_archive(dest, content, image, false),
-        OutputKind::Docker => write_archive(dest, content, image, true),
+        OutputKind::Oci => with_archive(dest, &mut |out| write_archive(out, content, image, false)),
+        OutputKind::Docker => {
+            with_archive(dest, &mut |out| write_archive(out, content, image, true))
+        }
         OutputKind::Tar => {
             let view = snapshots.prepare(snapshot, content)?;
-            let file =
-                File::create(dest).with_context(|| format!("cannot create {}", dest.display()))?;
-            write_layer(
-                view.rootfs(),
-                &[],
-                BufWriter::new(file),
-                WriteOptions::default(),
-            )
+            with_archive(dest, &mut |out| {
+                write_layer(view.rootfs(), &[], out, WriteOptions::default())
+            })
         }
         OutputKind::Image => Ok(()),
         OutputKind::Local => {
-            std::fs::create_dir_all(dest)
-                .with_context(|| format!("cannot create {}", dest.display()))?;
             let view = snapshots.prepare(snapshot, content)?;
-            let nothing_ignored = PatternMatcher::new(Vec::<String>::new())?;
-            let tree = SourceTree {
-                root: view.rootfs(),
-                ignore: Some(&nothing_ignored),
-                is_context: false,
-            };
-            let copy_all = CopyAction::new(0, "/", "/");
-            fileop::copy(&tree, &copy_all, dest, None, snapshots.scratch_root())
+            match dest {
+                Destination::Path(dir) => copy_tree(view.rootfs(), dir, snapshots),
+                Destination::Client(client) => client.send_directory(view.rootfs()),
+            }
         }
     }
+}
+
+/// Runs `write` on the archive's file, or on a stream to the client.
+fn with_archive(
+    dest: &Destination,
+    write: &mut dyn FnMut(&mut dyn Write) -> Result<()>,
+) -> Result<()> {
+    match dest {
+        Destination::Path(path) => {
+            let file =
+                File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+            let mut out = BufWriter::new(file);
+            write(&mut out)?;
+            out.flush()
+                .with_context(|| format!("cannot write {}", path.display()))
+        }
+        Destination::Client(client) => client.send_archive(write),
+    }
+}
+
+/// Copies the root filesystem `rootfs` into the directory `dest` on this machine.
+fn copy_tree(rootfs: &Path, dest: &Path, snapshots: &Snapshotter) -> Result<()> {
+    std::fs::create_dir_all(dest).with_context(|| format!("cannot create {}", dest.display()))?;
+    let nothing_ignored = PatternMatcher::new(Vec::<String>::new())?;
+    let tree = SourceTree {
+        root: rootfs,
+        ignore: Some(&nothing_ignored),
+        is_context: false,
+    };
+    let copy_all = CopyAction::new(0, "/", "/");
+    fileop::copy(&tree, &copy_all, dest, None, snapshots.scratch_root())
 }
 
 /// An OCI image layout in a tar; with `docker`, also Docker's
 /// `manifest.json` so that `docker load` reads it.
 fn write_archive(
-    dest: &Path,
+    out: &mut dyn Write,
     content: &ContentStore,
     image: &ImageBlobs<'_>,
     docker: bool,
 ) -> Result<()> {
-    let file = File::create(dest).with_context(|| format!("cannot create {}", dest.display()))?;
-    let mut tar = tar::Builder::new(BufWriter::new(file));
+    let mut tar = tar::Builder::new(out);
     let names: Vec<Reference> = image
         .tags
         .iter()
@@ -298,7 +363,7 @@ mod tests {
     fn output_specs_parse_like_buildx() {
         let output = |kind, dest: &str, compression| Output {
             kind,
-            dest: dest.into(),
+            dest: Some(Destination::Path(dest.into())),
             compression,
             format: ManifestFormat::Oci,
             names: Vec::new(),

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -23,6 +23,7 @@ use crate::http::{self, Download};
 use crate::layer::{LayerBlob, WriteOptions};
 use crate::rootfs::resolve_in_root;
 use crate::snapshot::{ActiveSnapshot, Snapshot, Snapshotter};
+use crate::sources::LocalSources;
 
 /// Looks `reference` up in the local store for `platform`; errors are
 /// user-facing sentences. The frontend (base configs) and the worker (base
@@ -71,8 +72,8 @@ pub struct WorkerConfig {
     pub snapshots: Snapshotter,
     /// What runs RUN steps.
     pub runtime: Box<dyn OciRuntime>,
-    /// Local source names (`context`, `--build-context` names) → directories.
-    pub contexts: HashMap<String, PathBuf>,
+    /// Local sources (`context`, `--build-context` names).
+    pub sources: Box<dyn LocalSources>,
     /// Where `RUN --mount=type=cache` directories live.
     pub cache_mounts: PathBuf,
     /// Remembered digests of context files.
@@ -112,12 +113,8 @@ impl Worker {
         .map_err(|e| anyhow!(e))
     }
 
-    fn context_dir(&self, name: &str) -> Result<&Path> {
-        self.config
-            .contexts
-            .get(name)
-            .map(PathBuf::as_path)
-            .ok_or_else(|| anyhow!("no local context named {name:?} was provided"))
+    fn context_dir(&self, name: &str, excludes: &[String]) -> Result<PathBuf> {
+        self.config.sources.directory(name, excludes)
     }
 
     /// Calls `f` with the context `name` as a COPY source, `.dockerignore`
@@ -130,7 +127,7 @@ impl Worker {
     ) -> Result<T> {
         let ignore = PatternMatcher::new(exclude_patterns).context("bad .dockerignore pattern")?;
         f(&SourceTree {
-            root: self.context_dir(name)?,
+            root: &self.context_dir(name, exclude_patterns)?,
             ignore: Some(&ignore),
             is_context: true,
         })
@@ -153,10 +150,13 @@ impl Worker {
                 .config
                 .snapshots
                 .prepare(snapshot, &self.config.content),
-            WorkerRef::Local { name, .. } => self
+            WorkerRef::Local {
+                name,
+                exclude_patterns,
+            } => self
                 .config
                 .snapshots
-                .prepare_dirs(&[self.context_dir(name)?.to_path_buf()]),
+                .prepare_dirs(&[self.context_dir(name, exclude_patterns)?]),
         }
     }
 
@@ -439,7 +439,7 @@ impl Executor for Worker {
                 name,
                 exclude_patterns,
             }) => {
-                self.context_dir(name)?;
+                self.context_dir(name, exclude_patterns)?;
                 Ok(WorkerRef::Local {
                     name: name.clone(),
                     exclude_patterns: exclude_patterns.clone(),

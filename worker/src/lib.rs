@@ -10,5 +10,7 @@ pub mod layer;
 mod parallel;
 pub mod rootfs;
 pub mod snapshot;
+mod sources;
 
 pub use executor::{Worker, WorkerConfig, WorkerRef, platform_wanted, resolve_image};
+pub use sources::{LocalDirectories, LocalSources};

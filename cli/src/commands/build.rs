@@ -1,5 +1,6 @@
 //! `kiln build`: build an image from a Dockerfile and a context.
 
+use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use kiln_solver::Platform;
 
 use super::{Dockerfile, Failure, parse_build_args};
 use crate::progress::{Progress, ProgressMode};
-use kiln_engine::{BuildError, BuildRequest, BuildResult, Output, build};
+use kiln_engine::{BuildError, BuildRequest, BuildResult, LocalDirectories, Output, build};
 
 /// Arguments of `kiln build`.
 #[derive(Args)]
@@ -116,7 +117,10 @@ pub fn run(state: &StateDir, registry: &RegistryOptions, args: BuildArgs) -> Res
         dockerfile: dockerfile.bytes.clone(),
         // Canonical, so that the checksum cache (keyed by path) is shared by `kiln build .`
         // and `kiln build /abs/path` of the same context.
-        context: fs::canonicalize(&args.context).unwrap_or_else(|_| args.context.clone()),
+        sources: Box::new(LocalDirectories(HashMap::from([(
+            "context".to_string(),
+            fs::canonicalize(&args.context).unwrap_or_else(|_| args.context.clone()),
+        )]))),
         options,
         tags: args.tags.clone(),
         outputs: args.outputs.clone(),
@@ -136,14 +140,8 @@ pub fn run(state: &StateDir, registry: &RegistryOptions, args: BuildArgs) -> Res
     let on_signal = Arc::clone(&cancel);
     ctrlc::set_handler(move || on_signal.store(true, Ordering::Relaxed))
         .map_err(|e| Failure::msg(format!("cannot install the Ctrl-C handler: {e}")))?;
-    let result = printer.show_while(|| {
-        build(
-            state,
-            request,
-            &|event| printer.event(event),
-            &cancel,
-        )
-    });
+    let result =
+        printer.show_while(|| build(state, request, &|event| printer.event(event), &cancel));
     match result {
         Ok(done) => {
             for warning in &done.warnings {
