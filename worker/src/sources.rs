@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Result, anyhow};
 
@@ -13,6 +14,12 @@ pub trait LocalSources: Send + Sync {
     /// itself too. Called whenever a step reads the source, so an implementation that
     /// transfers files must do it once per build.
     fn directory(&self, name: &str, excludes: &[String]) -> Result<PathBuf>;
+}
+
+impl<T: LocalSources + ?Sized> LocalSources for Arc<T> {
+    fn directory(&self, name: &str, excludes: &[String]) -> Result<PathBuf> {
+        (**self).directory(name, excludes)
+    }
 }
 
 /// Local sources that are directories on this machine, by name.
