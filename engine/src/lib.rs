@@ -4,14 +4,17 @@
 //! The `kiln` command drives it in-process through [`build`]; the remote builder
 //! (`kiln serve`) is a thin adapter over the same request, progress and result types.
 
+mod entitlements;
 mod events;
 mod exporter;
 mod output;
 
+pub use entitlements::Entitlement;
 pub use events::BuildEvent;
 pub use exporter::ManifestFormat;
 pub use output::{ClientTarget, Destination, Output, OutputKind};
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
@@ -53,6 +56,9 @@ pub struct BuildRequest {
     pub push: bool,
     /// How to reach registries.
     pub registry: RegistryOptions,
+    /// Privileges steps may use (`--allow`); a step that needs another fails the build
+    /// before anything runs.
+    pub entitlements: BTreeSet<Entitlement>,
 }
 
 /// What a finished build produced.
@@ -322,6 +328,7 @@ pub fn build(
         })
         .map_err(BuildError::Frontend)?;
     let definition = &lowered.definition;
+    entitlements::check(definition, &request.entitlements)?;
 
     let outputs_view = snapshots.clone();
     let layer_options = WriteOptions {

@@ -98,6 +98,7 @@ fn builds_from_named_sources_into_client_outputs_with_typed_events() {
         pull: false,
         push: false,
         registry: Default::default(),
+        entitlements: Default::default(),
     };
     let events = Mutex::new(Vec::new());
     let result = build(

@@ -38,6 +38,7 @@ for_each_runtime!(
     ctrl_c_stops_a_running_step_and_cleans_up,
     a_build_killed_at_any_moment_reruns_to_a_correct_image,
     env_arg_and_heredocs_reach_the_image,
+    privileged_steps_need_an_entitlement,
 );
 
 /// A state directory with `busybox:1` loaded, and a build context.
@@ -649,6 +650,46 @@ fn walkdir(dir: &Path) -> Vec<PathBuf> {
         }
     }
     paths
+}
+
+/// Host networking and insecure steps need the build to grant them (`--allow`), as in
+/// BuildKit; nothing runs before the refusal.
+fn privileged_steps_need_an_entitlement(runtime: Runtime) {
+    let setup = Setup::new(
+        runtime,
+        "FROM busybox:1\n\
+         RUN echo first > /first\n\
+         RUN --network=host echo host network\n\
+         RUN --security=insecure echo insecure\n",
+    );
+    let refused = setup.build_err(&["--progress", "plain"]);
+    assert!(
+        refused.contains("ERROR: failed to solve: network.host is not allowed"),
+        "{refused}"
+    );
+    assert!(refused.contains(">>> RUN --network=host"), "{refused}");
+    let ran_first = refused
+        .lines()
+        .any(|l| l.starts_with('#') && l.contains("RUN echo first"));
+    assert!(!ran_first, "a step ran before the refusal:\n{refused}");
+
+    let refused = setup.build_err(&["--progress", "plain", "--allow", "network.host"]);
+    assert!(
+        refused.contains("ERROR: failed to solve: security.insecure is not allowed"),
+        "{refused}"
+    );
+
+    let granted = setup.build_ok(&[
+        "--progress",
+        "plain",
+        "--allow",
+        "network.host,security.insecure",
+    ]);
+    assert!(printed(&granted, "host network"), "{granted}");
+    assert!(printed(&granted, "insecure"), "{granted}");
+
+    let unknown = setup.build_err(&["--allow", "device"]);
+    assert!(unknown.contains("unknown entitlement"), "{unknown}");
 }
 
 #[test]

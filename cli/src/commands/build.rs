@@ -15,7 +15,9 @@ use kiln_solver::Platform;
 
 use super::{Dockerfile, Failure, parse_build_args};
 use crate::progress::{Progress, ProgressMode};
-use kiln_engine::{BuildError, BuildRequest, BuildResult, LocalDirectories, Output, build};
+use kiln_engine::{
+    BuildError, BuildRequest, BuildResult, Entitlement, LocalDirectories, Output, build,
+};
 
 /// Arguments of `kiln build`.
 #[derive(Args)]
@@ -69,6 +71,10 @@ pub struct BuildArgs {
     /// Push the image to its registry under every -t name.
     #[arg(long)]
     push: bool,
+    /// Grant steps a privilege they need: `network.host` (RUN --network=host) or
+    /// `security.insecure` (RUN --security=insecure).
+    #[arg(long = "allow", value_delimiter = ',')]
+    allow: Vec<Entitlement>,
     /// Write the build result (digests, descriptor, names) to this file as JSON, as buildx.
     #[arg(long)]
     metadata_file: Option<PathBuf>,
@@ -132,6 +138,7 @@ pub fn run(state: &StateDir, registry: &RegistryOptions, args: BuildArgs) -> Res
         pull: args.pull,
         push: args.push,
         registry: registry.clone(),
+        entitlements: args.allow.iter().copied().collect(),
     };
     let printer = Progress::stderr(args.progress);
     // Ctrl-C (and SIGTERM) cancel the build: running steps are killed, their mounts and

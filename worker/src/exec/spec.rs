@@ -216,51 +216,65 @@ fn bind(target: &str, source: &str, readonly: bool) -> Result<Mount> {
         .build()?)
 }
 
+/// Every capability this process holds (what BuildKit gives insecure steps): asking for
+/// one the host withholds makes the runtime fail to start the container.
 fn all_capabilities() -> HashSet<Capability> {
     use Capability::*;
-    [
-        AuditControl,
-        AuditRead,
-        AuditWrite,
-        BlockSuspend,
-        Bpf,
-        CheckpointRestore,
+    // In the kernel's bit order.
+    const BY_BIT: [Capability; 41] = [
         Chown,
         DacOverride,
         DacReadSearch,
         Fowner,
         Fsetid,
-        IpcLock,
-        IpcOwner,
         Kill,
-        Lease,
+        Setgid,
+        Setuid,
+        Setpcap,
         LinuxImmutable,
-        MacAdmin,
-        MacOverride,
-        Mknod,
-        NetAdmin,
         NetBindService,
         NetBroadcast,
+        NetAdmin,
         NetRaw,
-        Perfmon,
-        Setgid,
-        Setfcap,
-        Setpcap,
-        Setuid,
+        IpcLock,
+        IpcOwner,
+        SysModule,
+        SysRawio,
+        SysChroot,
+        SysPtrace,
+        SysPacct,
         SysAdmin,
         SysBoot,
-        SysChroot,
-        SysModule,
         SysNice,
-        SysPacct,
-        SysPtrace,
-        SysRawio,
         SysResource,
         SysTime,
         SysTtyConfig,
+        Mknod,
+        Lease,
+        AuditWrite,
+        AuditControl,
+        Setfcap,
+        MacOverride,
+        MacAdmin,
         Syslog,
         WakeAlarm,
-    ]
-    .into_iter()
-    .collect()
+        BlockSuspend,
+        AuditRead,
+        Perfmon,
+        Bpf,
+        CheckpointRestore,
+    ];
+    let held = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("CapEff:"))?;
+            u64::from_str_radix(line.split_whitespace().nth(1)?, 16).ok()
+        })
+        .unwrap_or(0);
+    BY_BIT
+        .into_iter()
+        .enumerate()
+        .filter(|(bit, _)| held & (1 << bit) != 0)
+        .map(|(_, capability)| capability)
+        .collect()
 }
