@@ -692,6 +692,45 @@ fn privileged_steps_need_an_entitlement(runtime: Runtime) {
     assert!(unknown.contains("unknown entitlement"), "{unknown}");
 }
 
+/// `RUN --mount=type=bind` of the context sees what `.dockerignore` leaves, and its cache
+/// follows the content of exactly that.
+#[test]
+fn context_bind_mounts_follow_dockerignore_and_their_content() {
+    let setup = Setup::new(
+        Runtime::Embedded,
+        "FROM busybox:1\n\
+         RUN --mount=type=bind,target=/ctx cat /ctx/data.txt; \\\n\
+         \x20   for f in secret.txt logs/a.log logs/keep.log logs; do \\\n\
+         \x20     if [ -e /ctx/$f ]; then echo \"has $f\"; else echo \"no $f\"; fi; \\\n\
+         \x20   done\n",
+    );
+    setup.file("data.txt", "version 1\n");
+    setup.file("secret.txt", "do not mount\n");
+    setup.file("logs/a.log", "noise\n");
+    setup.file("logs/keep.log", "kept\n");
+    setup.file(".dockerignore", "secret.txt\nlogs\n!logs/keep.log\n");
+    let first = setup.build_ok(&["--progress", "plain"]);
+    for line in [
+        "version 1",
+        "no secret.txt",
+        "no logs/a.log",
+        "has logs/keep.log",
+        "has logs",
+    ] {
+        assert!(printed(&first, line), "{line:?} missing:\n{first}");
+    }
+
+    // An ignored file changes: nothing the step sees changed.
+    setup.file("secret.txt", "still not mounted\n");
+    let cached = setup.build_ok(&["--progress", "plain"]);
+    assert_eq!(cached_steps(&cached), 2, "{cached}");
+
+    // A mounted file changes: the step reruns and sees it.
+    setup.file("data.txt", "version 2\n");
+    let rerun = setup.build_ok(&["--progress", "plain"]);
+    assert!(printed(&rerun, "version 2"), "{rerun}");
+}
+
 #[test]
 fn add_downloads_urls_and_checks_their_checksum() {
     let base = serve_http(vec![("/files/data.txt", b"downloaded\n".to_vec())]);

@@ -153,10 +153,17 @@ impl Worker {
             WorkerRef::Local {
                 name,
                 exclude_patterns,
-            } => self
-                .config
-                .snapshots
-                .prepare_dirs(&[self.context_dir(name, exclude_patterns)?]),
+            } => {
+                let dir = self.context_dir(name, exclude_patterns)?;
+                let hidden = if exclude_patterns.is_empty() {
+                    Vec::new()
+                } else {
+                    let ignore = PatternMatcher::new(exclude_patterns)
+                        .context("bad .dockerignore pattern")?;
+                    fileop::ignored_paths(&dir, &ignore)?
+                };
+                self.config.snapshots.prepare_hiding(&[dir], &hidden)
+            }
         }
     }
 
@@ -375,6 +382,24 @@ impl Executor for Worker {
                 let digest = download.digest.clone();
                 self.downloads.lock().unwrap().insert(url.clone(), download);
                 Ok(Some(digest))
+            }
+            // A mounted local source counts by the content of what is mounted.
+            Op::Exec(exec) => {
+                let mut sums = Vec::new();
+                for mount in &exec.mounts {
+                    if let Some(input) = mount.input
+                        && let WorkerRef::Local {
+                            name,
+                            exclude_patterns,
+                        } = &inputs[input]
+                    {
+                        let mounted = CopyAction::new(input, mount.source.clone(), "/");
+                        sums.push(self.with_context_tree(name, exclude_patterns, |tree| {
+                            fileop::checksum(tree, &mounted, &self.config.checksums)
+                        })?);
+                    }
+                }
+                Ok((!sums.is_empty()).then(|| sums.join(",")))
             }
             Op::File(file) => {
                 let mut sums = Vec::new();

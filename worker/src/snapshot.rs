@@ -3,16 +3,48 @@
 
 use std::fs;
 use std::os::fd::AsFd;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use kiln_cache::ContentStore;
+use rustix::fs::{CWD, FileType, Mode, makedev, mknodat};
 use rustix::mount::{
     FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, UnmountFlags, fsconfig_create,
     fsconfig_set_string, fsmount, fsopen, move_mount, unmount,
 };
 
 use crate::layer::{LayerBlob, WriteOptions, apply_layer, store_layer};
+
+/// Puts an overlay whiteout for `rel` into `upper`, above `lower`. Its parent directories
+/// are made in `upper` with the owner, mode and mtime they have in `lower`, since the
+/// upper copy of a directory is what the view shows.
+fn white_out(lower: &Path, upper: &Path, rel: &str) -> Result<()> {
+    let mut parent_rel = PathBuf::new();
+    let components: Vec<&str> = rel.split('/').collect();
+    let (name, parents) = components.split_last().context("empty path")?;
+    for part in parents {
+        parent_rel.push(part);
+        let made = upper.join(&parent_rel);
+        if made.exists() {
+            continue;
+        }
+        let meta = fs::symlink_metadata(lower.join(&parent_rel))?;
+        fs::create_dir(&made)?;
+        std::os::unix::fs::lchown(&made, Some(meta.uid()), Some(meta.gid()))?;
+        fs::set_permissions(&made, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+        let mtime = filetime::FileTime::from_last_modification_time(&meta);
+        filetime::set_file_mtime(&made, mtime)?;
+    }
+    mknodat(
+        CWD,
+        upper.join(&parent_rel).join(name),
+        FileType::CharacterDevice,
+        Mode::empty(),
+        makedev(0, 0),
+    )?;
+    Ok(())
+}
 
 /// A filesystem: the layers that make it, bottom first.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -105,12 +137,25 @@ impl Snapshotter {
     /// Like [`prepare`](Self::prepare) over plain directories, bottom
     /// first; they are only read.
     pub fn prepare_dirs(&self, lowers: &[PathBuf]) -> Result<ActiveSnapshot> {
+        self.prepare_hiding(lowers, &[])
+    }
+
+    /// Like [`prepare_dirs`](Self::prepare_dirs), with the paths `hidden` (relative,
+    /// parents first) of the top lower directory whited out of the view: a context's
+    /// `.dockerignore`d files are not there for a step that mounts it.
+    pub fn prepare_hiding(&self, lowers: &[PathBuf], hidden: &[String]) -> Result<ActiveSnapshot> {
         let scratch = self.scratch("step-")?;
         let paths = ["upper", "work", "rootfs", "empty"].map(|name| scratch.path().join(name));
         for path in &paths {
             fs::create_dir(path)?;
         }
         let [upper, work, rootfs, empty] = paths;
+        if let Some(top) = lowers.last() {
+            for rel in hidden {
+                white_out(top, &upper, rel)
+                    .with_context(|| format!("cannot hide {rel} from the mount"))?;
+            }
+        }
         // A layer can recur in a stack (two `RUN true` make the same empty layer), and
         // overlayfs refuses a lower directory given twice. Only the topmost copy counts:
         // every path the lower one holds, the upper one holds the same way.

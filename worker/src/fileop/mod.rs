@@ -22,7 +22,7 @@ use crate::parallel::map_on_every_core;
 use crate::rootfs::{Ids, resolve_in_root, resolve_user};
 pub use chmod::apply_chmod;
 pub use direct::UpperWriter;
-pub use select::{Item, SourceTree, select};
+pub use select::{Item, SourceTree, ignored_paths, select};
 
 /// Copies what `action` selects from `tree` into the root filesystem at
 /// `root`: contents, modes, mtimes, xattrs, symlinks and hard links, with

@@ -182,6 +182,53 @@ fn resolve_source(tree: &SourceTree<'_>, rel: &str, follow_last: bool) -> Result
     Ok(resolved)
 }
 
+/// The paths under `root` (relative, parents first) that `ignore` takes away: an ignored
+/// directory as a whole, unless exclusion patterns (`!keep`) bring back something inside
+/// it; then only what stays ignored inside it.
+pub fn ignored_paths(root: &Path, ignore: &PatternMatcher) -> Result<Vec<String>> {
+    fn walk(
+        host: &Path,
+        below: &str,
+        ignore: &PatternMatcher,
+        hidden: &mut Vec<String>,
+    ) -> Result<bool> {
+        let mut kept_any = false;
+        let mut names: Vec<_> = fs::read_dir(host)
+            .with_context(|| format!("cannot read {}", host.display()))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()?;
+        names.sort();
+        for name in names {
+            let name = name.to_string_lossy().into_owned();
+            let rel = join_rel(below, &name);
+            let child = host.join(&name);
+            let ignored = ignore.matches_or_parent_matches(&rel);
+            let is_dir = fs::symlink_metadata(&child)?.is_dir();
+            if ignored && !(is_dir && ignore.exclusions()) {
+                hidden.push(rel);
+                continue;
+            }
+            if !is_dir {
+                kept_any = true;
+                continue;
+            }
+            let start = hidden.len();
+            let kept_inside = walk(&child, &rel, ignore, hidden)?;
+            if ignored && !kept_inside {
+                // Nothing inside came back: the directory goes as a whole.
+                hidden.truncate(start);
+                hidden.push(rel);
+            } else {
+                kept_any = true;
+            }
+        }
+        Ok(kept_any)
+    }
+    let mut hidden = Vec::new();
+    walk(root, "", ignore, &mut hidden)?;
+    Ok(hidden)
+}
+
 struct Walker<'a> {
     tree: &'a SourceTree<'a>,
     excludes: &'a PatternMatcher,

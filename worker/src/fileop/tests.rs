@@ -244,3 +244,24 @@ fn many_files_and_hard_links_copy_in_parallel() {
     assert_eq!(inode("f000"), inode("link-b"));
     assert_ne!(inode("f000"), inode("f001"));
 }
+
+#[test]
+fn ignored_paths_are_whole_directories_unless_an_exception_reaches_inside() {
+    let ctx = tempfile::tempdir().unwrap();
+    for file in [
+        "keep.txt",
+        "secret.txt",
+        "logs/a.log",
+        "logs/keep.log",
+        "cache/x/y",
+    ] {
+        let path = ctx.path().join(file);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, "").unwrap();
+    }
+    let ignore = PatternMatcher::new(["secret.txt", "logs", "cache", "!logs/keep.log"]).unwrap();
+    assert_eq!(
+        super::ignored_paths(ctx.path(), &ignore).unwrap(),
+        ["cache", "logs/a.log", "secret.txt"]
+    );
+}
