@@ -131,6 +131,7 @@ impl RegistryClient {
     fn authorize(&self, reference: &Reference, access: Access, challenge: &str) -> Result<String> {
         let scope = format!("repository:{}:{}", reference.path, access.actions());
         self.answer(
+            &reference.domain,
             challenge,
             Some(&scope),
             credential_for(&reference.domain).as_ref(),
@@ -145,10 +146,13 @@ impl RegistryClient {
         })
     }
 
-    /// The `Authorization` header that answers `challenge` (basic, or a bearer token for
-    /// `scope` from the token service) with `credential`.
+    /// The `Authorization` header that answers `domain`'s `challenge` (basic, or a bearer
+    /// token for `scope` from the token service) with `credential`. The credential goes to
+    /// a token service only over HTTPS or on the registry's own host: a registry must not
+    /// be able to send them anywhere in plain text.
     fn answer(
         &self,
+        domain: &str,
         challenge: &str,
         scope: Option<&str>,
         credential: Option<&(String, String)>,
@@ -171,6 +175,12 @@ impl RegistryClient {
                     query.push(("service", service.as_str()));
                 }
                 let mut request = self.http.get(realm).query(&query);
+                if credential.is_some() && !may_receive_credentials(realm, domain) {
+                    return Err(Refusal::Other(anyhow::anyhow!(
+                        "not sending the credentials for {domain} to the token service \
+                         {realm}: it is neither HTTPS nor on the registry's host"
+                    )));
+                }
                 if let Some((user, password)) = credential {
                     request = request.header(AUTHORIZATION, basic(user, password));
                 }
@@ -221,7 +231,7 @@ impl RegistryClient {
         }
         let credential = (user.to_string(), password.to_string());
         let authorization = self
-            .answer(&challenge_of(&response), None, Some(&credential))
+            .answer(domain, &challenge_of(&response), None, Some(&credential))
             .map_err(|err| match err {
                 Refusal::NeedsLogin => anyhow::anyhow!("{domain}: login refused"),
                 Refusal::Other(err) => err.context(format!("{domain}: login refused")),
@@ -238,6 +248,22 @@ impl RegistryClient {
         check(response, domain)?;
         Ok(())
     }
+}
+
+/// Whether registry `domain`'s credentials may go to the token service at `realm`: over
+/// HTTPS, or to the registry's own host.
+fn may_receive_credentials(realm: &str, domain: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(realm) else {
+        return false;
+    };
+    let registry_host = domain
+        .rsplit_once(':')
+        .filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
+        .map_or(domain, |(host, _)| host);
+    url.scheme() == "https"
+        || url.host_str().is_some_and(|host| {
+            host.trim_matches(['[', ']']) == registry_host.trim_matches(['[', ']'])
+        })
 }
 
 /// Why a challenge could not be answered.
@@ -350,6 +376,34 @@ fn parse_challenge(header: &str) -> (String, HashMap<String, String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_go_to_https_realms_and_the_registry_host_only() {
+        assert!(may_receive_credentials(
+            "https://auth.example/token",
+            "reg.example"
+        ));
+        assert!(may_receive_credentials(
+            "http://127.0.0.1:9000/token",
+            "127.0.0.1:5000"
+        ));
+        assert!(may_receive_credentials(
+            "http://[::1]:9000/token",
+            "[::1]:5000"
+        ));
+        assert!(!may_receive_credentials(
+            "http://evil.example/token",
+            "reg.example"
+        ));
+        assert!(!may_receive_credentials(
+            "http://localhost:9000/token",
+            "127.0.0.1:5000"
+        ));
+        assert!(!may_receive_credentials(
+            "file:///etc/passwd",
+            "reg.example"
+        ));
+    }
 
     #[test]
     fn challenges_parse_like_docker_hubs() {

@@ -587,3 +587,60 @@ fn image_outputs_push_with_docker_or_oci_media_types() {
         "{listing}"
     );
 }
+
+/// A registry cannot collect the stored password by naming a plain-HTTP token service on
+/// another host: kiln refuses to send it there, and says why.
+#[test]
+fn credentials_never_go_to_a_plain_http_token_service_elsewhere() {
+    use std::sync::{Arc, Mutex};
+    let seen: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+    let seen_in = Arc::clone(&seen);
+    let token_service = kiln_tests::serve(move |request| {
+        seen_in
+            .lock()
+            .unwrap()
+            .push(request.header("authorization").map(str::to_string));
+        ("200 OK", Vec::new(), br#"{"token":"t"}"#.to_vec())
+    });
+    // The same machine, named otherwise: another host as far as the registry's name goes.
+    let realm = token_service.replace("127.0.0.1", "localhost");
+    let registry = kiln_tests::serve(move |_| {
+        (
+            "401 Unauthorized",
+            vec![(
+                "WWW-Authenticate".into(),
+                format!(r#"Bearer realm="{realm}/token",service="fake""#),
+            )],
+            Vec::new(),
+        )
+    });
+    let host = registry.trim_start_matches("http://").to_string();
+    let docker_config = tempfile::tempdir().unwrap();
+    fs::write(
+        docker_config.path().join("config.json"),
+        format!(
+            r#"{{"auths":{{"{host}":{{"auth":"{}"}}}}}}"#,
+            kiln_registry_base64("kiln:secret-password")
+        ),
+    )
+    .unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let out = run(
+        kiln()
+            .env("DOCKER_CONFIG", docker_config.path())
+            .arg("--root")
+            .arg(root.path())
+            .args(["pull", &format!("{host}/app:1")]),
+        false,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("not sending the credentials for") && stderr.contains("neither HTTPS"),
+        "{stderr}"
+    );
+    assert!(
+        seen.lock().unwrap().iter().all(Option::is_none),
+        "credentials reached the token service: {:?}",
+        seen.lock().unwrap()
+    );
+}
