@@ -1,0 +1,56 @@
+//! BuildKit's wire protocol, generated from `proto/`: the `moby.buildkit.v1.Control`
+//! service, and the session services a client serves to the daemon (file sync, file send,
+//! auth, health).
+//!
+//! The generated modules nest as the protobuf packages do (cross-package references are
+//! relative paths); the short names below are what the rest of kiln uses.
+
+pub mod transfer;
+
+/// Generated code, one module per protobuf package.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod generated {
+    pub mod moby {
+        pub mod buildkit {
+            pub mod v1 {
+                tonic::include_proto!("moby.buildkit.v1");
+                pub mod types {
+                    tonic::include_proto!("moby.buildkit.v1.types");
+                }
+            }
+        }
+        pub mod filesync {
+            pub mod v1 {
+                tonic::include_proto!("moby.filesync.v1");
+            }
+        }
+    }
+    pub mod pb {
+        tonic::include_proto!("pb");
+    }
+    pub mod fsutil {
+        pub mod types {
+            tonic::include_proto!("fsutil.types");
+        }
+    }
+    pub mod grpc {
+        pub mod health {
+            pub mod v1 {
+                tonic::include_proto!("grpc.health.v1");
+            }
+        }
+    }
+}
+
+/// `fsutil.types`: file transfer packets.
+pub use generated::fsutil::types as fsutil;
+/// `grpc.health.v1`: the health service.
+pub use generated::grpc::health::v1 as health;
+/// `moby.buildkit.v1`: the Control service.
+pub use generated::moby::buildkit::v1 as control;
+/// `moby.buildkit.v1.types`: worker records.
+pub use generated::moby::buildkit::v1::types;
+/// `moby.filesync.v1`: file sync, file send and auth.
+pub use generated::moby::filesync::v1 as filesync;
+/// `pb`: the LLB types the Control API refers to.
+pub use generated::pb;
