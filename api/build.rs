@@ -15,5 +15,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let descriptors = protox::compile(files, ["proto"])?;
     tonic_prost_build::configure().compile_fds(descriptors)?;
+
+    // The client's FileSend server, whose messages pass through undecoded.
+    println!("cargo:rerun-if-changed=proto/raw_filesend.proto");
+    let raw_out = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("raw");
+    std::fs::create_dir_all(&raw_out)?;
+    let descriptors = protox::compile(["raw_filesend.proto"], ["proto"])?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .codec_path("crate::raw::RawCodec")
+        .out_dir(raw_out)
+        .compile_fds(descriptors)?;
     Ok(())
 }

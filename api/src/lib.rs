@@ -5,6 +5,10 @@
 //! The generated modules nest as the protobuf packages do (cross-package references are
 //! relative paths); the short names below are what the rest of kiln uses.
 
+pub mod client;
+mod raw;
+pub mod server;
+pub mod session;
 pub mod transfer;
 
 /// Generated code, one module per protobuf package.

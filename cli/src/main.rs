@@ -49,6 +49,8 @@ enum Command {
     Du,
     /// Remove build cache (what no named image uses; everything with --all).
     Prune(commands::store::PruneArgs),
+    /// Run kiln as a remote builder that BuildKit's clients and `kiln build --builder` use.
+    Serve(Box<commands::serve::ServeArgs>),
     /// The embedded OCI runtime, which kiln runs in a child process for each RUN step.
     #[command(name = "oci-runtime", hide = true)]
     OciRuntime(commands::oci_runtime::OciRuntimeArgs),
@@ -72,6 +74,7 @@ fn main() -> ExitCode {
         Command::Rmi(args) => commands::images::remove(&state, args),
         Command::Du => commands::store::du(&state),
         Command::Prune(args) => commands::store::prune(&state, args),
+        Command::Serve(args) => commands::serve::run(&state, &registry, *args),
         Command::OciRuntime(args) => return commands::oci_runtime::run(args),
     };
     kiln_cache::close_databases();

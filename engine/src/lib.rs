@@ -8,6 +8,7 @@ mod entitlements;
 mod events;
 mod exporter;
 mod output;
+pub mod store;
 
 pub use entitlements::Entitlement;
 pub use events::BuildEvent;
@@ -289,7 +290,9 @@ pub fn build(
     let content = state.content().context("cannot open the content store")?;
     let snapshots = Snapshotter::open(state.snapshots())?;
     let embedded = ExternalRuntime::embedded(
-        std::env::current_exe().context("cannot find the kiln binary")?,
+        // The running binary itself, even when an upgrade replaced its file under a
+        // long-running daemon.
+        PathBuf::from("/proc/self/exe"),
         state.embedded_runtime_state(),
     );
     let external = ExternalRuntime::new(

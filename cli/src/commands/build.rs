@@ -23,13 +23,13 @@ use kiln_engine::{
 #[derive(Args)]
 pub struct BuildArgs {
     /// The build context directory.
-    context: PathBuf,
+    pub(super) context: PathBuf,
     /// The Dockerfile (default: CONTEXT/Dockerfile; `-` reads standard input).
     #[arg(short = 'f', long = "file")]
     file: Option<PathBuf>,
     /// Name the image (repeatable), e.g. `app:1`.
     #[arg(short = 't', long = "tag")]
-    tags: Vec<String>,
+    pub(super) tags: Vec<String>,
     /// Set a build-time variable (`KEY=VALUE`, or `KEY` to take it from the environment).
     #[arg(long = "build-arg")]
     build_args: Vec<String>,
@@ -38,7 +38,7 @@ pub struct BuildArgs {
     target: Option<String>,
     /// The platform to build for (only the host's platform can RUN steps for now).
     #[arg(long)]
-    platform: Option<String>,
+    pub(super) platform: Option<String>,
     /// Do not use the cache for any step.
     #[arg(long)]
     no_cache: bool,
@@ -61,20 +61,24 @@ pub struct BuildArgs {
     /// Also write the result elsewhere: `type=oci|docker|tar,dest=FILE`,
     /// `type=local,dest=DIR`, or a directory (repeatable).
     #[arg(short = 'o', long = "output")]
-    outputs: Vec<Output>,
+    pub(super) outputs: Vec<Output>,
     /// Write the image ID to this file.
     #[arg(long)]
     iidfile: Option<PathBuf>,
     /// Ask the registry for newer base images even when the local store has them.
     #[arg(long)]
-    pull: bool,
+    pub(super) pull: bool,
     /// Push the image to its registry under every -t name.
     #[arg(long)]
-    push: bool,
+    pub(super) push: bool,
     /// Grant steps a privilege they need: `network.host` (RUN --network=host) or
     /// `security.insecure` (RUN --security=insecure).
     #[arg(long = "allow", value_delimiter = ',')]
-    allow: Vec<Entitlement>,
+    pub(super) allow: Vec<Entitlement>,
+    /// Build on a remote builder (`kiln serve`, or buildkitd) at `unix:///PATH` or
+    /// `tcp://HOST:PORT` instead of in this process [default: $BUILDKIT_HOST].
+    #[arg(long, env = "BUILDKIT_HOST", value_name = "ADDR")]
+    builder: Option<String>,
     /// Write the build result (digests, descriptor, names) to this file as JSON, as buildx.
     #[arg(long)]
     metadata_file: Option<PathBuf>,
@@ -118,6 +122,16 @@ pub fn run(state: &StateDir, registry: &RegistryOptions, args: BuildArgs) -> Res
         })
         .transpose()?;
     let platform = options.target_platform.clone();
+    if let Some(builder) = &args.builder {
+        let printer = Progress::stderr(args.progress);
+        let result = printer.show_while(|| {
+            super::remote::build(builder, &args, &options, &dockerfile_path, &printer)
+        });
+        return match result {
+            Ok(done) => finish(&args, &done, &platform),
+            Err(message) => Err(Failure::raw(format!("ERROR: failed to solve: {message}\n"))),
+        };
+    }
     let request = BuildRequest {
         dockerignore: read_dockerignore(&dockerfile_path, &args.context),
         dockerfile: dockerfile.bytes.clone(),
@@ -150,38 +164,7 @@ pub fn run(state: &StateDir, registry: &RegistryOptions, args: BuildArgs) -> Res
     let result =
         printer.show_while(|| build(state, request, &|event| printer.event(event), &cancel));
     match result {
-        Ok(done) => {
-            for warning in &done.warnings {
-                eprintln!("WARNING: {warning}");
-            }
-            match args.progress {
-                ProgressMode::Quiet => println!("{}", done.config_digest),
-                ProgressMode::Json => eprintln!(
-                    "{}",
-                    serde_json::json!({
-                        "event": "exported",
-                        "manifest": done.manifest_digest.to_string(),
-                        "config": done.config_digest.to_string(),
-                        "names": args.tags,
-                    })
-                ),
-                _ => {
-                    eprintln!("exporting manifest {}", done.manifest_digest);
-                    eprintln!("writing image {}", done.config_digest);
-                    for tag in &args.tags {
-                        eprintln!("naming to {tag}");
-                    }
-                }
-            }
-            if let Some(path) = &args.iidfile {
-                write_file(path, done.config_digest.to_string().as_bytes())?;
-            }
-            if let Some(path) = &args.metadata_file {
-                let metadata = metadata(&done, &platform, &args.tags)?;
-                write_file(path, &serde_json::to_vec_pretty(&metadata).expect("JSON"))?;
-            }
-            Ok(())
-        }
+        Ok(done) => finish(&args, &done, &platform),
         Err(BuildError::Frontend(err)) => Err(Failure::frontend(&err, &dockerfile)),
         Err(BuildError::Step {
             description,
@@ -205,6 +188,40 @@ pub fn run(state: &StateDir, registry: &RegistryOptions, args: BuildArgs) -> Res
         }
         Err(BuildError::Other(error)) => Err(Failure::msg(format!("{error:#}"))),
     }
+}
+
+/// What a successful build prints and writes, local or remote.
+fn finish(args: &BuildArgs, done: &BuildResult, platform: &Platform) -> Result<(), Failure> {
+    for warning in &done.warnings {
+        eprintln!("WARNING: {warning}");
+    }
+    match args.progress {
+        ProgressMode::Quiet => println!("{}", done.config_digest),
+        ProgressMode::Json => eprintln!(
+            "{}",
+            serde_json::json!({
+                "event": "exported",
+                "manifest": done.manifest_digest.to_string(),
+                "config": done.config_digest.to_string(),
+                "names": args.tags,
+            })
+        ),
+        _ => {
+            eprintln!("exporting manifest {}", done.manifest_digest);
+            eprintln!("writing image {}", done.config_digest);
+            for tag in &args.tags {
+                eprintln!("naming to {tag}");
+            }
+        }
+    }
+    if let Some(path) = &args.iidfile {
+        write_file(path, done.config_digest.to_string().as_bytes())?;
+    }
+    if let Some(path) = &args.metadata_file {
+        let metadata = metadata(done, platform, &args.tags)?;
+        write_file(path, &serde_json::to_vec_pretty(&metadata).expect("JSON"))?;
+    }
+    Ok(())
 }
 
 fn write_file(path: &Path, data: &[u8]) -> Result<(), Failure> {

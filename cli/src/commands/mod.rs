@@ -5,6 +5,8 @@ pub mod debug;
 pub mod images;
 pub mod oci_runtime;
 pub mod registry;
+pub mod remote;
+pub mod serve;
 pub mod store;
 
 use std::collections::BTreeMap;

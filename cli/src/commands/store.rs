@@ -1,20 +1,9 @@
-//! `kiln du` and `kiln prune`: what the state directory holds, and getting space back.
-//!
-//! Named images are never touched. `prune` removes the build cache that no named image
-//! uses (cache entries whose layers no image holds, their blobs and unpacked layers, cache
-//! mounts); `prune --all` removes all build cache, including the unpacked layers of named
-//! images (they are unpacked again when needed) and the checksum cache.
-
-use std::collections::HashSet;
-use std::fs;
-use std::io;
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+//! `kiln du` and `kiln prune`: what the state directory holds, and getting space back
+//! (the logic is the engine's [`kiln_engine::store`]; this renders it).
 
 use clap::Args;
-use kiln_cache::{ContentStore, Digest, StateDir};
-use kiln_image::ImageContent;
-use kiln_worker::WorkerRef;
+use kiln_cache::StateDir;
+use kiln_engine::store::{self, Reclaim};
 
 use super::{Failure, human_size, print_table};
 
@@ -26,228 +15,53 @@ pub struct PruneArgs {
     all: bool,
 }
 
-/// Unpacked layers (`snapshots/layers/<diff_id hex>`): name, size.
-fn unpacked_layers(state: &StateDir) -> Vec<(String, u64)> {
-    let Ok(entries) = fs::read_dir(state.snapshots().join("layers")) else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(Result::ok)
-        .map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            (name, disk_usage(&e.path()))
-        })
-        .collect()
-}
-
-/// Bytes on disk under `path` (allocated blocks; hard links counted once per walk).
-fn disk_usage(path: &Path) -> u64 {
-    fn walk(path: &Path, seen: &mut HashSet<(u64, u64)>) -> u64 {
-        let Ok(meta) = fs::symlink_metadata(path) else {
-            return 0;
-        };
-        let mut total = 0;
-        if seen.insert((meta.dev(), meta.ino())) {
-            total += meta.blocks() * 512;
-        }
-        if meta.is_dir()
-            && let Ok(entries) = fs::read_dir(path)
-        {
-            for entry in entries.filter_map(Result::ok) {
-                total += walk(&entry.path(), seen);
-            }
-        }
-        total
-    }
-    walk(path, &mut HashSet::new())
-}
-
-/// What named images need.
-fn image_content(state: &StateDir, content: &ContentStore) -> Result<ImageContent, Failure> {
-    let mut keep = ImageContent::default();
-    for record in state
-        .images()
-        .map_err(Failure::msg)?
-        .list()
-        .map_err(Failure::msg)?
-    {
-        keep.add(content, &record.digest);
-    }
-    Ok(keep)
-}
-
-/// Whether a cache entry's result consists only of layers in `blobs`.
-fn only_uses(entry: &[u8], blobs: &HashSet<Digest>) -> bool {
-    match serde_json::from_slice::<WorkerRef>(entry) {
-        Ok(WorkerRef::Snapshot(snapshot)) => {
-            snapshot.layers.iter().all(|l| blobs.contains(&l.digest))
-        }
-        _ => false,
-    }
-}
-
-/// Which prune frees a kind of data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Reclaim {
-    /// Named images need it.
-    Never,
-    /// `kiln prune`.
-    Prune,
-    /// `kiln prune --all`.
-    All,
-}
-
 /// `kiln du`.
 pub fn du(state: &StateDir) -> Result<(), Failure> {
-    let _lock = state.lock(false).map_err(Failure::msg)?;
-    let content = state.content().map_err(Failure::msg)?;
-    let keep = image_content(state, &content)?;
-    let blobs = content.list().map_err(Failure::msg)?;
-    let (image_blobs, cache_blobs): (Vec<_>, Vec<_>) =
-        blobs.iter().partition(|(d, _)| keep.blobs.contains(d));
-    let layers = unpacked_layers(state);
-    let (image_layers, cache_layers): (Vec<_>, Vec<_>) = layers
-        .iter()
-        .partition(|(name, _)| keep.diff_ids.iter().any(|d| d.hex() == name.as_str()));
-    // What the cache mounts hold: the (always present) directory itself is no cache.
-    let mounts: u64 = fs::read_dir(state.cache_mounts())
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-        .map(|entry| disk_usage(&entry.path()))
-        .sum();
-    let databases: u64 = [state.cache_index_path(), state.checksums()]
-        .iter()
-        .map(|p| disk_usage(p))
-        .sum();
-
-    let database_count = [state.cache_index_path(), state.checksums()]
-        .iter()
-        .filter(|p| p.exists())
-        .count();
-    use Reclaim::{All, Never, Prune};
-    let rows = [
-        ("image blobs", image_blobs.len(), sum(&image_blobs), Never),
-        (
-            "build cache blobs",
-            cache_blobs.len(),
-            sum(&cache_blobs),
-            Prune,
-        ),
-        (
-            "unpacked image layers",
-            image_layers.len(),
-            sum(&image_layers),
-            All,
-        ),
-        (
-            "unpacked cache layers",
-            cache_layers.len(),
-            sum(&cache_layers),
-            Prune,
-        ),
-        (
-            "cache mounts",
-            count_entries(&state.cache_mounts()),
-            mounts,
-            Prune,
-        ),
-        ("cache databases", database_count, databases, All),
-    ];
+    let rows = store::usage(state).map_err(|e| Failure::msg(format!("{e:#}")))?;
     let mut table = vec![[
         "TYPE".to_string(),
         "COUNT".into(),
         "SIZE".into(),
         "RECLAIMABLE".into(),
     ]];
-    for (kind, count, size, reclaimable) in rows {
+    for row in &rows {
         table.push([
-            kind.to_string(),
-            count.to_string(),
-            human_size(size),
-            match reclaimable {
-                Never => "no",
-                Prune => "yes",
-                All => "with --all",
+            row.kind.to_string(),
+            row.count.to_string(),
+            human_size(row.size),
+            match row.reclaim {
+                Reclaim::Never => "no",
+                Reclaim::Prune => "yes",
+                Reclaim::All => "with --all",
             }
             .into(),
         ]);
     }
     print_table(&table);
-    let total: u64 = rows.iter().map(|r| r.2).sum();
     let by = |kinds: &[Reclaim]| -> u64 {
         rows.iter()
-            .filter(|r| kinds.contains(&r.3))
-            .map(|r| r.2)
+            .filter(|r| kinds.contains(&r.reclaim))
+            .map(|r| r.size)
             .sum()
     };
     println!(
         "Total: {}   Reclaimable: {} (kiln prune), {} (kiln prune --all)",
-        human_size(total),
-        human_size(by(&[Prune])),
-        human_size(by(&[Prune, All]))
+        human_size(rows.iter().map(|r| r.size).sum()),
+        human_size(by(&[Reclaim::Prune])),
+        human_size(by(&[Reclaim::Prune, Reclaim::All]))
     );
     Ok(())
 }
 
-/// The total size of `(item, size)` pairs.
-fn sum<T>(items: &[&(T, u64)]) -> u64 {
-    items.iter().map(|(_, size)| size).sum()
-}
-
-fn count_entries(dir: &Path) -> usize {
-    fs::read_dir(dir).map_or(0, |e| e.count())
-}
-
 /// `kiln prune [--all]`.
 pub fn prune(state: &StateDir, args: PruneArgs) -> Result<(), Failure> {
-    let _lock = state.lock(true).map_err(Failure::msg)?;
-    let content = state.content().map_err(Failure::msg)?;
-    let keep = image_content(state, &content)?;
-    let mut reclaimed = 0u64;
-    let mut remove_tree = |path: &Path| -> io::Result<()> {
-        let size = disk_usage(path);
-        let removed = match fs::symlink_metadata(path) {
-            Ok(meta) if meta.is_dir() => fs::remove_dir_all(path),
-            Ok(_) => fs::remove_file(path),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(err) => Err(err),
-        };
-        removed.map(|()| reclaimed += size)
-    };
-    let failed = |what: &str, err: io::Error| Failure::msg(format!("cannot remove {what}: {err}"));
-
-    let (kept_entries, removed_entries) = if args.all {
-        remove_tree(&state.cache_index_path()).map_err(|e| failed("the cache index", e))?;
-        remove_tree(&state.checksums()).map_err(|e| failed("the checksum cache", e))?;
-        (0, None)
-    } else {
-        let (kept, removed) = state
-            .cache_index()
-            .retain(|entry| only_uses(entry, &keep.blobs))
-            .map_err(|e| Failure::msg(format!("cannot prune the cache index: {e}")))?;
-        (kept, Some(removed))
-    };
-    remove_tree(&state.cache_mounts()).map_err(|e| failed("cache mounts", e))?;
-    for (name, _) in unpacked_layers(state) {
-        if args.all || !keep.diff_ids.iter().any(|d| d.hex() == name.as_str()) {
-            let path = state.snapshots().join("layers").join(&name);
-            remove_tree(&path).map_err(|e| failed(&name, e))?;
+    let report = store::prune(state, args.all).map_err(|e| Failure::msg(format!("{e:#}")))?;
+    match report.entries {
+        Some((removed, kept)) => {
+            println!("Removed {removed} build cache entries; kept {kept} that named images use")
         }
-    }
-    for (digest, size) in content.list().map_err(Failure::msg)? {
-        if !keep.blobs.contains(&digest) {
-            content.remove(&digest).map_err(Failure::msg)?;
-            reclaimed += size;
-        }
-    }
-    content.clean_ingest().map_err(Failure::msg)?;
-    match removed_entries {
-        Some(removed) => println!(
-            "Removed {removed} build cache entries; kept {kept_entries} that named images use"
-        ),
         None => println!("Removed all build cache"),
     }
-    println!("Total reclaimed space: {}", human_size(reclaimed));
+    println!("Total reclaimed space: {}", human_size(report.reclaimed));
     Ok(())
 }

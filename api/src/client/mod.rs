@@ -1,0 +1,308 @@
+//! The client of a remote builder (`kiln build --builder`): it opens a session that
+//! serves its files, asks for a solve with BuildKit's Dockerfile frontend, and turns the
+//! status stream back into the engine's progress events, so that a remote build shows and
+//! fails as a local one does. It speaks to `kiln serve` and to buildkitd alike.
+
+mod attachables;
+mod status;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow, bail};
+use hyper_util::rt::TokioIo;
+use kiln_engine::BuildEvent;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt as _;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::AsciiMetadataValue;
+use tonic::transport::{Channel, Endpoint};
+
+pub use attachables::OutputTarget;
+
+use crate::control::control_client::ControlClient;
+use crate::control::{
+    DiskUsageRequest, Exporter, PruneRequest, SolveRequest, StatusRequest, UsageRecord,
+};
+use crate::session::{SessionHeaders, bridge};
+
+/// Connects to a builder at `unix:///PATH` or `tcp://HOST:PORT`.
+pub async fn connect(address: &str) -> Result<Channel> {
+    if let Some(path) = address.strip_prefix("unix://") {
+        let path = PathBuf::from(path);
+        let shown = address.to_string();
+        return Endpoint::from_static("http://kiln")
+            .connect_with_connector(tower::service_fn(move |_| {
+                let path = path.clone();
+                async move {
+                    tokio::net::UnixStream::connect(path)
+                        .await
+                        .map(TokioIo::new)
+                }
+            }))
+            .await
+            .with_context(|| format!("cannot reach the builder at {shown}"));
+    }
+    if let Some(host) = address.strip_prefix("tcp://") {
+        return Endpoint::from_shared(format!("http://{host}"))?
+            .connect()
+            .await
+            .with_context(|| format!("cannot reach the builder at {address}"));
+    }
+    bail!("unsupported builder address {address:?} (unix:///PATH or tcp://HOST:PORT)")
+}
+
+/// A remote build, as the command line asks for it.
+#[derive(Debug, Clone, Default)]
+pub struct RemoteBuild {
+    /// The build context directory.
+    pub context: PathBuf,
+    /// The Dockerfile.
+    pub dockerfile: PathBuf,
+    /// BuildKit's frontend attributes (`build-arg:K`, `target`, `label:K`, …).
+    pub frontend_attrs: HashMap<String, String>,
+    /// Exporters, each with where its result lands on this machine, if anywhere.
+    pub exporters: Vec<(Exporter, Option<OutputTarget>)>,
+    /// Entitlements asked for (`--allow`).
+    pub entitlements: Vec<String>,
+}
+
+/// A finished remote build.
+#[derive(Debug, Clone)]
+pub struct RemoteResult {
+    /// The daemon's answer: the image's digests and names.
+    pub exporter_response: HashMap<String, String>,
+}
+
+/// Random hex of `n` bytes, for session and build IDs.
+fn random_id(bytes: usize) -> Result<String> {
+    let mut data = vec![0u8; bytes];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut data)?;
+    Ok(data.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The key under which the daemon keeps this client's copy of its directories: the same
+/// for the same machine and context, so that a rebuild transfers only what changed.
+fn shared_key(context: &Path) -> String {
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let canonical = std::fs::canonicalize(context).unwrap_or_else(|_| context.to_path_buf());
+    let key = format!("{}:{}", hostname.trim(), canonical.display());
+    kiln_cache::Digest::of(key.as_bytes()).hex()[..32].to_string()
+}
+
+/// Runs `build` on the builder behind `channel`, reporting progress to `events`.
+pub async fn build(
+    channel: Channel,
+    build: RemoteBuild,
+    events: &(dyn Fn(BuildEvent) + Sync),
+) -> Result<RemoteResult> {
+    let mut control = ControlClient::new(channel).max_decoding_message_size(64 << 20);
+    let session_id = random_id(16)?;
+    let reference = random_id(16)?;
+    let dockerfile_dir = build
+        .dockerfile
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let directories = HashMap::from([
+        ("context".to_string(), build.context.clone()),
+        ("dockerfile".to_string(), dockerfile_dir),
+    ]);
+    let outputs: HashMap<usize, OutputTarget> = build
+        .exporters
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (_, target))| target.clone().map(|t| (i, t)))
+        .collect();
+    let headers = SessionHeaders {
+        id: session_id.clone(),
+        name: build.context.display().to_string(),
+        shared_key: shared_key(&build.context),
+        methods: attachables::METHODS.iter().map(|m| m.to_string()).collect(),
+    };
+    let session = open_session(&mut control, &headers, directories, Arc::new(outputs)).await?;
+
+    let mut attrs = build.frontend_attrs.clone();
+    let filename = build
+        .dockerfile
+        .file_name()
+        .context("the Dockerfile path names no file")?
+        .to_string_lossy()
+        .into_owned();
+    attrs.insert("filename".into(), filename);
+    let exporters: Vec<Exporter> = build.exporters.iter().map(|(e, _)| e.clone()).collect();
+    let request = SolveRequest {
+        r#ref: reference.clone(),
+        session: session_id,
+        frontend: "dockerfile.v0".into(),
+        frontend_attrs: attrs,
+        exporter_deprecated: exporters
+            .first()
+            .map(|e| e.r#type.clone())
+            .unwrap_or_default(),
+        exporter_attrs_deprecated: exporters
+            .first()
+            .map(|e| e.attrs.clone())
+            .unwrap_or_default(),
+        exporters,
+        entitlements: build.entitlements.clone(),
+        ..SolveRequest::default()
+    };
+    let mut status_control = control.clone();
+    let status_reference = reference.clone();
+    let statuses = async move {
+        let mut stream = status_control
+            .status(StatusRequest {
+                r#ref: status_reference,
+            })
+            .await?
+            .into_inner();
+        let mut translator = status::Translator::default();
+        while let Some(message) = stream.next().await {
+            for event in translator.events(message?) {
+                events(event);
+            }
+        }
+        anyhow::Ok(())
+    };
+    let solve = control.solve(request);
+    let (solved, shown) = tokio::join!(solve, statuses);
+    drop(session);
+    let response = solved.map_err(|status| anyhow!("{}", status.message()))?;
+    // A status stream that broke does not fail a build that succeeded.
+    let _ = shown;
+    Ok(RemoteResult {
+        exporter_response: response.into_inner().exporter_response,
+    })
+}
+
+/// Opens the session: the tunnel call, and the services served through it. The session
+/// ends when the returned handle drops.
+async fn open_session(
+    control: &mut ControlClient<Channel>,
+    headers: &SessionHeaders,
+    directories: HashMap<String, PathBuf>,
+    outputs: Arc<HashMap<usize, OutputTarget>>,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let (from_daemon, incoming) = mpsc::channel(64);
+    let (io, outgoing) = bridge(ReceiverStream::new(incoming));
+    let mut request = tonic::Request::new(outgoing.filter_map(Result::ok));
+    for (key, values) in headers.to_metadata() {
+        for value in values {
+            request
+                .metadata_mut()
+                .append(key, AsciiMetadataValue::try_from(value)?);
+        }
+    }
+    let mut responses = control
+        .session(request)
+        .await
+        .context("the builder refused the session")?
+        .into_inner();
+    let served = tokio::spawn(async move {
+        let forward = async {
+            while let Some(message) = responses.next().await {
+                if from_daemon.send(message).await.is_err() {
+                    break;
+                }
+            }
+        };
+        // One connection, and no end to the "listener": the server would stop, and take
+        // the connection with it, once its incoming stream ended.
+        let connections =
+            tokio_stream::once(Ok::<_, std::io::Error>(Tunnel(io))).chain(tokio_stream::pending());
+        let serve = attachables::router(directories, outputs).serve_with_incoming(connections);
+        tokio::select! {
+            _ = forward => {}
+            _ = serve => {}
+        }
+    });
+    Ok(served)
+}
+
+/// The tunnel's byte connection as a connection tonic's server accepts.
+struct Tunnel(tokio::io::DuplexStream);
+
+impl tonic::transport::server::Connected for Tunnel {
+    type ConnectInfo = ();
+
+    fn connect_info(&self) {}
+}
+
+impl tokio::io::AsyncRead for Tunnel {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Tunnel {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// The builder's disk use, as its usage records.
+pub async fn disk_usage(channel: Channel) -> Result<Vec<UsageRecord>> {
+    let response = ControlClient::new(channel)
+        .disk_usage(DiskUsageRequest::default())
+        .await
+        .map_err(|status| anyhow!("{}", status.message()))?;
+    Ok(response.into_inner().record)
+}
+
+/// Prunes the builder's cache (all of it with `all`); returns what was freed.
+pub async fn prune(channel: Channel, all: bool) -> Result<Vec<UsageRecord>> {
+    let mut stream = ControlClient::new(channel)
+        .prune(PruneRequest {
+            all,
+            ..PruneRequest::default()
+        })
+        .await
+        .map_err(|status| anyhow!("{}", status.message()))?
+        .into_inner();
+    let mut freed = Vec::new();
+    while let Some(record) = stream.next().await {
+        freed.push(record.map_err(|status| anyhow!("{}", status.message()))?);
+    }
+    Ok(freed)
+}
+
+/// Frontend attributes for build arguments and labels.
+pub fn frontend_attrs(
+    build_args: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+) -> HashMap<String, String> {
+    build_args
+        .iter()
+        .map(|(k, v)| (format!("build-arg:{k}"), v.clone()))
+        .chain(
+            labels
+                .iter()
+                .map(|(k, v)| (format!("label:{k}"), v.clone())),
+        )
+        .collect()
+}

@@ -1,0 +1,133 @@
+//! `kiln build --builder`: the same command line, run by a remote builder through
+//! BuildKit's API ([`kiln_api::client`]).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use kiln_api::client::{self, OutputTarget, RemoteBuild};
+use kiln_api::control::Exporter;
+use kiln_engine::{BuildResult, Destination, ManifestFormat, Output, OutputKind};
+use kiln_frontend::lower::BuildOptions;
+use kiln_worker::layer::LayerCompression;
+
+use super::build::BuildArgs;
+use crate::progress::Progress;
+
+/// Runs the build on `builder`; the error is the builder's message.
+pub fn build(
+    builder: &str,
+    args: &BuildArgs,
+    options: &BuildOptions,
+    dockerfile: &Path,
+    printer: &Progress,
+) -> Result<BuildResult, String> {
+    if dockerfile == Path::new("-") {
+        return Err("a remote build reads the Dockerfile from a file, not standard input".into());
+    }
+    let mut attrs = client::frontend_attrs(&options.build_args, &options.labels);
+    if let Some(target) = &options.target {
+        attrs.insert("target".into(), target.clone());
+    }
+    if args.platform.is_some() {
+        attrs.insert("platform".into(), options.target_platform.to_string());
+    }
+    if options.no_cache {
+        attrs.insert("no-cache".into(), String::new());
+    } else if !options.no_cache_stages.is_empty() {
+        attrs.insert("no-cache".into(), options.no_cache_stages.join(","));
+    }
+    if args.pull {
+        attrs.insert("image-resolve-mode".into(), "pull".into());
+    }
+    let mut exporters: Vec<(Exporter, Option<OutputTarget>)> =
+        args.outputs.iter().map(exporter_of).collect();
+    if !args.tags.is_empty() {
+        let mut attrs = HashMap::from([("name".to_string(), args.tags.join(","))]);
+        if args.push {
+            attrs.insert("push".into(), "true".into());
+        }
+        exporters.push((
+            Exporter {
+                r#type: "image".into(),
+                attrs,
+            },
+            None,
+        ));
+    }
+    let request = RemoteBuild {
+        context: args.context.clone(),
+        dockerfile: dockerfile.to_path_buf(),
+        frontend_attrs: attrs,
+        exporters,
+        entitlements: args.allow.iter().map(ToString::to_string).collect(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let done = runtime
+        .block_on(async {
+            let channel = client::connect(builder).await?;
+            client::build(channel, request, &|event| printer.event(event)).await
+        })
+        .map_err(|e| format!("{e:#}"))?;
+    let digest = |key: &str| {
+        done.exporter_response
+            .get(key)
+            .and_then(|d| d.parse().ok())
+            .ok_or_else(|| format!("the builder's answer has no {key}"))
+    };
+    Ok(BuildResult {
+        config_digest: digest("containerimage.config.digest")?,
+        manifest_digest: digest("containerimage.digest")?,
+        manifest_size: done
+            .exporter_response
+            .get("containerimage.descriptor.size")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0),
+        warnings: Vec::new(),
+    })
+}
+
+/// An `--output` as BuildKit's exporter, and where its result lands here.
+fn exporter_of(output: &Output) -> (Exporter, Option<OutputTarget>) {
+    let kind = match output.kind {
+        OutputKind::Oci => "oci",
+        OutputKind::Docker => "docker",
+        OutputKind::Tar => "tar",
+        OutputKind::Local => "local",
+        OutputKind::Image => "image",
+    };
+    let mut attrs = HashMap::new();
+    if !output.names.is_empty() {
+        attrs.insert("name".to_string(), output.names.join(","));
+    }
+    if output.push {
+        attrs.insert("push".into(), "true".into());
+    }
+    if let Some(compression) = output.compression {
+        let name = match compression {
+            LayerCompression::Gzip => "gzip",
+            LayerCompression::Zstd => "zstd",
+        };
+        attrs.insert("compression".into(), name.into());
+    }
+    if output.is_image() {
+        let oci = output.format == ManifestFormat::Oci;
+        attrs.insert("oci-mediatypes".into(), oci.to_string());
+    }
+    let target = match &output.dest {
+        Some(Destination::Path(path)) if output.kind == OutputKind::Local => {
+            Some(OutputTarget::Directory(path.clone()))
+        }
+        Some(Destination::Path(path)) => Some(OutputTarget::File(path.clone())),
+        _ => None,
+    };
+    (
+        Exporter {
+            r#type: kind.into(),
+            attrs,
+        },
+        target,
+    )
+}
