@@ -109,6 +109,8 @@ pub struct SessionSources {
     pub locks: Arc<Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>>,
     /// This build's synced directories, and the locks it holds on them.
     pub synced: Mutex<HashMap<String, (PathBuf, OwnedMutexGuard<()>)>>,
+    /// The build's status log, which hears what each transfer moved.
+    pub log: Arc<super::status::StatusLog>,
 }
 
 impl SessionSources {
@@ -126,11 +128,15 @@ impl LocalSources for SessionSources {
         }
         let dir = self.copy_of(name);
         let lock = Arc::clone(self.locks.lock().unwrap().entry(dir.clone()).or_default());
-        let guard = self.handle.block_on(async {
+        let (guard, moved) = self.handle.block_on(async {
             let guard = lock.lock_owned().await;
-            sync_dir(&self.session, name, excludes, &[], &dir).await?;
-            anyhow::Ok(guard)
+            let moved = sync_dir(&self.session, name, excludes, &[], &dir).await?;
+            anyhow::Ok((guard, moved))
         })?;
+        self.log.record(&kiln_engine::BuildEvent::Notice(format!(
+            "transferring {name}: {} of {} files changed, {} bytes",
+            moved.files_requested, moved.entries, moved.bytes
+        )));
         self.synced
             .lock()
             .unwrap()

@@ -259,6 +259,7 @@ pub async fn solve(
         .iter()
         .flat_map(|o| o.names.iter().cloned())
         .collect();
+    let log = daemon.statuses.log(&request.r#ref);
     let build = BuildRequest {
         dockerfile: dockerfile.clone(),
         sources: Box::new(SessionSources {
@@ -267,6 +268,7 @@ pub async fn solve(
             root: daemon.synced_dirs()?,
             locks: Arc::clone(&daemon.sync_locks),
             synced: Default::default(),
+            log: Arc::clone(&log),
         }),
         dockerignore,
         options,
@@ -280,7 +282,6 @@ pub async fn solve(
         registry: daemon.options.registry.clone(),
         entitlements,
     };
-    let log = daemon.statuses.log(&request.r#ref);
     let state = daemon.state.clone();
     let result = tokio::task::spawn_blocking(move || {
         kiln_engine::build(&state, build, &|event| log.record(&event), &cancel)

@@ -1,0 +1,320 @@
+//! `kiln serve` driven by `kiln build --builder`: BuildKit's Control API over a unix
+//! socket and loopback TCP, the session's file sync and output transfer, many clients.
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use kiln_tests::{BusyboxArchives, busybox_archives, kiln, run};
+
+/// A running `kiln serve` with busybox loaded; stopped with SIGTERM on drop.
+struct Daemon {
+    child: Child,
+    root: tempfile::TempDir,
+    address: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    /// Starts a daemon on a unix socket, and on `tcp` too when given, with the image of
+    /// `archives` loaded.
+    fn start(archives: &BusyboxArchives, tcp: Option<&str>) -> Daemon {
+        let root = tempfile::tempdir().unwrap();
+        run(
+            kiln()
+                .arg("--root")
+                .arg(root.path())
+                .args(["load", "-i"])
+                .arg(&archives.oci),
+            true,
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("kiln.sock");
+        let address = format!("unix://{}", socket.display());
+        let mut command = kiln();
+        command
+            .arg("--root")
+            .arg(root.path())
+            .args(["serve", "--addr", &address])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(tcp) = tcp {
+            command.args(["--addr", tcp]);
+        }
+        let child = command.spawn().unwrap();
+        let started = Instant::now();
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "kiln serve did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Daemon {
+            child,
+            root,
+            address,
+            _dir: dir,
+        }
+    }
+
+    /// `kiln build --builder` against this daemon.
+    fn build(&self, context: &Path, extra: &[&str]) -> Output {
+        kiln()
+            .args(["build", "--progress", "plain", "--builder", &self.address])
+            .args(extra)
+            .arg(context)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_child(&self.child),
+            rustix::process::Signal::TERM,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+fn ok(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "build failed:\n{stderr}");
+    stderr
+}
+
+/// The image ID a build printed (`writing image sha256:…`).
+fn image_id(progress: &str) -> String {
+    progress
+        .lines()
+        .find_map(|l| l.strip_prefix("writing image "))
+        .unwrap_or_else(|| panic!("no image ID in:\n{progress}"))
+        .to_string()
+}
+
+/// The two-stage test application, with a file that `.dockerignore` keeps out.
+fn app_context() -> tempfile::TempDir {
+    let context = tempfile::tempdir().unwrap();
+    let files = [
+        ("Dockerfile", include_str!("../fixtures/app.Dockerfile")),
+        ("src/a.txt", "alpha\n"),
+        ("src/b.txt", "beta\n"),
+        ("src/secret.txt", "do not ship\n"),
+        ("config.ini", "[app]\n"),
+        (".dockerignore", "src/secret.txt\n"),
+    ];
+    for (name, content) in files {
+        let path = context.path().join(name);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, content).unwrap();
+    }
+    context
+}
+
+/// What the daemon said it transferred of the context: (files changed, bytes).
+fn transferred(progress: &str) -> (u64, u64) {
+    let line = progress
+        .lines()
+        .find(|l| l.contains("transferring context:"))
+        .unwrap_or_else(|| panic!("no transfer line in:\n{progress}"));
+    let numbers: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let n = numbers.len();
+    (numbers[n - 3], numbers[n - 1])
+}
+
+#[test]
+fn a_remote_build_is_the_local_build_with_outputs_on_the_client() {
+    let archives = busybox_archives();
+    let daemon = Daemon::start(&archives, None);
+    let context = app_context();
+    let out = tempfile::tempdir().unwrap();
+    let fs_out = out.path().join("fs");
+    let archive = out.path().join("app.tar");
+    let epoch = "SOURCE_DATE_EPOCH=1700000000";
+    let remote = ok(&daemon.build(
+        context.path(),
+        &[
+            "--build-arg",
+            epoch,
+            "-t",
+            "app:1",
+            "-o",
+            &format!("type=local,dest={}", fs_out.display()),
+            "-o",
+            &format!("type=oci,dest={}", archive.display()),
+        ],
+    ));
+    assert!(remote.contains("built"), "step output is shown:\n{remote}");
+
+    // The same build, locally, gives the same image.
+    let local_root = tempfile::tempdir().unwrap();
+    run(
+        kiln()
+            .arg("--root")
+            .arg(local_root.path())
+            .args(["load", "-i"])
+            .arg(&archives.oci),
+        true,
+    );
+    let local = run(
+        kiln()
+            .arg("--root")
+            .arg(local_root.path())
+            .args(["build", "--progress", "plain", "--build-arg", epoch])
+            .arg(context.path()),
+        true,
+    );
+    assert_eq!(
+        image_id(&remote),
+        image_id(&String::from_utf8_lossy(&local.stderr)),
+        "remote and local builds differ"
+    );
+
+    // Outputs landed here; the ignored file never left the client.
+    assert_eq!(
+        fs::read_to_string(fs_out.join("app/combined")).unwrap(),
+        "alpha\nbeta\n"
+    );
+    assert_eq!(
+        fs::read_to_string(fs_out.join("home/app/uid")).unwrap(),
+        "1000\n"
+    );
+    let inspected = run(
+        Command::new("skopeo")
+            .arg("inspect")
+            .arg(format!("oci-archive:{}", archive.display())),
+        true,
+    );
+    let inspected: serde_json::Value = serde_json::from_slice(&inspected.stdout).unwrap();
+    assert_eq!(inspected["Layers"].as_array().unwrap().len(), 6);
+    let synced: Vec<PathBuf> = walk(&daemon.root.path().join("sessions"));
+    assert!(
+        synced.iter().any(|p| p.ends_with("src/a.txt")),
+        "the context was synced: {synced:?}"
+    );
+    assert!(
+        !synced.iter().any(|p| p.ends_with("secret.txt")),
+        "an ignored file crossed the wire: {synced:?}"
+    );
+    // The tag names the image in the daemon's store.
+    let images = run(
+        kiln().arg("--root").arg(daemon.root.path()).arg("images"),
+        true,
+    );
+    assert!(String::from_utf8_lossy(&images.stdout).contains("app "));
+}
+
+#[test]
+fn a_rebuild_transfers_only_the_changed_file() {
+    let daemon = Daemon::start(&busybox_archives(), None);
+    let context = app_context();
+    for i in 0..200 {
+        let path = context.path().join(format!("src/more/{i}.txt"));
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, format!("file {i}\n")).unwrap();
+    }
+    let first = ok(&daemon.build(context.path(), &[]));
+    let (files, _) = transferred(&first);
+    assert!(files >= 200, "first build sends everything:\n{first}");
+
+    fs::write(context.path().join("src/more/7.txt"), "changed!\n").unwrap();
+    let second = ok(&daemon.build(context.path(), &[]));
+    assert_eq!(transferred(&second), (1, 9), "{second}");
+    assert!(
+        second.contains("built"),
+        "the changed file reran its step:\n{second}"
+    );
+
+    let third = ok(&daemon.build(context.path(), &[]));
+    assert_eq!(transferred(&third), (0, 0), "{third}");
+}
+
+#[test]
+fn failures_point_at_the_dockerfile_and_loopback_tcp_works() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let tcp = format!("tcp://127.0.0.1:{port}");
+    let daemon = Daemon::start(&busybox_archives(), Some(&tcp));
+    let context = tempfile::tempdir().unwrap();
+    fs::write(
+        context.path().join("Dockerfile"),
+        "FROM busybox:1\nRUN echo about to fail && exit 3\n",
+    )
+    .unwrap();
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = kiln()
+        .args(["build", "--progress", "plain", "--builder", &tcp])
+        .arg(context.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("about to fail"), "{stderr}");
+    assert!(stderr.contains("exit code: 3"), "{stderr}");
+    assert!(stderr.contains(">>> RUN echo about to fail"), "{stderr}");
+    drop(daemon);
+}
+
+#[test]
+fn four_clients_at_once_share_the_cache() {
+    let daemon = Daemon::start(&busybox_archives(), None);
+    let contexts: Vec<tempfile::TempDir> = (0..4).map(|_| app_context()).collect();
+    let outputs: Vec<Output> = std::thread::scope(|scope| {
+        let builds: Vec<_> = contexts
+            .iter()
+            .map(|context| scope.spawn(|| daemon.build(context.path(), &[])))
+            .collect();
+        builds.into_iter().map(|b| b.join().unwrap()).collect()
+    });
+    let ids: Vec<String> = outputs.iter().map(|o| image_id(&ok(o))).collect();
+    assert!(ids.windows(2).all(|w| w[0] == w[1]), "{ids:?}");
+}
+
+#[test]
+fn a_daemon_refuses_to_listen_unauthenticated_beyond_loopback() {
+    let root = tempfile::tempdir().unwrap();
+    let out = run(
+        kiln()
+            .arg("--root")
+            .arg(root.path())
+            .args(["serve", "--addr", "tcp://0.0.0.0:0"]),
+        false,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("refusing to listen on tcp://0.0.0.0:0 without authentication"),
+        "{stderr}"
+    );
+}
+
+/// Every path below `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut paths = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                pending.push(entry.path());
+            }
+            paths.push(entry.path());
+        }
+    }
+    paths
+}
