@@ -284,6 +284,61 @@ fn four_clients_at_once_share_the_cache() {
     assert!(ids.windows(2).all(|w| w[0] == w[1]), "{ids:?}");
 }
 
+/// Whether a process with exactly `cmdline` (NUL-separated) runs.
+fn running(cmdline: &[u8]) -> bool {
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| fs::read(e.path().join("cmdline")).ok())
+        .any(|c| c == cmdline)
+}
+
+#[test]
+fn an_interrupted_client_cancels_its_build() {
+    let daemon = Daemon::start(&busybox_archives(), None);
+    let context = tempfile::tempdir().unwrap();
+    // A sleep no other test runs, to find it among the host's processes.
+    let nap = "sleep 987";
+    fs::write(
+        context.path().join("Dockerfile"),
+        format!("FROM busybox:1\nRUN {nap}\n"),
+    )
+    .unwrap();
+    let cmdline = b"sleep\0987\0";
+    let mut client = kiln()
+        .args(["build", "--progress", "plain", "--builder", &daemon.address])
+        .arg(context.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !running(cmdline) {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the step never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    client.kill().unwrap();
+    client.wait().unwrap();
+    let killed = Instant::now();
+    while running(cmdline) {
+        assert!(
+            killed.elapsed() < Duration::from_secs(5),
+            "the step outlived its client"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The daemon serves the next build.
+    fs::write(
+        context.path().join("Dockerfile"),
+        "FROM busybox:1\nRUN true\n",
+    )
+    .unwrap();
+    ok(&daemon.build(context.path(), &[]));
+}
+
 #[test]
 fn a_daemon_refuses_to_listen_unauthenticated_beyond_loopback() {
     let root = tempfile::tempdir().unwrap();
