@@ -46,7 +46,7 @@ enum Command {
     /// Remove image names from the local store.
     Rmi(commands::images::RmiArgs),
     /// Show the disk space the state directory uses.
-    Du,
+    Du(commands::store::DuArgs),
     /// Remove build cache (what no named image uses; everything with --all).
     Prune(commands::store::PruneArgs),
     /// Run kiln as a remote builder that BuildKit's clients and `kiln build --builder` use.
@@ -72,7 +72,7 @@ fn main() -> ExitCode {
         Command::Load(args) => commands::images::load(&state, args),
         Command::Images(args) => commands::images::list(&state, args),
         Command::Rmi(args) => commands::images::remove(&state, args),
-        Command::Du => commands::store::du(&state),
+        Command::Du(args) => commands::store::du(&state, args),
         Command::Prune(args) => commands::store::prune(&state, args),
         Command::Serve(args) => commands::serve::run(&state, &registry, *args),
         Command::OciRuntime(args) => return commands::oci_runtime::run(args),

@@ -266,6 +266,19 @@ fn failures_point_at_the_dockerfile_and_loopback_tcp_works() {
     assert!(stderr.contains("about to fail"), "{stderr}");
     assert!(stderr.contains("exit code: 3"), "{stderr}");
     assert!(stderr.contains(">>> RUN echo about to fail"), "{stderr}");
+
+    // Disk use and prune through the builder.
+    let usage = run(kiln().args(["du", "--builder", &tcp]), true);
+    let usage = String::from_utf8_lossy(&usage.stdout);
+    assert!(
+        usage.contains("image-blobs") && usage.contains("Total:"),
+        "{usage}"
+    );
+    let pruned = run(kiln().args(["prune", "--builder", &tcp]), true);
+    assert!(
+        String::from_utf8_lossy(&pruned.stdout).contains("Total reclaimed space:"),
+        "{pruned:?}"
+    );
     drop(daemon);
 }
 

@@ -91,12 +91,13 @@ fn shared_key(context: &Path) -> String {
     kiln_cache::Digest::of(key.as_bytes()).hex()[..32].to_string()
 }
 
-/// Runs `build` on the builder behind `channel`, reporting progress to `events`.
+/// Runs `build` on the builder at `address`, reporting progress to `events`.
 pub async fn build(
-    channel: Channel,
+    address: &str,
     build: RemoteBuild,
     events: &(dyn Fn(BuildEvent) + Sync),
 ) -> Result<RemoteResult> {
+    let channel = connect(address).await?;
     let mut control = ControlClient::new(channel).max_decoding_message_size(64 << 20);
     let session_id = random_id(16)?;
     let reference = random_id(16)?;
@@ -265,18 +266,19 @@ impl tokio::io::AsyncWrite for Tunnel {
     }
 }
 
-/// The builder's disk use, as its usage records.
-pub async fn disk_usage(channel: Channel) -> Result<Vec<UsageRecord>> {
-    let response = ControlClient::new(channel)
+/// The disk use of the builder at `address`, as its usage records.
+pub async fn disk_usage(address: String) -> Result<Vec<UsageRecord>> {
+    let response = ControlClient::new(connect(&address).await?)
         .disk_usage(DiskUsageRequest::default())
         .await
         .map_err(|status| anyhow!("{}", status.message()))?;
     Ok(response.into_inner().record)
 }
 
-/// Prunes the builder's cache (all of it with `all`); returns what was freed.
-pub async fn prune(channel: Channel, all: bool) -> Result<Vec<UsageRecord>> {
-    let mut stream = ControlClient::new(channel)
+/// Prunes the cache of the builder at `address` (all of it with `all`); returns what was
+/// freed.
+pub async fn prune(address: String, all: bool) -> Result<Vec<UsageRecord>> {
+    let mut stream = ControlClient::new(connect(&address).await?)
         .prune(PruneRequest {
             all,
             ..PruneRequest::default()

@@ -137,3 +137,16 @@ pub fn print_table<R: AsRef<[String]>>(rows: &[R]) {
         println!("{}", line.join("   ").trim_end());
     }
 }
+
+/// Runs `future` to its end on a fresh multi-threaded runtime (for the commands that talk
+/// to a remote builder or serve one).
+pub fn block_on<T>(
+    future: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> Result<T, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::msg(format!("cannot start the runtime: {e}")))?
+        .block_on(future)
+        .map_err(|e| Failure::msg(format!("{e:#}")))
+}

@@ -66,10 +66,9 @@ pub fn build(
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     let done = runtime
-        .block_on(async {
-            let channel = client::connect(builder).await?;
-            client::build(channel, request, &|event| printer.event(event)).await
-        })
+        .block_on(client::build(builder, request, &|event| {
+            printer.event(event)
+        }))
         .map_err(|e| format!("{e:#}"))?;
     let digest = |key: &str| {
         done.exporter_response

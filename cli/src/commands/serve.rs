@@ -9,7 +9,7 @@ use kiln_cache::StateDir;
 use kiln_engine::Entitlement;
 use kiln_registry::RegistryOptions;
 
-use super::Failure;
+use super::{Failure, block_on};
 
 /// The default address: a root-owned unix socket.
 pub const DEFAULT_ADDRESS: &str = "unix:///run/kiln/kiln.sock";
@@ -54,13 +54,7 @@ pub fn run(state: &StateDir, registry: &RegistryOptions, args: ServeArgs) -> Res
         group,
         insecure_tcp: args.insecure_tcp_without_auth,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::msg(format!("cannot start the runtime: {e}")))?;
-    runtime
-        .block_on(serve(daemon, listen))
-        .map_err(|e| Failure::msg(format!("{e:#}")))
+    block_on(serve(daemon, listen))
 }
 
 /// A group's ID from its name (looked up in `/etc/group`) or number.

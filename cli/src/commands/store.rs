@@ -5,7 +5,7 @@ use clap::Args;
 use kiln_cache::StateDir;
 use kiln_engine::store::{self, Reclaim};
 
-use super::{Failure, human_size, print_table};
+use super::{Failure, block_on, human_size, print_table};
 
 /// Arguments of `kiln prune`.
 #[derive(Args)]
@@ -13,10 +13,47 @@ pub struct PruneArgs {
     /// Remove all build cache, not only what no named image uses.
     #[arg(short, long)]
     all: bool,
+    /// Prune a remote builder's cache instead [default: $BUILDKIT_HOST].
+    #[arg(long, env = "BUILDKIT_HOST", value_name = "ADDR")]
+    builder: Option<String>,
+}
+
+/// Arguments of `kiln du`.
+#[derive(Args)]
+pub struct DuArgs {
+    /// Show a remote builder's disk use instead [default: $BUILDKIT_HOST].
+    #[arg(long, env = "BUILDKIT_HOST", value_name = "ADDR")]
+    builder: Option<String>,
+}
+
+/// Prints a remote builder's usage records, BuildKit's way, and their total.
+fn print_records(records: &[kiln_api::control::UsageRecord]) {
+    let mut table = vec![[
+        "ID".to_string(),
+        "RECLAIMABLE".into(),
+        "SIZE".into(),
+        "DESCRIPTION".into(),
+    ]];
+    for record in records {
+        table.push([
+            record.id.clone(),
+            (!record.shared && !record.in_use).to_string(),
+            human_size(u64::try_from(record.size).unwrap_or(0)),
+            record.description.clone(),
+        ]);
+    }
+    print_table(&table);
+    let total: i64 = records.iter().map(|r| r.size).sum();
+    println!("Total: {}", human_size(u64::try_from(total).unwrap_or(0)));
 }
 
 /// `kiln du`.
-pub fn du(state: &StateDir) -> Result<(), Failure> {
+pub fn du(state: &StateDir, args: DuArgs) -> Result<(), Failure> {
+    if let Some(builder) = &args.builder {
+        let records = block_on(kiln_api::client::disk_usage(builder.clone()))?;
+        print_records(&records);
+        return Ok(());
+    }
     let rows = store::usage(state).map_err(|e| Failure::msg(format!("{e:#}")))?;
     let mut table = vec![[
         "TYPE".to_string(),
@@ -55,6 +92,15 @@ pub fn du(state: &StateDir) -> Result<(), Failure> {
 
 /// `kiln prune [--all]`.
 pub fn prune(state: &StateDir, args: PruneArgs) -> Result<(), Failure> {
+    if let Some(builder) = &args.builder {
+        let freed = block_on(kiln_api::client::prune(builder.clone(), args.all))?;
+        let total: i64 = freed.iter().map(|r| r.size).sum();
+        println!(
+            "Total reclaimed space: {}",
+            human_size(u64::try_from(total).unwrap_or(0))
+        );
+        return Ok(());
+    }
     let report = store::prune(state, args.all).map_err(|e| Failure::msg(format!("{e:#}")))?;
     match report.entries {
         Some((removed, kept)) => {
