@@ -9,6 +9,7 @@ pub mod client;
 mod raw;
 pub mod server;
 pub mod session;
+pub mod tls;
 pub mod transfer;
 
 /// Generated code, one module per protobuf package.

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use kiln_cache::Digest;
@@ -241,6 +241,72 @@ pub fn solve<E: Executor>(
     Ok(shared.results.remove(&root).map(|(output, _)| output))
 }
 
+/// Whether a cache key's result is being computed, and the signal that it no longer is.
+#[derive(Default)]
+struct KeyState {
+    busy: Mutex<bool>,
+    done: Condvar,
+}
+
+/// Cache keys that builds in this process compute or wait for.
+static COMPUTING: std::sync::LazyLock<Mutex<HashMap<String, Arc<KeyState>>>> =
+    std::sync::LazyLock::new(Mutex::default);
+
+/// The claim on computing a cache key's result. A build that needs a key another build is
+/// computing waits for it and then finds the result in the cache: concurrent builds (a
+/// daemon's clients) run an identical step once.
+struct Computing {
+    key: String,
+    state: Arc<KeyState>,
+}
+
+impl Computing {
+    /// Waits until no other build computes `key`, and claims it; `None` if `cancel` is
+    /// set while waiting.
+    fn claim(key: &str, cancel: &AtomicBool) -> Option<Self> {
+        let state = Arc::clone(
+            COMPUTING
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(key.to_string())
+                .or_default(),
+        );
+        let mut busy = state.busy.lock().unwrap_or_else(PoisonError::into_inner);
+        while *busy {
+            if cancel.load(Ordering::Relaxed) {
+                return None;
+            }
+            busy = state
+                .done
+                .wait_timeout(busy, Duration::from_millis(100))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        *busy = true;
+        drop(busy);
+        Some(Computing {
+            key: key.to_string(),
+            state,
+        })
+    }
+}
+
+impl Drop for Computing {
+    fn drop(&mut self) {
+        *self
+            .state
+            .busy
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = false;
+        self.state.done.notify_all();
+        let mut computing = COMPUTING.lock().unwrap_or_else(PoisonError::into_inner);
+        // Ours and the map's: nobody else waits.
+        if Arc::strong_count(&self.state) <= 2 {
+            computing.remove(&self.key);
+        }
+    }
+}
+
 /// Runs one vertex or takes its result from the cache; returns the result
 /// and its cache key.
 fn run_vertex<E: Executor>(
@@ -268,6 +334,13 @@ fn run_vertex<E: Executor>(
         let key = cache_key(vertex, &keys, extra.as_deref());
         let cacheable = executor.cacheable(vertex);
         let ignore_cache = meta.is_some_and(|m| m.ignore_cache);
+        let _computing = if cacheable && !ignore_cache {
+            let claim = Computing::claim(&key, cancel);
+            anyhow::ensure!(claim.is_some(), "build cancelled");
+            claim
+        } else {
+            None
+        };
         if cacheable
             && !ignore_cache
             && let Some(output) = cache

@@ -18,9 +18,9 @@ struct Daemon {
 }
 
 impl Daemon {
-    /// Starts a daemon on a unix socket, and on `tcp` too when given, with the image of
-    /// `archives` loaded.
-    fn start(archives: &BusyboxArchives, tcp: Option<&str>) -> Daemon {
+    /// Starts a daemon on a unix socket, with the image of `archives` loaded and `extra`
+    /// arguments to `kiln serve` (more addresses, TLS).
+    fn start(archives: &BusyboxArchives, extra: &[&str]) -> Daemon {
         let root = tempfile::tempdir().unwrap();
         run(
             kiln()
@@ -40,9 +40,7 @@ impl Daemon {
             .args(["serve", "--addr", &address])
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        if let Some(tcp) = tcp {
-            command.args(["--addr", tcp]);
-        }
+        command.args(extra);
         let child = command.spawn().unwrap();
         let started = Instant::now();
         while std::os::unix::net::UnixStream::connect(&socket).is_err() {
@@ -132,7 +130,7 @@ fn transferred(progress: &str) -> (u64, u64) {
 #[test]
 fn a_remote_build_is_the_local_build_with_outputs_on_the_client() {
     let archives = busybox_archives();
-    let daemon = Daemon::start(&archives, None);
+    let daemon = Daemon::start(&archives, &[]);
     let context = app_context();
     let out = tempfile::tempdir().unwrap();
     let fs_out = out.path().join("fs");
@@ -213,7 +211,7 @@ fn a_remote_build_is_the_local_build_with_outputs_on_the_client() {
 
 #[test]
 fn a_rebuild_transfers_only_the_changed_file() {
-    let daemon = Daemon::start(&busybox_archives(), None);
+    let daemon = Daemon::start(&busybox_archives(), &[]);
     let context = app_context();
     for i in 0..200 {
         let path = context.path().join(format!("src/more/{i}.txt"));
@@ -238,24 +236,16 @@ fn a_rebuild_transfers_only_the_changed_file() {
 
 #[test]
 fn failures_point_at_the_dockerfile_and_loopback_tcp_works() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let tcp = format!("tcp://127.0.0.1:{port}");
-    let daemon = Daemon::start(&busybox_archives(), Some(&tcp));
+    let daemon = Daemon::start(&busybox_archives(), &["--addr", &tcp]);
     let context = tempfile::tempdir().unwrap();
     fs::write(
         context.path().join("Dockerfile"),
         "FROM busybox:1\nRUN echo about to fail && exit 3\n",
     )
     .unwrap();
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(10));
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_port(port);
     let out = kiln()
         .args(["build", "--progress", "plain", "--builder", &tcp])
         .arg(context.path())
@@ -284,7 +274,7 @@ fn failures_point_at_the_dockerfile_and_loopback_tcp_works() {
 
 #[test]
 fn four_clients_at_once_share_the_cache() {
-    let daemon = Daemon::start(&busybox_archives(), None);
+    let daemon = Daemon::start(&busybox_archives(), &[]);
     let contexts: Vec<tempfile::TempDir> = (0..4).map(|_| app_context()).collect();
     let outputs: Vec<Output> = std::thread::scope(|scope| {
         let builds: Vec<_> = contexts
@@ -293,8 +283,22 @@ fn four_clients_at_once_share_the_cache() {
             .collect();
         builds.into_iter().map(|b| b.join().unwrap()).collect()
     });
-    let ids: Vec<String> = outputs.iter().map(|o| image_id(&ok(o))).collect();
+    let progress: Vec<String> = outputs.iter().map(ok).collect();
+    let ids: Vec<String> = progress.iter().map(|p| image_id(p)).collect();
     assert!(ids.windows(2).all(|w| w[0] == w[1]), "{ids:?}");
+    // The build stage's RUN prints "built": one client ran it, the others waited for it.
+    let ran = progress
+        .iter()
+        .filter(|p| {
+            p.lines().any(|l| {
+                let mut parts = l.splitn(3, ' ');
+                parts.next().is_some_and(|n| n.starts_with('#'))
+                    && parts.next().is_some_and(|t| t.parse::<f64>().is_ok())
+                    && parts.next() == Some("built")
+            })
+        })
+        .count();
+    assert_eq!(ran, 1, "{progress:#?}");
 }
 
 /// Whether a process with exactly `cmdline` (NUL-separated) runs.
@@ -308,7 +312,7 @@ fn running(cmdline: &[u8]) -> bool {
 
 #[test]
 fn an_interrupted_client_cancels_its_build() {
-    let daemon = Daemon::start(&busybox_archives(), None);
+    let daemon = Daemon::start(&busybox_archives(), &[]);
     let context = tempfile::tempdir().unwrap();
     // A sleep no other test runs, to find it among the host's processes.
     let nap = "sleep 987";
@@ -367,6 +371,118 @@ fn a_daemon_refuses_to_listen_unauthenticated_beyond_loopback() {
         stderr.contains("refusing to listen on tcp://0.0.0.0:0 without authentication"),
         "{stderr}"
     );
+}
+
+/// A free TCP port on loopback.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until something listens on `port`.
+fn wait_for_port(port: u16) {
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "nothing listens on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Makes, with openssl, a CA with a server certificate for 127.0.0.1 and a client
+/// certificate, and another CA with a client certificate of its own.
+fn certificates(dir: &Path) {
+    let script = r#"
+set -e
+ca() { openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes     -keyout $1.key -out $1.pem -days 2 -subj "/CN=$1"     -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign; }
+leaf() {
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes       -keyout $1.key -out $1.csr -subj "/CN=$1"
+  printf 'basicConstraints=CA:FALSE
+keyUsage=critical,digitalSignature
+extendedKeyUsage=%s
+' $3 > $1.ext
+  if [ -n "$4" ]; then printf 'subjectAltName=%s
+' "$4" >> $1.ext; fi
+  openssl x509 -req -in $1.csr -CA $2.pem -CAkey $2.key -CAcreateserial -out $1.pem       -days 2 -extfile $1.ext
+}
+ca ca; ca other
+leaf server ca serverAuth IP:127.0.0.1
+leaf client ca clientAuth
+leaf stranger other clientAuth
+"#;
+    run(
+        Command::new("bash")
+            .args(["-c", script])
+            .current_dir(dir)
+            .stderr(Stdio::null()),
+        true,
+    );
+}
+
+#[test]
+fn mutual_tls_lets_in_only_clients_with_a_certificate_of_its_ca() {
+    let certs = tempfile::tempdir().unwrap();
+    certificates(certs.path());
+    let file = |name: &str| certs.path().join(name).display().to_string();
+    let port = free_port();
+    // TLS makes a non-loopback address acceptable.
+    let daemon = Daemon::start(
+        &busybox_archives(),
+        &[
+            "--addr",
+            &format!("tcp://0.0.0.0:{port}"),
+            "--tlscacert",
+            &file("ca.pem"),
+            "--tlscert",
+            &file("server.pem"),
+            "--tlskey",
+            &file("server.key"),
+        ],
+    );
+    wait_for_port(port);
+    let tcp = format!("tcp://127.0.0.1:{port}");
+    let with = |who: &str| {
+        vec![
+            "--builder".to_string(),
+            tcp.clone(),
+            "--tlscacert".into(),
+            file("ca.pem"),
+            "--tlscert".into(),
+            file(&format!("{who}.pem")),
+            "--tlskey".into(),
+            file(&format!("{who}.key")),
+        ]
+    };
+    let context = tempfile::tempdir().unwrap();
+    fs::write(
+        context.path().join("Dockerfile"),
+        "FROM busybox:1
+RUN echo over tls
+",
+    )
+    .unwrap();
+    let built = run(
+        kiln()
+            .args(["build", "--progress", "plain"])
+            .args(with("client"))
+            .arg(context.path()),
+        true,
+    );
+    assert!(String::from_utf8_lossy(&built.stderr).contains("over tls"));
+
+    // No certificate (plain text to a TLS port), and a certificate of another CA.
+    let plain = run(kiln().args(["du", "--builder", &tcp]), false);
+    let plain = String::from_utf8_lossy(&plain.stderr);
+    assert!(plain.contains("wants mutual TLS"), "{plain}");
+    let stranger = run(kiln().arg("du").args(with("stranger")), false);
+    let stranger = String::from_utf8_lossy(&stranger.stderr);
+    assert!(stranger.contains("broke off the connection"), "{stranger}");
+    drop(daemon);
 }
 
 /// Every path below `dir`.

@@ -27,8 +27,18 @@ use crate::control::{
 };
 use crate::session::{SessionHeaders, bridge};
 
-/// Connects to a builder at `unix:///PATH` or `tcp://HOST:PORT`.
-pub async fn connect(address: &str) -> Result<Channel> {
+/// How the client proves itself to a builder over TCP, and checks the builder.
+#[derive(Debug, Clone, Default)]
+pub struct ClientTls {
+    /// The CA, the client's certificate and key.
+    pub files: crate::tls::TlsFiles,
+    /// The name the builder's certificate must carry (default: the address's host).
+    pub server_name: Option<String>,
+}
+
+/// Connects to a builder at `unix:///PATH` or `tcp://HOST:PORT`, over mutual TLS when
+/// `tls` is given.
+pub async fn connect(address: &str, tls: Option<&ClientTls>) -> Result<Channel> {
     if let Some(path) = address.strip_prefix("unix://") {
         let path = PathBuf::from(path);
         let shown = address.to_string();
@@ -45,7 +55,22 @@ pub async fn connect(address: &str) -> Result<Channel> {
             .with_context(|| format!("cannot reach the builder at {shown}"));
     }
     if let Some(host) = address.strip_prefix("tcp://") {
-        return Endpoint::from_shared(format!("http://{host}"))?
+        let endpoint = match tls {
+            Some(tls) => {
+                let name = match &tls.server_name {
+                    Some(name) => name.clone(),
+                    None => host
+                        .rsplit_once(':')
+                        .map_or(host, |(name, _)| name)
+                        .trim_matches(['[', ']'])
+                        .to_string(),
+                };
+                Endpoint::from_shared(format!("https://{host}"))?
+                    .tls_config(tls.files.client(&name)?)?
+            }
+            None => Endpoint::from_shared(format!("http://{host}"))?,
+        };
+        return endpoint
             .connect()
             .await
             .with_context(|| format!("cannot reach the builder at {address}"));
@@ -75,6 +100,31 @@ pub struct RemoteResult {
     pub exporter_response: HashMap<String, String>,
 }
 
+/// A failed call as an error: the builder's own message, or, when the connection itself
+/// failed, what is likely wrong with it.
+fn failure(address: &str, status: &tonic::Status) -> anyhow::Error {
+    let message = status.message();
+    let transport = status.code() == tonic::Code::Unavailable
+        || [
+            "transport error",
+            "h2 protocol error",
+            "operation was canceled",
+        ]
+        .iter()
+        .any(|sign| message.contains(sign));
+    if transport && address.starts_with("tcp://") {
+        anyhow!(
+            "the builder at {address} broke off the connection ({message}): a builder that \
+             listens on TCP beyond loopback wants mutual TLS (--tlscacert, --tlscert, \
+             --tlskey with a certificate its CA signed)"
+        )
+    } else if transport {
+        anyhow!("lost the connection to the builder at {address} ({message})")
+    } else {
+        anyhow!("{message}")
+    }
+}
+
 /// Random hex of `n` bytes, for session and build IDs.
 fn random_id(bytes: usize) -> Result<String> {
     let mut data = vec![0u8; bytes];
@@ -94,10 +144,11 @@ fn shared_key(context: &Path) -> String {
 /// Runs `build` on the builder at `address`, reporting progress to `events`.
 pub async fn build(
     address: &str,
+    tls: Option<&ClientTls>,
     build: RemoteBuild,
     events: &(dyn Fn(BuildEvent) + Sync),
 ) -> Result<RemoteResult> {
-    let channel = connect(address).await?;
+    let channel = connect(address, tls).await?;
     let mut control = ControlClient::new(channel).max_decoding_message_size(64 << 20);
     let session_id = random_id(16)?;
     let reference = random_id(16)?;
@@ -123,7 +174,14 @@ pub async fn build(
         shared_key: shared_key(&build.context),
         methods: attachables::METHODS.iter().map(|m| m.to_string()).collect(),
     };
-    let session = open_session(&mut control, &headers, directories, Arc::new(outputs)).await?;
+    let session = open_session(
+        address,
+        &mut control,
+        &headers,
+        directories,
+        Arc::new(outputs),
+    )
+    .await?;
 
     let mut attrs = build.frontend_attrs.clone();
     let filename = build
@@ -170,8 +228,8 @@ pub async fn build(
     };
     let solve = control.solve(request);
     let (solved, shown) = tokio::join!(solve, statuses);
-    drop(session);
-    let response = solved.map_err(|status| anyhow!("{}", status.message()))?;
+    session.abort();
+    let response = solved.map_err(|status| failure(address, &status))?;
     // A status stream that broke does not fail a build that succeeded.
     let _ = shown;
     Ok(RemoteResult {
@@ -179,9 +237,10 @@ pub async fn build(
     })
 }
 
-/// Opens the session: the tunnel call, and the services served through it. The session
-/// ends when the returned handle drops.
+/// Opens the session: the tunnel call, and the services served through it, on a task
+/// that runs until the daemon closes the session or the task is aborted.
 async fn open_session(
+    address: &str,
     control: &mut ControlClient<Channel>,
     headers: &SessionHeaders,
     directories: HashMap<String, PathBuf>,
@@ -200,7 +259,7 @@ async fn open_session(
     let mut responses = control
         .session(request)
         .await
-        .context("the builder refused the session")?
+        .map_err(|status| failure(address, &status))?
         .into_inner();
     let served = tokio::spawn(async move {
         let forward = async {
@@ -267,28 +326,28 @@ impl tokio::io::AsyncWrite for Tunnel {
 }
 
 /// The disk use of the builder at `address`, as its usage records.
-pub async fn disk_usage(address: String) -> Result<Vec<UsageRecord>> {
-    let response = ControlClient::new(connect(&address).await?)
+pub async fn disk_usage(address: String, tls: Option<ClientTls>) -> Result<Vec<UsageRecord>> {
+    let response = ControlClient::new(connect(&address, tls.as_ref()).await?)
         .disk_usage(DiskUsageRequest::default())
         .await
-        .map_err(|status| anyhow!("{}", status.message()))?;
+        .map_err(|status| failure(&address, &status))?;
     Ok(response.into_inner().record)
 }
 
 /// Prunes the cache of the builder at `address` (all of it with `all`); returns what was
 /// freed.
-pub async fn prune(address: String, all: bool) -> Result<Vec<UsageRecord>> {
-    let mut stream = ControlClient::new(connect(&address).await?)
+pub async fn prune(address: String, tls: Option<ClientTls>, all: bool) -> Result<Vec<UsageRecord>> {
+    let mut stream = ControlClient::new(connect(&address, tls.as_ref()).await?)
         .prune(PruneRequest {
             all,
             ..PruneRequest::default()
         })
         .await
-        .map_err(|status| anyhow!("{}", status.message()))?
+        .map_err(|status| failure(&address, &status))?
         .into_inner();
     let mut freed = Vec::new();
     while let Some(record) = stream.next().await {
-        freed.push(record.map_err(|status| anyhow!("{}", status.message()))?);
+        freed.push(record.map_err(|status| failure(&address, &status))?);
     }
     Ok(freed)
 }

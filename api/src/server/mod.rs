@@ -349,6 +349,8 @@ pub struct ListenOptions {
     pub group: Option<u32>,
     /// Listen on TCP without authentication even on a non-loopback address.
     pub insecure_tcp: bool,
+    /// Mutual TLS for the TCP listeners.
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 /// Refuses a configuration that would let anyone who reaches the port run builds.
@@ -356,13 +358,15 @@ fn check_exposure(options: &ListenOptions) -> Result<()> {
     for address in &options.addresses {
         if let Address::Tcp(addr) = address
             && !addr.ip().is_loopback()
+            && options.tls.is_none()
             && !options.insecure_tcp
         {
             bail!(
                 "refusing to listen on tcp://{addr} without authentication: whoever reaches \
-                 it could run any build as root on this machine. Listen on a unix socket or \
-                 a loopback address (kiln serve has no TLS yet), or accept the risk with \
-                 --insecure-tcp-without-auth"
+                 it could run any build as root on this machine. Give the daemon \
+                 --tlscacert, --tlscert and --tlskey (clients then need certificates from \
+                 that CA), listen on a unix socket or a loopback address, or accept the \
+                 risk with --insecure-tcp-without-auth"
             );
         }
     }
@@ -384,7 +388,7 @@ pub async fn serve(daemon: Arc<Daemon>, options: ListenOptions) -> Result<()> {
         let shutdown = async move {
             let _ = stop.wait_for(|stopped| *stopped).await;
         };
-        let router = tonic::transport::Server::builder().add_service(service);
+        let router = tonic::transport::Server::builder().add_service(service.clone());
         let server = match address {
             Address::Unix(path) => {
                 let listener = bind_unix(path, options.group)?;
@@ -398,7 +402,22 @@ pub async fn serve(daemon: Arc<Daemon>, options: ListenOptions) -> Result<()> {
                 let listener = tokio::net::TcpListener::bind(addr)
                     .await
                     .with_context(|| format!("cannot listen on tcp://{addr}"))?;
-                eprintln!("kiln serve: listening on tcp://{}", listener.local_addr()?);
+                let router = match &options.tls {
+                    Some(tls) => tonic::transport::Server::builder()
+                        .tls_config(tls.server()?)
+                        .context("bad TLS configuration")?
+                        .add_service(service.clone()),
+                    None => router,
+                };
+                eprintln!(
+                    "kiln serve: listening on tcp://{}{}",
+                    listener.local_addr()?,
+                    if options.tls.is_some() {
+                        " (mutual TLS)"
+                    } else {
+                        ""
+                    }
+                );
                 tokio::spawn(
                     router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown),
                 )

@@ -75,10 +75,9 @@ pub struct BuildArgs {
     /// `security.insecure` (RUN --security=insecure).
     #[arg(long = "allow", value_delimiter = ',')]
     pub(super) allow: Vec<Entitlement>,
-    /// Build on a remote builder (`kiln serve`, or buildkitd) at `unix:///PATH` or
-    /// `tcp://HOST:PORT` instead of in this process [default: $BUILDKIT_HOST].
-    #[arg(long, env = "BUILDKIT_HOST", value_name = "ADDR")]
-    builder: Option<String>,
+    /// Build on a remote builder instead of in this process.
+    #[command(flatten)]
+    pub(super) remote: super::remote::BuilderArgs,
     /// Write the build result (digests, descriptor, names) to this file as JSON, as buildx.
     #[arg(long)]
     metadata_file: Option<PathBuf>,
@@ -122,7 +121,7 @@ pub fn run(state: &StateDir, registry: &RegistryOptions, args: BuildArgs) -> Res
         })
         .transpose()?;
     let platform = options.target_platform.clone();
-    if let Some(builder) = &args.builder {
+    if let Some(builder) = &args.remote.builder {
         let printer = Progress::stderr(args.progress);
         let result = printer.show_while(|| {
             super::remote::build(builder, &args, &options, &dockerfile_path, &printer)

@@ -2,16 +2,53 @@
 //! BuildKit's API ([`kiln_api::client`]).
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use kiln_api::client::{self, OutputTarget, RemoteBuild};
+use clap::Args;
+use kiln_api::client::{self, ClientTls, OutputTarget, RemoteBuild};
 use kiln_api::control::Exporter;
+use kiln_api::tls::TlsFiles;
 use kiln_engine::{BuildResult, Destination, ManifestFormat, Output, OutputKind};
 use kiln_frontend::lower::BuildOptions;
 use kiln_worker::layer::LayerCompression;
 
 use super::build::BuildArgs;
 use crate::progress::Progress;
+
+/// Which remote builder to use, and how to authenticate to it over TCP.
+#[derive(Args, Clone, Debug, Default)]
+pub struct BuilderArgs {
+    /// Use the remote builder (`kiln serve`, or buildkitd) at `unix:///PATH` or
+    /// `tcp://HOST:PORT` [default: $BUILDKIT_HOST].
+    #[arg(long, env = "BUILDKIT_HOST", value_name = "ADDR")]
+    pub builder: Option<String>,
+    /// The CA that signed the builder's certificate (mutual TLS over TCP).
+    #[arg(long, value_name = "FILE", requires_all = ["tlscert", "tlskey"])]
+    tlscacert: Option<PathBuf>,
+    /// This client's certificate.
+    #[arg(long, value_name = "FILE", requires = "tlscacert")]
+    tlscert: Option<PathBuf>,
+    /// This client's private key.
+    #[arg(long, value_name = "FILE", requires = "tlscacert")]
+    tlskey: Option<PathBuf>,
+    /// The name the builder's certificate carries, if not the address's host.
+    #[arg(long, value_name = "NAME")]
+    tlsservername: Option<String>,
+}
+
+impl BuilderArgs {
+    /// The client's TLS settings, when certificates are given.
+    pub fn tls(&self) -> Option<ClientTls> {
+        Some(ClientTls {
+            files: TlsFiles {
+                ca: self.tlscacert.clone()?,
+                cert: self.tlscert.clone()?,
+                key: self.tlskey.clone()?,
+            },
+            server_name: self.tlsservername.clone(),
+        })
+    }
+}
 
 /// Runs the build on `builder`; the error is the builder's message.
 pub fn build(
@@ -66,9 +103,12 @@ pub fn build(
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     let done = runtime
-        .block_on(client::build(builder, request, &|event| {
-            printer.event(event)
-        }))
+        .block_on(client::build(
+            builder,
+            args.remote.tls().as_ref(),
+            request,
+            &|event| printer.event(event),
+        ))
         .map_err(|e| format!("{e:#}"))?;
     let digest = |key: &str| {
         done.exporter_response

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use clap::Args;
 use kiln_api::server::{Address, Daemon, DaemonOptions, ListenOptions, serve};
+use kiln_api::tls::TlsFiles;
 use kiln_cache::StateDir;
 use kiln_engine::Entitlement;
 use kiln_registry::RegistryOptions;
@@ -32,6 +33,15 @@ pub struct ServeArgs {
     /// embedded runtime.
     #[arg(long, value_name = "PATH")]
     oci_runtime: Option<PathBuf>,
+    /// The CA whose certificates clients must present on TCP (mutual TLS).
+    #[arg(long, value_name = "FILE", requires_all = ["tlscert", "tlskey"])]
+    tlscacert: Option<PathBuf>,
+    /// The daemon's certificate.
+    #[arg(long, value_name = "FILE", requires = "tlscacert")]
+    tlscert: Option<PathBuf>,
+    /// The daemon's private key.
+    #[arg(long, value_name = "FILE", requires = "tlscacert")]
+    tlskey: Option<PathBuf>,
     /// Listen on a non-loopback TCP address without authentication. Anyone who reaches
     /// it can run builds as root on this machine.
     #[arg(long)]
@@ -53,6 +63,11 @@ pub fn run(state: &StateDir, registry: &RegistryOptions, args: ServeArgs) -> Res
         addresses: args.addresses,
         group,
         insecure_tcp: args.insecure_tcp_without_auth,
+        tls: args.tlscacert.map(|ca| TlsFiles {
+            ca,
+            cert: args.tlscert.unwrap_or_default(),
+            key: args.tlskey.unwrap_or_default(),
+        }),
     };
     block_on(serve(daemon, listen))
 }

@@ -5,6 +5,7 @@ use clap::Args;
 use kiln_cache::StateDir;
 use kiln_engine::store::{self, Reclaim};
 
+use super::remote::BuilderArgs;
 use super::{Failure, block_on, human_size, print_table};
 
 /// Arguments of `kiln prune`.
@@ -13,17 +14,17 @@ pub struct PruneArgs {
     /// Remove all build cache, not only what no named image uses.
     #[arg(short, long)]
     all: bool,
-    /// Prune a remote builder's cache instead [default: $BUILDKIT_HOST].
-    #[arg(long, env = "BUILDKIT_HOST", value_name = "ADDR")]
-    builder: Option<String>,
+    /// Prune a remote builder's cache instead.
+    #[command(flatten)]
+    remote: BuilderArgs,
 }
 
 /// Arguments of `kiln du`.
 #[derive(Args)]
 pub struct DuArgs {
-    /// Show a remote builder's disk use instead [default: $BUILDKIT_HOST].
-    #[arg(long, env = "BUILDKIT_HOST", value_name = "ADDR")]
-    builder: Option<String>,
+    /// Show a remote builder's disk use instead.
+    #[command(flatten)]
+    remote: BuilderArgs,
 }
 
 /// Prints a remote builder's usage records, BuildKit's way, and their total.
@@ -49,8 +50,11 @@ fn print_records(records: &[kiln_api::control::UsageRecord]) {
 
 /// `kiln du`.
 pub fn du(state: &StateDir, args: DuArgs) -> Result<(), Failure> {
-    if let Some(builder) = &args.builder {
-        let records = block_on(kiln_api::client::disk_usage(builder.clone()))?;
+    if let Some(builder) = &args.remote.builder {
+        let records = block_on(kiln_api::client::disk_usage(
+            builder.clone(),
+            args.remote.tls(),
+        ))?;
         print_records(&records);
         return Ok(());
     }
@@ -92,8 +96,12 @@ pub fn du(state: &StateDir, args: DuArgs) -> Result<(), Failure> {
 
 /// `kiln prune [--all]`.
 pub fn prune(state: &StateDir, args: PruneArgs) -> Result<(), Failure> {
-    if let Some(builder) = &args.builder {
-        let freed = block_on(kiln_api::client::prune(builder.clone(), args.all))?;
+    if let Some(builder) = &args.remote.builder {
+        let freed = block_on(kiln_api::client::prune(
+            builder.clone(),
+            args.remote.tls(),
+            args.all,
+        ))?;
         let total: i64 = freed.iter().map(|r| r.size).sum();
         println!(
             "Total reclaimed space: {}",
