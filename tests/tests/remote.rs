@@ -357,6 +357,55 @@ fn an_interrupted_client_cancels_its_build() {
 }
 
 #[test]
+fn sigterm_cancels_running_builds_and_stops_the_daemon_cleanly() {
+    let mut daemon = Daemon::start(&busybox_archives(), &[]);
+    let context = tempfile::tempdir().unwrap();
+    fs::write(
+        context.path().join("Dockerfile"),
+        "FROM busybox:1\nRUN sleep 986\n",
+    )
+    .unwrap();
+    let cmdline = b"sleep\0986\0";
+    let client = kiln()
+        .args(["build", "--progress", "plain", "--builder", &daemon.address])
+        .arg(context.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !running(cmdline) {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the step never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&daemon.child),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let stopping = Instant::now();
+    let status = loop {
+        if let Some(status) = daemon.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            stopping.elapsed() < Duration::from_secs(10),
+            "the daemon did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "the daemon exited with {status}");
+    assert!(!running(cmdline), "the step outlived the daemon");
+    let socket = daemon.address.trim_start_matches("unix://");
+    assert!(!Path::new(socket).exists(), "the socket stayed behind");
+    let out = client.wait_with_output().unwrap();
+    assert!(!out.status.success(), "the interrupted build succeeded");
+}
+
+#[test]
 fn a_daemon_refuses_to_listen_unauthenticated_beyond_loopback() {
     let root = tempfile::tempdir().unwrap();
     let out = run(
