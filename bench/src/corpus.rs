@@ -10,16 +10,16 @@ use std::process::Command;
 use std::time::Duration;
 
 /// What one measured run took.
-struct Sample {
-    wall: Duration,
+pub struct Sample {
+    pub wall: Duration,
     /// Peak resident set of kiln and its children, in KiB (`None` where not measured).
-    peak_rss_kib: Option<u64>,
+    pub peak_rss_kib: Option<u64>,
 }
 
 /// Runs `command`, which must succeed, and times it. The page cache is written back
 /// first (untimed, as `hyperfine --prepare sync` would), so that one run does not pay for
 /// the disk writes of the run before it.
-fn timed(command: &mut Command) -> (Duration, std::process::Output) {
+pub fn timed(command: &mut Command) -> (Duration, std::process::Output) {
     rustix::fs::sync();
     let started = std::time::Instant::now();
     let out = command.output().expect("run the benchmarked command");
@@ -48,7 +48,7 @@ fn measure(kiln: &Path, args: &[&str]) -> Sample {
 }
 
 /// Prints one row: median, min, max, the largest peak RSS, and the target.
-fn row(name: &str, mut samples: Vec<Sample>, target: &str, extra: &str) {
+pub fn row(name: &str, mut samples: Vec<Sample>, target: &str, extra: &str) {
     samples.sort_by_key(|s| s.wall);
     let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1e3);
     let rss = samples
@@ -110,7 +110,20 @@ fn many_steps_dockerfile(stages: usize, steps: usize) -> String {
 
 /// Runs the corpus benchmarks with `kiln`, `runs` times each, and with the dockerd at
 /// `docker` too if given.
-pub fn bench_corpus(kiln: &Path, runs: usize, docker: Option<&str>) {
+/// The corpus, ready to build: a busybox base image's archives and the generated context
+/// (with its Dockerfile), in a temporary directory.
+pub struct Corpus {
+    /// Holds everything; deleted on drop.
+    pub work: tempfile::TempDir,
+    /// `oci.tar` and `docker.tar` of the base image `busybox:local`.
+    pub base: PathBuf,
+    /// The 5,000-file context.
+    pub context: PathBuf,
+}
+
+/// Makes the base image and generates the corpus; `None` (after saying why) when the
+/// tools for that are missing.
+pub fn prepare() -> Option<Corpus> {
     let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/bench");
     let work = tempfile::tempdir().expect("temporary directory");
     let base = work.path().join("base");
@@ -127,13 +140,31 @@ pub fn bench_corpus(kiln: &Path, runs: usize, docker: Option<&str>) {
         .status();
     if !made.is_ok_and(|s| s.success()) || !generated.is_ok_and(|s| s.success()) {
         println!(
-            "(skipped corpus: it needs {} with umoci, skopeo, busybox-static, and python3 for {})",
+            "(skipped: the corpus needs {} with umoci, skopeo, busybox-static, and python3 for {})",
             script.display(),
             shared.join("gen-context.py").display()
         );
-        return;
+        return None;
     }
     std::fs::copy(shared.join("Dockerfile"), context.join("Dockerfile")).expect("Dockerfile");
+    Some(Corpus {
+        work,
+        base,
+        context,
+    })
+}
+
+/// Issue 5's corpus table (see the module's doc).
+pub fn bench_corpus(kiln: &Path, runs: usize, docker: Option<&str>) {
+    let Some(Corpus {
+        work,
+        base,
+        context,
+    }) = prepare()
+    else {
+        return;
+    };
+
     let stages = work.path().join("stages");
     std::fs::create_dir_all(&stages).expect("stages context");
     std::fs::write(stages.join("Dockerfile"), many_steps_dockerfile(8, 5)).expect("Dockerfile");
@@ -290,7 +321,7 @@ fn bench_docker(host: &str, runs: usize, base_archive: &Path, context: &Path) {
 }
 
 /// Appends `line` to the corpus file at `path`.
-fn append_line(path: &Path, line: &str) {
+pub fn append_line(path: &Path, line: &str) {
     let mut text = std::fs::read_to_string(path).expect("corpus file");
     text.push_str(line);
     text.push('\n');

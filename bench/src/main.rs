@@ -14,9 +14,13 @@
 //!   and exported, and 40 RUN steps in 8 stages, with peak RSS (at least 5 runs). With
 //!   `--docker HOST` (a dockerd's address), `DOCKER_BUILDKIT=1 docker build` of the same
 //!   corpus is timed beside it; `scripts/bench-docker` sets that up.
+//! - `remote`: the corpus through `kiln serve` on a unix socket beside local builds:
+//!   no-op rebuilds, what one changed file sends, the daemon's idle and peak RSS during
+//!   four concurrent builds.
 
 mod build;
 mod corpus;
+mod remote;
 
 /// The hidden first argument that makes kiln-bench run a command and print the peak RSS
 /// of it and its children (KiB) on its last line of output.
@@ -45,7 +49,7 @@ fn main() -> ExitCode {
                 Some(host) => docker = Some(host),
                 None => return usage("--docker takes a dockerd address (unix:///…)"),
             },
-            "parse" | "build" | "corpus" => benches.push(arg),
+            "parse" | "build" | "corpus" | "remote" => benches.push(arg),
             "-h" | "--help" => return usage(""),
             other => return usage(&format!("unknown benchmark {other:?}")),
         }
@@ -55,6 +59,7 @@ fn main() -> ExitCode {
             "parse".to_string(),
             "build".to_string(),
             "corpus".to_string(),
+            "remote".to_string(),
         ];
     }
     println!(
@@ -66,6 +71,7 @@ fn main() -> ExitCode {
             "parse" => bench_parse(runs),
             other => match sibling_kiln() {
                 Some(kiln) if other == "build" => build::bench_build(&kiln, runs),
+                Some(kiln) if other == "remote" => remote::bench_remote(&kiln, runs.min(5)),
                 // The corpus is slow: 5 runs unless fewer were asked for.
                 Some(kiln) => corpus::bench_corpus(&kiln, runs.min(5), docker.as_deref()),
                 None => println!("(skipped {other}: no kiln binary beside kiln-bench)"),
