@@ -18,6 +18,26 @@ pub const HEADER_SHARED_KEY: &str = "x-docker-expose-session-sharedkey";
 /// The metadata header listing the gRPC methods the client serves (one value each).
 pub const HEADER_METHOD: &str = "x-docker-expose-session-grpc-method";
 
+/// HTTP/2 flow-control windows of every builder connection, the tunnel's included: a
+/// context transfer streams thousands of small messages, which the default 64 KiB
+/// windows would hold up on round trips through the tunnel.
+const STREAM_WINDOW: u32 = 8 << 20;
+const CONNECTION_WINDOW: u32 = 16 << 20;
+
+/// A gRPC server with kiln's flow-control windows.
+pub fn server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+}
+
+/// A gRPC endpoint at `uri` with kiln's flow-control windows.
+pub fn endpoint(uri: String) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
+    Ok(tonic::transport::Endpoint::from_shared(uri)?
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW))
+}
+
 /// Bytes buffered between the stream and the connection in each direction.
 const BUFFER: usize = 256 * 1024;
 

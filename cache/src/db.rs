@@ -3,7 +3,8 @@
 //! redb locks a database file for the process that opens it, and each open and close
 //! costs three fsyncs. So a process keeps a database open while it uses it in bursts: an
 //! open handle is shared by every caller in the process, and closed once nobody has used
-//! it for [`IDLE`], which lets other kiln processes (waiting for the lock) in. A no-op
+//! it for [`idle`] (20 ms unless [`keep_databases_open_for`] says otherwise), which lets
+//! other kiln processes (waiting for the lock) in. A no-op
 //! build opened its three databases 11 times, and those fsyncs took 12 of its 50 ms.
 
 use std::collections::HashMap;
@@ -17,8 +18,22 @@ use redb::{Database, DatabaseError};
 /// How long to wait for another kiln process to let go of a database.
 const LOCK_WAIT: Duration = Duration::from_secs(120);
 
+/// How long an unused database stays open for the next caller, in milliseconds.
+static IDLE_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(20);
+
 /// How long an unused database stays open for the next caller.
-const IDLE: Duration = Duration::from_millis(20);
+fn idle() -> Duration {
+    Duration::from_millis(IDLE_MS.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+/// Keeps unused databases open for `idle` (instead of 20 ms) before closing them: for a
+/// long-running daemon, whose builds follow each other closely, so that they do not pay
+/// an open and a close each; another kiln process on the same state directory waits up to
+/// that long for a database.
+pub fn keep_databases_open_for(idle: Duration) {
+    let millis = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+    IDLE_MS.store(millis, std::sync::atomic::Ordering::Relaxed);
+}
 
 /// An open database, by path.
 struct Held {
@@ -107,14 +122,16 @@ pub fn close_databases() {
     drop(taken);
 }
 
-/// Closes databases that nobody uses and nobody used for [`IDLE`]; ends when none is
+/// Closes databases that nobody uses and nobody used for [`idle`]; ends when none is
 /// left open.
 fn close_idle() {
     loop {
-        std::thread::sleep(IDLE);
+        std::thread::sleep(idle());
         let mut guard = held();
         let Some(map) = guard.as_mut() else { return };
-        map.retain(|_, entry| Arc::strong_count(&entry.db) > 1 || entry.last_used.elapsed() < IDLE);
+        map.retain(|_, entry| {
+            Arc::strong_count(&entry.db) > 1 || entry.last_used.elapsed() < idle()
+        });
         if map.is_empty() {
             return;
         }
@@ -133,13 +150,13 @@ mod tests {
         let second = open_waiting(&path).unwrap();
         assert!(Arc::ptr_eq(&first.db, &second.db));
         drop(first);
-        std::thread::sleep(IDLE * 3);
+        std::thread::sleep(idle() * 3);
         assert!(
             held().as_ref().is_some_and(|m| m.contains_key(&path)),
             "closed while in use"
         );
         drop(second);
-        std::thread::sleep(IDLE * 4);
+        std::thread::sleep(idle() * 4);
         assert!(!held().as_ref().is_some_and(|m| m.contains_key(&path)));
         // Closed: another opener (another process, say) gets the file.
         Database::create(&path).unwrap();

@@ -13,7 +13,7 @@ mod state;
 
 pub use checksums::ChecksumCache;
 pub use content::{BlobWriter, ContentError, ContentStore};
-pub use db::close_databases;
+pub use db::{close_databases, keep_databases_open_for};
 pub use digest::{Digest, DigestError, DigestingReader};
 pub use images::{ImageRecord, ImageStore, ImageStoreError};
 pub use index::CacheIndexStore;

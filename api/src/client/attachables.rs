@@ -114,7 +114,7 @@ impl FileSync for Directories {
             includes: values(metadata, "include-patterns"),
         };
         let incoming = request.into_inner();
-        let (outgoing, packets) = mpsc::channel(64);
+        let (outgoing, packets) = mpsc::channel(1024);
         tokio::spawn(async move {
             // A failure reaches the daemon as an ERR packet.
             let _ = transfer::send(&dir, &selection, incoming, outgoing).await;
@@ -242,7 +242,7 @@ pub fn router(
     directories: HashMap<String, PathBuf>,
     outputs: Arc<HashMap<usize, OutputTarget>>,
 ) -> tonic::transport::server::Router {
-    tonic::transport::Server::builder()
+    crate::session::server()
         .add_service(FileSyncServer::new(Directories(directories)))
         .add_service(FileSendServer::new(Outputs(outputs)))
         .add_service(AuthServer::new(Credentials))

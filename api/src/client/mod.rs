@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::AsciiMetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 pub use attachables::OutputTarget;
 
@@ -25,7 +25,7 @@ use crate::control::control_client::ControlClient;
 use crate::control::{
     DiskUsageRequest, Exporter, PruneRequest, SolveRequest, StatusRequest, UsageRecord,
 };
-use crate::session::{SessionHeaders, bridge};
+use crate::session::{self, SessionHeaders, bridge};
 
 /// How the client proves itself to a builder over TCP, and checks the builder.
 #[derive(Debug, Clone, Default)]
@@ -42,7 +42,7 @@ pub async fn connect(address: &str, tls: Option<&ClientTls>) -> Result<Channel> 
     if let Some(path) = address.strip_prefix("unix://") {
         let path = PathBuf::from(path);
         let shown = address.to_string();
-        return Endpoint::from_static("http://kiln")
+        return session::endpoint("http://kiln".into())?
             .connect_with_connector(tower::service_fn(move |_| {
                 let path = path.clone();
                 async move {
@@ -65,10 +65,10 @@ pub async fn connect(address: &str, tls: Option<&ClientTls>) -> Result<Channel> 
                         .trim_matches(['[', ']'])
                         .to_string(),
                 };
-                Endpoint::from_shared(format!("https://{host}"))?
+                session::endpoint(format!("https://{host}"))?
                     .tls_config(tls.files.client(&name)?)?
             }
-            None => Endpoint::from_shared(format!("http://{host}"))?,
+            None => session::endpoint(format!("http://{host}"))?,
         };
         return endpoint
             .connect()

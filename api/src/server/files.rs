@@ -81,7 +81,7 @@ pub async fn sync_dir(
     if !session.serves(FILE_SYNC) {
         bail!("the client shares no local directories (its session does not serve FileSync)");
     }
-    let (outgoing, requests) = mpsc::channel::<Packet>(64);
+    let (outgoing, requests) = mpsc::channel::<Packet>(1024);
     let mut request = tonic::Request::new(ReceiverStream::new(requests));
     let metadata = request.metadata_mut();
     add_values(metadata, KEY_DIR_NAME, &[name.to_string()])?;

@@ -376,6 +376,8 @@ fn check_exposure(options: &ListenOptions) -> Result<()> {
 /// Serves `daemon` on every address until SIGTERM or SIGINT, which cancel running builds.
 pub async fn serve(daemon: Arc<Daemon>, options: ListenOptions) -> Result<()> {
     check_exposure(&options)?;
+    // Builds follow each other closely: the databases stay open between them.
+    kiln_cache::keep_databases_open_for(std::time::Duration::from_secs(2));
     if options.addresses.is_empty() {
         bail!("no address to listen on");
     }
@@ -388,7 +390,7 @@ pub async fn serve(daemon: Arc<Daemon>, options: ListenOptions) -> Result<()> {
         let shutdown = async move {
             let _ = stop.wait_for(|stopped| *stopped).await;
         };
-        let router = tonic::transport::Server::builder().add_service(service.clone());
+        let router = crate::session::server().add_service(service.clone());
         let server = match address {
             Address::Unix(path) => {
                 let listener = bind_unix(path, options.group)?;
@@ -403,7 +405,7 @@ pub async fn serve(daemon: Arc<Daemon>, options: ListenOptions) -> Result<()> {
                     .await
                     .with_context(|| format!("cannot listen on tcp://{addr}"))?;
                 let router = match &options.tls {
-                    Some(tls) => tonic::transport::Server::builder()
+                    Some(tls) => crate::session::server()
                         .tls_config(tls.server()?)
                         .context("bad TLS configuration")?
                         .add_service(service.clone()),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use hyper_util::rt::TokioIo;
 use tokio::io::DuplexStream;
 use tokio::sync::Notify;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::session::SessionHeaders;
 
@@ -79,7 +79,7 @@ impl Sessions {
 /// A gRPC channel over the tunnel's byte connection (HTTP/2 with prior knowledge).
 async fn connect(io: DuplexStream) -> anyhow::Result<Channel> {
     let slot = Arc::new(Mutex::new(Some(io)));
-    let channel = Endpoint::from_static("http://session")
+    let channel = crate::session::endpoint("http://session".into())?
         .connect_with_connector(tower::service_fn(move |_| {
             let io = slot.lock().unwrap().take();
             async move {

@@ -318,26 +318,25 @@ fn exporter_response(done: &BuildResult, exporters: &[Exporter]) -> HashMap<Stri
     response
 }
 
-/// A failed build as one message: the cause, then the Dockerfile lines it points at.
+/// A failed build as one message: the cause, then the Dockerfile lines it points at
+/// (after the step's name, for a failed step).
 fn describe_failure(err: BuildError, dockerfile: &[u8]) -> String {
-    match err {
-        BuildError::Frontend(err) => err.render("Dockerfile", dockerfile),
+    let snippet = |location: Option<kiln_frontend::Location>| {
+        location.map_or(String::new(), |l| l.snippet("Dockerfile", dockerfile))
+    };
+    let text = match err {
+        BuildError::Frontend(err) => format!("{err}\n\n{}", snippet(err.location)),
         BuildError::Step {
             description,
             location,
             error,
         } => {
-            let snippet = location
-                .map(|(start, end)| {
-                    kiln_frontend::Location::lines(start, end).snippet("Dockerfile", dockerfile)
-                })
-                .unwrap_or_default();
-            format!("{error:#}\n\n > {description}:\n{snippet}")
-                .trim_end()
-                .to_string()
+            let location = location.map(|(start, end)| kiln_frontend::Location::lines(start, end));
+            format!("{error:#}\n\n > {description}:\n{}", snippet(location))
         }
         BuildError::Other(err) => format!("{err:#}"),
-    }
+    };
+    text.trim_end().to_string()
 }
 
 impl Daemon {

@@ -58,6 +58,9 @@ async fn receive_inner(
     outgoing: &mpsc::Sender<Packet>,
 ) -> Result<ReceiveStats> {
     let mut stats = ReceiveStats::default();
+    // What the directory holds is read while the sender lists its files.
+    let root = dest.to_path_buf();
+    let scanning = tokio::task::spawn_blocking(move || scan(&root));
     let mut entries = Vec::new();
     let mut kinds: HashMap<String, u32> = HashMap::new();
     loop {
@@ -80,9 +83,10 @@ async fn receive_inner(
         }
     }
     stats.entries = entries.len() as u64;
+    let existing = scanning.await.context("the transfer stopped")??;
     let root = dest.to_path_buf();
     let (entries, wanted) = tokio::task::spawn_blocking(move || {
-        let wanted = apply_metadata(&root, &entries)?;
+        let wanted = apply_metadata(&root, &entries, &existing)?;
         anyhow::Ok((entries, wanted))
     })
     .await
@@ -193,15 +197,26 @@ fn check_path(path: &str, kinds: &HashMap<String, u32>) -> Result<String> {
 
 /// Deletes what the sender does not have, makes directories and symlinks, and returns
 /// the IDs of the regular files whose data must be asked for.
-fn apply_metadata(root: &Path, entries: &[Entry]) -> Result<HashSet<u32>> {
-    fs::create_dir_all(root).with_context(|| format!("cannot create {}", root.display()))?;
+fn apply_metadata(
+    root: &Path,
+    entries: &[Entry],
+    existing: &HashMap<String, fs::Metadata>,
+) -> Result<HashSet<u32>> {
     let listed: HashSet<&str> = entries.iter().map(|e| e.rel.as_str()).collect();
-    remove_unlisted(root, "", &listed)?;
+    let mut unlisted: Vec<&String> = existing
+        .keys()
+        .filter(|rel| !listed.contains(rel.as_str()))
+        .collect();
+    // Parents first: removing a directory takes what it holds.
+    unlisted.sort();
+    for rel in unlisted {
+        remove(&root.join(rel))?;
+    }
     let mut wanted = HashSet::new();
     for entry in entries {
         let target = root.join(&entry.rel);
         let mode = to_unix_mode(entry.stat.mode);
-        let existing = fs::symlink_metadata(&target).ok();
+        let existing = existing.get(&entry.rel);
         let same_kind = existing
             .as_ref()
             .is_some_and(|m| m.mode() & 0o170_000 == mode & 0o170_000);
@@ -250,27 +265,34 @@ fn apply_metadata(root: &Path, entries: &[Entry]) -> Result<HashSet<u32>> {
     Ok(wanted)
 }
 
-/// Deletes everything under `root/below` that is not listed.
-fn remove_unlisted(root: &Path, below: &str, listed: &HashSet<&str>) -> Result<()> {
-    let dir = root.join(below);
-    for entry in fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))? {
-        let entry = entry?;
-        let name = entry.file_name();
-        let rel = match (below, name.to_str()) {
-            (_, None) => {
+/// Everything under `root` (created if missing), by relative path, as `lstat` sees it;
+/// names that are not UTF-8 (which no sender lists) are deleted on the way.
+fn scan(root: &Path) -> Result<HashMap<String, fs::Metadata>> {
+    fn walk(dir: &Path, below: &str, found: &mut HashMap<String, fs::Metadata>) -> Result<()> {
+        for entry in fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+            let entry = entry?;
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
                 remove(&entry.path())?;
                 continue;
+            };
+            let rel = if below.is_empty() {
+                name
+            } else {
+                format!("{below}/{name}")
+            };
+            // Relative to the directory's descriptor: no path walk per file.
+            let meta = entry.metadata()?;
+            if meta.is_dir() {
+                walk(&entry.path(), &rel, found)?;
             }
-            ("", Some(name)) => name.to_string(),
-            (below, Some(name)) => format!("{below}/{name}"),
-        };
-        if !listed.contains(rel.as_str()) {
-            remove(&entry.path())?;
-        } else if entry.file_type()?.is_dir() {
-            remove_unlisted(root, &rel, listed)?;
+            found.insert(rel, meta);
         }
+        Ok(())
     }
-    Ok(())
+    fs::create_dir_all(root).with_context(|| format!("cannot create {}", root.display()))?;
+    let mut found = HashMap::new();
+    walk(root, "", &mut found)?;
+    Ok(found)
 }
 
 fn remove(path: &Path) -> Result<()> {

@@ -15,6 +15,9 @@ use super::{error_packet, from_unix_mode, packet};
 use crate::fsutil::packet::PacketType;
 use crate::fsutil::{Packet, Stat};
 
+/// Entries the walk hands over at a time.
+const BATCH: usize = 256;
+
 /// Bytes of file content per `DATA` packet.
 const CHUNK: usize = 64 * 1024;
 
@@ -50,23 +53,39 @@ async fn send_inner(
     mut incoming: impl Stream<Item = Result<Packet, tonic::Status>> + Unpin,
     outgoing: &mpsc::Sender<Packet>,
 ) -> Result<()> {
+    // The walk streams its entries, which go out while it goes on.
     let root = dir.to_path_buf();
     let selection = selection.clone();
-    let entries = tokio::task::spawn_blocking(move || walk(&root, &selection))
-        .await
-        .context("the directory walk stopped")??;
+    let (found, mut batches) = mpsc::channel::<Vec<(Stat, PathBuf)>>(16);
+    let walking = tokio::task::spawn_blocking(move || {
+        let stopped = || anyhow::anyhow!("the transfer stopped");
+        let mut batch = Vec::with_capacity(BATCH);
+        walk(&root, &selection, &mut |entry| {
+            batch.push(entry);
+            if batch.len() == BATCH {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                found.blocking_send(full).map_err(|_| stopped())?;
+            }
+            Ok(())
+        })?;
+        found.blocking_send(batch).map_err(|_| stopped())
+    });
     let lost = || anyhow::anyhow!("the receiver hung up");
     let mut files: HashMap<u32, PathBuf> = HashMap::new();
-    for (id, (stat, host)) in entries.into_iter().enumerate() {
-        let id = u32::try_from(id).context("too many files")?;
-        if stat.mode & GO_TYPE_BITS == 0 {
-            files.insert(id, host);
+    let mut id: u32 = 0;
+    while let Some(batch) = batches.recv().await {
+        for (stat, host) in batch {
+            if stat.mode & GO_TYPE_BITS == 0 {
+                files.insert(id, host);
+            }
+            id = id.checked_add(1).context("too many files")?;
+            outgoing
+                .send(packet(PacketType::PacketStat, 0, Vec::new(), Some(stat)))
+                .await
+                .map_err(|_| lost())?;
         }
-        outgoing
-            .send(packet(PacketType::PacketStat, 0, Vec::new(), Some(stat)))
-            .await
-            .map_err(|_| lost())?;
     }
+    walking.await.context("the directory walk stopped")??;
     outgoing
         .send(packet(PacketType::PacketStat, 0, Vec::new(), None))
         .await
@@ -121,65 +140,125 @@ async fn send_file(id: u32, host: &Path, outgoing: &mpsc::Sender<Packet>) -> Res
     }
 }
 
-/// Every selected entry below `root`, parents first and names in byte order, with its
-/// stat as fsutil describes it and its path on this machine.
-pub(crate) fn walk(root: &Path, selection: &Selection) -> Result<Vec<(Stat, PathBuf)>> {
+/// Where the walk puts what it selects.
+type Emit<'a> = dyn FnMut((Stat, PathBuf)) -> Result<()> + 'a;
+
+/// Hands `emit` every selected entry below `root`, parents first and names in byte order,
+/// with its stat as fsutil describes it and its path on this machine.
+pub(crate) fn walk(root: &Path, selection: &Selection, emit: &mut Emit<'_>) -> Result<()> {
     let excludes = PatternMatcher::new(&selection.excludes).context("bad exclude pattern")?;
     let includes = PatternMatcher::new(&selection.includes).context("bad include pattern")?;
-    let mut out = Vec::new();
-    let mut inodes: HashMap<(u64, u64), String> = HashMap::new();
-    walk_dir(root, "", &excludes, &includes, &mut inodes, &mut out)?;
-    Ok(out)
+    let mut walker = Walker {
+        excludes: &excludes,
+        includes: &includes,
+        inodes: HashMap::new(),
+        pending: Vec::new(),
+        emit,
+    };
+    walker.walk_dir(root, "")
 }
 
-fn walk_dir(
-    host: &Path,
-    below: &str,
-    excludes: &PatternMatcher,
-    includes: &PatternMatcher,
-    inodes: &mut HashMap<(u64, u64), String>,
-    out: &mut Vec<(Stat, PathBuf)>,
-) -> Result<bool> {
-    let mut names: Vec<_> = std::fs::read_dir(host)
-        .with_context(|| format!("cannot read {}", host.display()))?
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<Result<_, _>>()?;
-    names.sort_by(|a, b| a.as_encoded_bytes().cmp(b.as_encoded_bytes()));
-    let mut any = false;
-    for name in names {
-        let Some(name) = name.to_str() else {
-            bail!("{}: a file name that is not UTF-8", host.display());
-        };
-        let rel = if below.is_empty() {
-            name.to_string()
-        } else {
-            format!("{below}/{name}")
-        };
-        let path = host.join(name);
-        let meta = std::fs::symlink_metadata(&path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        let excluded = excludes.matches_or_parent_matches(&rel);
-        if excluded && !(meta.is_dir() && excludes.exclusions()) {
-            continue;
+/// The state of one walk.
+struct Walker<'a, 'e> {
+    excludes: &'a PatternMatcher,
+    includes: &'a PatternMatcher,
+    /// First names of multiply linked files, by (device, inode).
+    inodes: HashMap<(u64, u64), String>,
+    /// Directories that are themselves left out, held back until something inside them
+    /// is selected (they are then the way to it), outermost first.
+    pending: Vec<(Stat, PathBuf)>,
+    emit: &'a mut Emit<'e>,
+}
+
+impl Walker<'_, '_> {
+    /// Emits `entry`, after the held-back directories that lead to it.
+    fn select(&mut self, entry: (Stat, PathBuf)) -> Result<()> {
+        for parent in std::mem::take(&mut self.pending) {
+            (self.emit)(parent)?;
         }
-        let included = includes.patterns().is_empty() || includes.matches_or_parent_matches(&rel);
-        let stat = stat_of(&path, &rel, &meta, inodes)?;
-        if meta.is_dir() {
-            let at = out.len();
-            out.push((stat, path.clone()));
-            let inside = walk_dir(&path, &rel, excludes, includes, inodes, out)?;
-            // A directory that is itself left out stays only as the way to what is not.
-            if (excluded || !included) && !inside {
-                out.truncate(at);
+        (self.emit)(entry)
+    }
+
+    fn walk_dir(&mut self, host: &Path, below: &str) -> Result<()> {
+        let mut dir_entries: Vec<std::fs::DirEntry> = std::fs::read_dir(host)
+            .with_context(|| format!("cannot read {}", host.display()))?
+            .collect::<Result<_, _>>()?;
+        dir_entries.sort_by(|a, b| {
+            a.file_name()
+                .as_encoded_bytes()
+                .cmp(b.file_name().as_encoded_bytes())
+        });
+        for dir_entry in dir_entries {
+            let file_name = dir_entry.file_name();
+            let Some(name) = file_name.to_str() else {
+                bail!("{}: a file name that is not UTF-8", host.display());
+            };
+            let rel = if below.is_empty() {
+                name.to_string()
+            } else {
+                format!("{below}/{name}")
+            };
+            let path = host.join(name);
+            // The type comes with the directory entry: what is left out costs no stat.
+            let is_dir = dir_entry
+                .file_type()
+                .with_context(|| format!("cannot read {}", path.display()))?
+                .is_dir();
+            let excluded = self.excludes.matches_or_parent_matches(&rel);
+            if excluded && !(is_dir && self.excludes.exclusions()) {
                 continue;
             }
-            any = true;
-        } else if included {
-            out.push((stat, path));
-            any = true;
+            let included = self.includes.patterns().is_empty()
+                || self.includes.matches_or_parent_matches(&rel);
+            let leads_to_included = is_dir && may_include_below(self.includes, &rel);
+            if !(included || leads_to_included) {
+                continue;
+            }
+            // Relative to the directory's descriptor: no path walk per file.
+            let meta = dir_entry
+                .metadata()
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let stat = stat_of(&path, &rel, &meta, &mut self.inodes)?;
+            if !meta.is_dir() {
+                if included {
+                    self.select((stat, path))?;
+                }
+                continue;
+            }
+            let held_back = excluded || !included;
+            let depth = self.pending.len();
+            if held_back {
+                self.pending.push((stat, path.clone()));
+            } else {
+                self.select((stat, path.clone()))?;
+            }
+            self.walk_dir(&path, &rel)?;
+            // Nothing inside was selected: the directory stays out.
+            self.pending.truncate(depth);
         }
+        Ok(())
     }
-    Ok(any)
+}
+
+/// Whether an include pattern could match something below the directory `rel` (each of
+/// its components either names the same as `rel`'s or holds a wildcard).
+fn may_include_below(includes: &PatternMatcher, rel: &str) -> bool {
+    let wild = |part: &str| part.contains(['*', '?', '[', '\\']);
+    includes
+        .patterns()
+        .iter()
+        .filter(|p| !p.is_exclusion())
+        .any(|pattern| {
+            let mut parts = pattern.as_str().split('/');
+            for dir in rel.split('/') {
+                match parts.next() {
+                    Some(part) if wild(part) => return true,
+                    Some(part) if part == dir => {}
+                    _ => return false,
+                }
+            }
+            parts.next().is_some()
+        })
 }
 
 fn stat_of(

@@ -101,11 +101,13 @@ async fn includes_send_only_what_they_name_and_the_way_there() {
 }
 
 fn walk_names(root: &Path) -> Vec<String> {
-    send::walk(root, &Selection::default())
-        .unwrap()
-        .into_iter()
-        .map(|(stat, _)| stat.path)
-        .collect()
+    let mut names = Vec::new();
+    send::walk(root, &Selection::default(), &mut |(stat, _)| {
+        names.push(stat.path);
+        Ok(())
+    })
+    .unwrap();
+    names
 }
 
 #[tokio::test]

@@ -241,17 +241,17 @@ impl Walker<'_> {
     /// Adds the contents of `host` (at `below` under the copied source) to
     /// `items`, placing them under `dest`.
     fn walk(&self, host: &Path, dest: &str, below: &str, items: &mut Vec<Item>) -> Result<()> {
-        let mut names: Vec<_> = fs::read_dir(host)
+        let mut entries: Vec<fs::DirEntry> = fs::read_dir(host)
             .with_context(|| format!("cannot read {}", host.display()))?
-            .map(|e| e.map(|e| e.file_name()))
             .collect::<Result<_, _>>()?;
-        names.sort();
-        for name in names {
-            let name = name.to_string_lossy().into_owned();
+        entries.sort_by_key(fs::DirEntry::file_name);
+        for entry in entries {
+            let name = entry.file_name().to_string_lossy().into_owned();
             let sub = join_rel(below, &name);
             let rel = join_rel(self.top, &sub);
             let child = host.join(&name);
-            let meta = fs::symlink_metadata(&child)?;
+            // Relative to the directory's descriptor: no path walk per file.
+            let meta = entry.metadata()?;
             let ignored = self
                 .tree
                 .ignore
