@@ -61,26 +61,34 @@ async fn read_dockerfile(
         .unwrap_or("context");
     let scratch = daemon.scratch()?;
     let ignore_name = format!("{filename}.dockerignore");
-    let into = scratch.path().join("dockerfile");
-    sync_dir(
-        session,
-        dockerfile_dir,
-        &[],
-        &[filename.to_string(), ignore_name.clone()],
-        &into,
-    )
-    .await?;
-    let dockerfile = tokio::fs::read(into.join(filename))
+    let dockerfile_copy = scratch.path().join("dockerfile");
+    let context_copy = scratch.path().join("context");
+    // Both at once: the context's .dockerignore is wanted unless the Dockerfile has its own.
+    let dockerfile_patterns = [filename.to_string(), ignore_name.clone()];
+    let context_patterns = [".dockerignore".to_string()];
+    let (from_dockerfile_dir, from_context) = tokio::join!(
+        sync_dir(
+            session,
+            dockerfile_dir,
+            &[],
+            &dockerfile_patterns,
+            &dockerfile_copy
+        ),
+        sync_dir(session, context_dir, &[], &context_patterns, &context_copy),
+    );
+    from_dockerfile_dir?;
+    let dockerfile = tokio::fs::read(dockerfile_copy.join(filename))
         .await
         .map_err(|err| anyhow!("failed to read dockerfile: open {filename}: {err}"))?;
-    if let Ok(ignore) = tokio::fs::read(into.join(&ignore_name)).await {
+    if let Ok(ignore) = tokio::fs::read(dockerfile_copy.join(&ignore_name)).await {
         return Ok((dockerfile, Some(ignore)));
     }
-    let into = scratch.path().join("context");
-    sync_dir(session, context_dir, &[], &[".dockerignore".into()], &into).await?;
+    from_context?;
     Ok((
         dockerfile,
-        tokio::fs::read(into.join(".dockerignore")).await.ok(),
+        tokio::fs::read(context_copy.join(".dockerignore"))
+            .await
+            .ok(),
     ))
 }
 
