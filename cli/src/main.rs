@@ -61,6 +61,7 @@ fn main() -> ExitCode {
     let state = StateDir::new(cli.root.unwrap_or_else(StateDir::default_root));
     let registry = kiln_registry::RegistryOptions {
         insecure_registries: cli.insecure_registries,
+        credentials: None,
     };
     let result = match cli.command {
         Command::Build(args) => commands::build::run(&state, &registry, *args),

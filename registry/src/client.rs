@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use kiln_image::{DOCKER_HUB, Reference};
 
-use crate::credentials::credential_for;
+use crate::credentials::{CredentialSource, credential_for};
 use reqwest::StatusCode;
 use reqwest::blocking::{Client, RequestBuilder, Response};
 use reqwest::header::{AUTHORIZATION, WWW_AUTHENTICATE};
@@ -20,6 +20,8 @@ pub struct RegistryOptions {
     /// Hosts (`host:port`) spoken to over plain HTTP besides loopback ones
     /// (`--insecure-registry`).
     pub insecure_registries: Vec<String>,
+    /// Where credentials come from; `None` for docker's configuration on this machine.
+    pub credentials: Option<std::sync::Arc<dyn CredentialSource>>,
 }
 
 /// What a repository is accessed for: the scope of a bearer token.
@@ -126,6 +128,14 @@ impl RegistryClient {
         Ok(response)
     }
 
+    /// The stored credentials for `domain`.
+    fn credential_for(&self, domain: &str) -> Option<(String, String)> {
+        match &self.options.credentials {
+            Some(source) => source.credential_for(domain),
+            None => credential_for(domain),
+        }
+    }
+
     /// The `Authorization` header that answers `challenge` for `access` to `reference`'s
     /// repository, with the stored credentials.
     fn authorize(&self, reference: &Reference, access: Access, challenge: &str) -> Result<String> {
@@ -134,7 +144,7 @@ impl RegistryClient {
             &reference.domain,
             challenge,
             Some(&scope),
-            credential_for(&reference.domain).as_ref(),
+            self.credential_for(&reference.domain).as_ref(),
         )
         .map_err(|err| match err {
             Refusal::NeedsLogin => anyhow::anyhow!(

@@ -12,9 +12,13 @@ use kiln_image::DOCKER_HUB;
 
 use crate::client::base64_encode;
 
+/// Docker Hub's registry host, as BuildKit names it when it asks a client for
+/// credentials.
+pub const DOCKER_HUB_REGISTRY: &str = "registry-1.docker.io";
+
 /// The key docker files `domain`'s credentials under (Docker Hub has its historic one).
 fn config_key(domain: &str) -> &str {
-    if domain == DOCKER_HUB {
+    if domain == DOCKER_HUB || domain == DOCKER_HUB_REGISTRY {
         "https://index.docker.io/v1/"
     } else {
         domain
@@ -29,6 +33,13 @@ pub fn credential_for(domain: &str) -> Option<(String, String)> {
         }
         _ => None,
     }
+}
+
+/// Where a client's registry credentials come from: docker's configuration on this
+/// machine, or (for a remote builder) the client of the build, asked through its session.
+pub trait CredentialSource: Send + Sync + std::fmt::Debug {
+    /// The user name and password for registry `domain`, if any.
+    fn credential_for(&self, domain: &str) -> Option<(String, String)>;
 }
 
 /// `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`.

@@ -405,6 +405,66 @@ fn sigterm_cancels_running_builds_and_stops_the_daemon_cleanly() {
     assert!(!out.status.success(), "the interrupted build succeeded");
 }
 
+/// The daemon pulls and pushes with the client's registry credentials, asked for through
+/// the session, and never with its own.
+#[test]
+fn registry_credentials_come_from_the_client() {
+    let archives = busybox_archives();
+    let registry = kiln_tests::registry::Registry::start(Some(("kiln", "secret")));
+    let host = registry.host.clone();
+    run(
+        Command::new("skopeo")
+            .args([
+                "copy",
+                "-q",
+                "--dest-tls-verify=false",
+                "--dest-creds",
+                "kiln:secret",
+            ])
+            .arg(format!("oci-archive:{}", archives.oci.display()))
+            .arg(format!("docker://{host}/busybox:1")),
+        true,
+    );
+    let daemon = Daemon::start(&archives, &[]);
+    let context = tempfile::tempdir().unwrap();
+    fs::write(
+        context.path().join("Dockerfile"),
+        format!("FROM {host}/busybox:1\nRUN echo pulled > /pulled\n"),
+    )
+    .unwrap();
+    let build = |docker_config: &Path| {
+        kiln()
+            .env("DOCKER_CONFIG", docker_config)
+            .args(["build", "--progress", "plain", "--builder", &daemon.address])
+            .args(["-t", &format!("{host}/app:1"), "--push"])
+            .arg(context.path())
+            .output()
+            .unwrap()
+    };
+    let anonymous = tempfile::tempdir().unwrap();
+    let refused = build(anonymous.path());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(stderr.contains("needs a login"), "{stderr}");
+
+    let logged_in = tempfile::tempdir().unwrap();
+    let auth = "a2lsbjpzZWNyZXQ="; // base64("kiln:secret")
+    fs::write(
+        logged_in.path().join("config.json"),
+        format!(r#"{{"auths":{{"{host}":{{"auth":"{auth}"}}}}}}"#),
+    )
+    .unwrap();
+    ok(&build(logged_in.path()));
+    let inspected = run(
+        Command::new("skopeo")
+            .args(["inspect", "--tls-verify=false", "--creds", "kiln:secret"])
+            .arg(format!("docker://{host}/app:1")),
+        true,
+    );
+    let inspected: serde_json::Value = serde_json::from_slice(&inspected.stdout).unwrap();
+    assert_eq!(inspected["Layers"].as_array().unwrap().len(), 2);
+}
+
 #[test]
 fn a_daemon_refuses_to_listen_unauthenticated_beyond_loopback() {
     let root = tempfile::tempdir().unwrap();

@@ -145,6 +145,42 @@ impl LocalSources for SessionSources {
     }
 }
 
+const AUTH: &str = "/moby.filesync.v1.Auth/Credentials";
+
+/// Registry credentials from the build's client (its docker configuration), asked for
+/// through its session: a shared builder never lends its own to a client's build.
+#[derive(Debug)]
+pub struct SessionCredentials {
+    /// The runtime that serves the session (registries are spoken to from build threads).
+    pub handle: Handle,
+    /// The client.
+    pub session: Arc<Session>,
+}
+
+impl kiln_registry::credentials::CredentialSource for SessionCredentials {
+    fn credential_for(&self, domain: &str) -> Option<(String, String)> {
+        if !self.session.serves(AUTH) {
+            return None;
+        }
+        // BuildKit's name for Docker Hub's registry, which clients know.
+        let host = if domain == kiln_image::DOCKER_HUB {
+            kiln_registry::credentials::DOCKER_HUB_REGISTRY
+        } else {
+            domain
+        };
+        let request = crate::filesync::CredentialsRequest {
+            host: host.to_string(),
+        };
+        let answer = self.handle.block_on(
+            crate::filesync::auth_client::AuthClient::new(self.session.channel.clone())
+                .credentials(request),
+        );
+        let answer = answer.ok()?.into_inner();
+        (!answer.username.is_empty() || !answer.secret.is_empty())
+            .then_some((answer.username, answer.secret))
+    }
+}
+
 /// An output that goes to the client: its exporter's index in the solve request names
 /// the client's target.
 pub struct SessionTarget {

@@ -17,7 +17,7 @@ use kiln_worker::layer::LayerCompression;
 use tokio::runtime::Handle;
 
 use super::Daemon;
-use super::files::{SessionSources, SessionTarget, sync_dir};
+use super::files::{SessionCredentials, SessionSources, SessionTarget, sync_dir};
 use super::sessions::Session;
 use crate::control::{Exporter, SolveRequest};
 
@@ -287,7 +287,13 @@ pub async fn solve(
         source_date_epoch,
         pull: attrs.get("image-resolve-mode").is_some_and(|m| m == "pull"),
         push: false,
-        registry: daemon.options.registry.clone(),
+        registry: kiln_registry::RegistryOptions {
+            credentials: Some(Arc::new(SessionCredentials {
+                handle: handle.clone(),
+                session: Arc::clone(&session),
+            })),
+            ..daemon.options.registry.clone()
+        },
         entitlements,
     };
     let state = daemon.state.clone();
