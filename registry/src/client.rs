@@ -433,6 +433,7 @@ mod tests {
     fn loopback_hosts_speak_plain_http() {
         let client = RegistryClient::new(RegistryOptions {
             insecure_registries: vec!["registry.lan:5000".into()],
+            credentials: None,
         })
         .unwrap();
         assert_eq!(
