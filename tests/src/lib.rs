@@ -194,3 +194,49 @@ pub fn serve_http(files: Vec<(&'static str, Vec<u8>)>) -> String {
         },
     )
 }
+
+/// Standard base64 (with padding), as docker stores a login and as basic auth sends it.
+pub fn base64(text: &str) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in text.as_bytes().chunks(3) {
+        let bytes = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = u32::from(bytes[0]) << 16 | u32::from(bytes[1]) << 8 | u32::from(bytes[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A docker configuration directory (for `DOCKER_CONFIG`) in which `docker login` would
+/// have stored `user` and `password` for `host`.
+pub fn docker_config_with_login(host: &str, user: &str, password: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let auth = base64(&format!("{user}:{password}"));
+    std::fs::write(
+        dir.path().join("config.json"),
+        format!(r#"{{"auths":{{"{host}":{{"auth":"{auth}"}}}}}}"#),
+    )
+    .expect("write config.json");
+    dir
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_is_the_standard_one() {
+        assert_eq!(super::base64("kiln:secret"), "a2lsbjpzZWNyZXQ=");
+        assert_eq!(super::base64("kiln:pw"), "a2lsbjpwdw==");
+        assert_eq!(super::base64("abc"), "YWJj");
+        assert_eq!(super::base64(""), "");
+    }
+}

@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 
 use kiln_tests::oci_schema::OciSchemas;
 use kiln_tests::registry::Registry;
-use kiln_tests::{busybox_archives, kiln, run};
+use kiln_tests::{busybox_archives, docker_config_with_login, kiln, run};
 
 /// Puts the busybox test image into `registry` as `busybox:1`, with skopeo; returns the
 /// digest of its one layer.
@@ -190,13 +190,7 @@ fn basic_auth_uses_docker_config_and_names_what_failed() {
     );
 
     // A hand-written config.json with a wrong password.
-    let wrong = tempfile::tempdir().unwrap();
-    let auth = kiln_registry_base64("kiln:nope");
-    fs::write(
-        wrong.path().join("config.json"),
-        format!(r#"{{"auths":{{"{host}":{{"auth":"{auth}"}}}}}}"#),
-    )
-    .unwrap();
+    let wrong = docker_config_with_login(host, "kiln", "nope");
     let out = build(root.path(), context.path(), &[], Some(wrong.path()));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
@@ -329,17 +323,6 @@ fn registry_failures_name_the_reference_and_the_cause() {
     run(kiln().arg("--root").arg(root.path()).arg("images"), true);
 }
 
-/// Standard base64, for a config.json `auth` field.
-fn kiln_registry_base64(text: &str) -> String {
-    let out = run(
-        Command::new("sh")
-            .arg("-c")
-            .arg(format!("printf %s '{text}' | base64 -w0")),
-        true,
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 #[test]
 fn a_corrupt_blob_is_refused_and_nothing_is_named() {
     // A registry that serves a layer whose bytes do not match its digest.
@@ -450,7 +433,7 @@ fn bearer_tokens_and_the_platform_of_an_index() {
     let base: Arc<OnceLock<String>> = Arc::default();
     let fetched: Arc<Mutex<Vec<String>>> = Arc::default();
     let (base_in, fetched_in) = (Arc::clone(&base), Arc::clone(&fetched));
-    let good = format!("Basic {}", kiln_registry_base64("kiln:pw"));
+    let good = format!("Basic {}", kiln_tests::base64("kiln:pw"));
     let url = kiln_tests::serve(move |request| {
         let target = request.target.as_str();
         if target.starts_with("/token?") {
@@ -493,15 +476,7 @@ fn bearer_tokens_and_the_platform_of_an_index() {
     base.set(url.clone()).unwrap();
     let host = url.trim_start_matches("http://").to_string();
 
-    let docker_config = tempfile::tempdir().unwrap();
-    fs::write(
-        docker_config.path().join("config.json"),
-        format!(
-            r#"{{"auths":{{"{host}":{{"auth":"{}"}}}}}}"#,
-            kiln_registry_base64("kiln:pw")
-        ),
-    )
-    .unwrap();
+    let docker_config = docker_config_with_login(&host, "kiln", "pw");
     let root = tempfile::tempdir().unwrap();
     let out = run(
         kiln()
@@ -615,15 +590,7 @@ fn credentials_never_go_to_a_plain_http_token_service_elsewhere() {
         )
     });
     let host = registry.trim_start_matches("http://").to_string();
-    let docker_config = tempfile::tempdir().unwrap();
-    fs::write(
-        docker_config.path().join("config.json"),
-        format!(
-            r#"{{"auths":{{"{host}":{{"auth":"{}"}}}}}}"#,
-            kiln_registry_base64("kiln:secret-password")
-        ),
-    )
-    .unwrap();
+    let docker_config = docker_config_with_login(&host, "kiln", "secret-password");
     let root = tempfile::tempdir().unwrap();
     let out = run(
         kiln()

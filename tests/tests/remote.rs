@@ -310,37 +310,43 @@ fn running(cmdline: &[u8]) -> bool {
         .any(|c| c == cmdline)
 }
 
-#[test]
-fn an_interrupted_client_cancels_its_build() {
-    let daemon = Daemon::start(&busybox_archives(), &[]);
+/// Starts a remote build whose one step is `sleep SECONDS` (a number no other test uses,
+/// to find the process among the host's) and waits until that step runs; returns the
+/// client, the step's command line, and its context.
+fn start_long_build(daemon: &Daemon, seconds: u32) -> (Child, Vec<u8>, tempfile::TempDir) {
     let context = tempfile::tempdir().unwrap();
-    // A sleep no other test runs, to find it among the host's processes.
-    let nap = "sleep 987";
     fs::write(
         context.path().join("Dockerfile"),
-        format!("FROM busybox:1\nRUN {nap}\n"),
+        format!("FROM busybox:1\nRUN sleep {seconds}\n"),
     )
     .unwrap();
-    let cmdline = b"sleep\0987\0";
-    let mut client = kiln()
+    let cmdline = format!("sleep\0{seconds}\0").into_bytes();
+    let client = kiln()
         .args(["build", "--progress", "plain", "--builder", &daemon.address])
         .arg(context.path())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let started = Instant::now();
-    while !running(cmdline) {
+    while !running(&cmdline) {
         assert!(
             started.elapsed() < Duration::from_secs(20),
             "the step never started"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    (client, cmdline, context)
+}
+
+#[test]
+fn an_interrupted_client_cancels_its_build() {
+    let daemon = Daemon::start(&busybox_archives(), &[]);
+    let (mut client, cmdline, context) = start_long_build(&daemon, 987);
     client.kill().unwrap();
     client.wait().unwrap();
     let killed = Instant::now();
-    while running(cmdline) {
+    while running(&cmdline) {
         assert!(
             killed.elapsed() < Duration::from_secs(5),
             "the step outlived its client"
@@ -359,28 +365,7 @@ fn an_interrupted_client_cancels_its_build() {
 #[test]
 fn sigterm_cancels_running_builds_and_stops_the_daemon_cleanly() {
     let mut daemon = Daemon::start(&busybox_archives(), &[]);
-    let context = tempfile::tempdir().unwrap();
-    fs::write(
-        context.path().join("Dockerfile"),
-        "FROM busybox:1\nRUN sleep 986\n",
-    )
-    .unwrap();
-    let cmdline = b"sleep\0986\0";
-    let client = kiln()
-        .args(["build", "--progress", "plain", "--builder", &daemon.address])
-        .arg(context.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while !running(cmdline) {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "the step never started"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (client, cmdline, _context) = start_long_build(&daemon, 986);
     rustix::process::kill_process(
         rustix::process::Pid::from_child(&daemon.child),
         rustix::process::Signal::TERM,
@@ -398,7 +383,7 @@ fn sigterm_cancels_running_builds_and_stops_the_daemon_cleanly() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "the daemon exited with {status}");
-    assert!(!running(cmdline), "the step outlived the daemon");
+    assert!(!running(&cmdline), "the step outlived the daemon");
     let socket = daemon.address.trim_start_matches("unix://");
     assert!(!Path::new(socket).exists(), "the socket stayed behind");
     let out = client.wait_with_output().unwrap();
@@ -447,13 +432,7 @@ fn registry_credentials_come_from_the_client() {
     assert!(!refused.status.success());
     assert!(stderr.contains("needs a login"), "{stderr}");
 
-    let logged_in = tempfile::tempdir().unwrap();
-    let auth = "a2lsbjpzZWNyZXQ="; // base64("kiln:secret")
-    fs::write(
-        logged_in.path().join("config.json"),
-        format!(r#"{{"auths":{{"{host}":{{"auth":"{auth}"}}}}}}"#),
-    )
-    .unwrap();
+    let logged_in = kiln_tests::docker_config_with_login(&host, "kiln", "secret");
     ok(&build(logged_in.path()));
     let inspected = run(
         Command::new("skopeo")

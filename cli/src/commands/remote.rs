@@ -15,6 +15,31 @@ use kiln_worker::layer::LayerCompression;
 use super::build::BuildArgs;
 use crate::progress::Progress;
 
+/// Mutual TLS files, as BuildKit's daemon and clients take them.
+#[derive(Args, Clone, Debug, Default)]
+pub struct TlsArgs {
+    /// The CA that signs the other side's certificates (mutual TLS over TCP).
+    #[arg(long, value_name = "FILE", requires_all = ["tlscert", "tlskey"])]
+    tlscacert: Option<PathBuf>,
+    /// This side's certificate.
+    #[arg(long, value_name = "FILE", requires = "tlscacert")]
+    tlscert: Option<PathBuf>,
+    /// This side's private key.
+    #[arg(long, value_name = "FILE", requires = "tlscacert")]
+    tlskey: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The files, when given.
+    pub fn files(&self) -> Option<TlsFiles> {
+        Some(TlsFiles {
+            ca: self.tlscacert.clone()?,
+            cert: self.tlscert.clone()?,
+            key: self.tlskey.clone()?,
+        })
+    }
+}
+
 /// Which remote builder to use, and how to authenticate to it over TCP.
 #[derive(Args, Clone, Debug, Default)]
 pub struct BuilderArgs {
@@ -22,15 +47,9 @@ pub struct BuilderArgs {
     /// `tcp://HOST:PORT` [default: $BUILDKIT_HOST].
     #[arg(long, env = "BUILDKIT_HOST", value_name = "ADDR")]
     pub builder: Option<String>,
-    /// The CA that signed the builder's certificate (mutual TLS over TCP).
-    #[arg(long, value_name = "FILE", requires_all = ["tlscert", "tlskey"])]
-    tlscacert: Option<PathBuf>,
-    /// This client's certificate.
-    #[arg(long, value_name = "FILE", requires = "tlscacert")]
-    tlscert: Option<PathBuf>,
-    /// This client's private key.
-    #[arg(long, value_name = "FILE", requires = "tlscacert")]
-    tlskey: Option<PathBuf>,
+    /// The client's side of mutual TLS.
+    #[command(flatten)]
+    tls: TlsArgs,
     /// The name the builder's certificate carries, if not the address's host.
     #[arg(long, value_name = "NAME")]
     tlsservername: Option<String>,
@@ -40,11 +59,7 @@ impl BuilderArgs {
     /// The client's TLS settings, when certificates are given.
     pub fn tls(&self) -> Option<ClientTls> {
         Some(ClientTls {
-            files: TlsFiles {
-                ca: self.tlscacert.clone()?,
-                cert: self.tlscert.clone()?,
-                key: self.tlskey.clone()?,
-            },
+            files: self.tls.files()?,
             server_name: self.tlsservername.clone(),
         })
     }

@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use clap::Args;
 use kiln_api::server::{Address, Daemon, DaemonOptions, ListenOptions, serve};
-use kiln_api::tls::TlsFiles;
 use kiln_cache::StateDir;
 use kiln_engine::Entitlement;
 use kiln_registry::RegistryOptions;
 
+use super::remote::TlsArgs;
 use super::{Failure, block_on};
 
 /// The default address: a root-owned unix socket.
@@ -33,15 +33,10 @@ pub struct ServeArgs {
     /// embedded runtime.
     #[arg(long, value_name = "PATH")]
     oci_runtime: Option<PathBuf>,
-    /// The CA whose certificates clients must present on TCP (mutual TLS).
-    #[arg(long, value_name = "FILE", requires_all = ["tlscert", "tlskey"])]
-    tlscacert: Option<PathBuf>,
-    /// The daemon's certificate.
-    #[arg(long, value_name = "FILE", requires = "tlscacert")]
-    tlscert: Option<PathBuf>,
-    /// The daemon's private key.
-    #[arg(long, value_name = "FILE", requires = "tlscacert")]
-    tlskey: Option<PathBuf>,
+    /// The daemon's side of mutual TLS on TCP: clients must present certificates that
+    /// this CA signed.
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Listen on a non-loopback TCP address without authentication. Anyone who reaches
     /// it can run builds as root on this machine.
     #[arg(long)]
@@ -63,11 +58,7 @@ pub fn run(state: &StateDir, registry: &RegistryOptions, args: ServeArgs) -> Res
         addresses: args.addresses,
         group,
         insecure_tcp: args.insecure_tcp_without_auth,
-        tls: args.tlscacert.map(|ca| TlsFiles {
-            ca,
-            cert: args.tlscert.unwrap_or_default(),
-            key: args.tlskey.unwrap_or_default(),
-        }),
+        tls: args.tls.files(),
     };
     block_on(serve(daemon, listen))
 }
