@@ -444,6 +444,80 @@ fn registry_credentials_come_from_the_client() {
     assert_eq!(inspected["Layers"].as_array().unwrap().len(), 2);
 }
 
+/// A Python environment with grpcio, grpcio-tools and hyper-h2 from PyPI, made once in the
+/// target directory.
+fn python_with_grpc() -> PathBuf {
+    let venv = kiln_tests::repo_root().join("target/independent-client-venv");
+    let python = venv.join("bin/python");
+    let ready = venv.join("ready");
+    if !ready.exists() {
+        run(
+            Command::new("python3").args(["-m", "venv"]).arg(&venv),
+            true,
+        );
+        run(
+            Command::new(venv.join("bin/pip")).args([
+                "install",
+                "-q",
+                "grpcio",
+                "grpcio-tools",
+                "h2",
+            ]),
+            true,
+        );
+        fs::write(&ready, "").unwrap();
+    }
+    python
+}
+
+/// A client written with Python's grpcio and hyper-h2 from kiln's .proto files, sharing
+/// no code with kiln, lists workers, asks for info and disk use, and runs a build whose
+/// session (an HTTP/2 server inside the tunnel) it serves itself.
+#[test]
+fn an_independent_grpcio_client_speaks_to_the_daemon() {
+    let daemon = Daemon::start(&busybox_archives(), &[]);
+    let context = tempfile::tempdir().unwrap();
+    fs::write(
+        context.path().join("Dockerfile"),
+        "FROM busybox:1\nARG GREETING\nCOPY hello.txt /\nRUN echo \"$GREETING\" && cat /hello.txt\n",
+    )
+    .unwrap();
+    fs::write(context.path().join("hello.txt"), "hi from the file\n").unwrap();
+    let out = run(
+        Command::new(python_with_grpc())
+            .arg(kiln_tests::repo_root().join("tests/python/independent_client.py"))
+            .arg(daemon.address.trim_start_matches("unix://"))
+            .arg(kiln_tests::repo_root().join("api/proto"))
+            .arg(context.path()),
+        true,
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let host = format!(
+        "linux/{}",
+        std::env::consts::ARCH
+            .replace("x86_64", "amd64")
+            .replace("aarch64", "arm64")
+    );
+    assert_eq!(seen["platforms"][0], host.as_str(), "{seen}");
+    assert_eq!(seen["version"], env!("CARGO_PKG_VERSION"), "{seen}");
+    assert!(seen["usage"].as_array().unwrap().len() > 1, "{seen}");
+    assert!(
+        seen["digest"].as_str().unwrap().starts_with("sha256:"),
+        "{seen}"
+    );
+    let steps = seen["steps"].to_string();
+    assert!(steps.contains("RUN echo"), "{seen}");
+    assert!(
+        steps.contains("transferring context: 2 of 2 files changed"),
+        "{seen}"
+    );
+    let images = run(
+        kiln().arg("--root").arg(daemon.root.path()).arg("images"),
+        true,
+    );
+    assert!(String::from_utf8_lossy(&images.stdout).contains("independent "));
+}
+
 #[test]
 fn a_daemon_refuses_to_listen_unauthenticated_beyond_loopback() {
     let root = tempfile::tempdir().unwrap();
