@@ -172,6 +172,59 @@ fn remove_leftovers(
     Ok(())
 }
 
+/// The state directory as a build holds it.
+struct Opened {
+    /// Held shared while the build runs: garbage collection (`kiln prune`) waits.
+    _lock: kiln_cache::StateLock,
+    content: ContentStore,
+    snapshots: Snapshotter,
+    embedded: ExternalRuntime,
+    external: ExternalRuntime,
+    /// Whether this process held the state directory alone and cleared what killed
+    /// processes left.
+    recovered: bool,
+}
+
+/// Locks and opens the state directory for a build; when no other kiln holds it, first
+/// clears what killed processes left.
+fn open_for_build(state: &StateDir, oci_runtime: Option<&Path>) -> Result<Opened> {
+    let (lock, alone) = state
+        .lock_for_build()
+        .context("cannot lock the state directory")?;
+    let content = state.content().context("cannot open the content store")?;
+    let snapshots = Snapshotter::open(state.snapshots())?;
+    let embedded = ExternalRuntime::embedded(
+        // The running binary itself, even when an upgrade replaced its file under a
+        // long-running daemon.
+        PathBuf::from("/proc/self/exe"),
+        state.embedded_runtime_state(),
+    );
+    let external = ExternalRuntime::new(
+        oci_runtime.unwrap_or(Path::new("runc")),
+        state.runtime_state(),
+    );
+    if alone {
+        remove_leftovers(&content, &snapshots, &[&embedded, &external])?;
+        lock.share().context("cannot lock the state directory")?;
+    }
+    Ok(Opened {
+        _lock: lock,
+        content,
+        snapshots,
+        embedded,
+        external,
+        recovered: alone,
+    })
+}
+
+/// Clears what killed kiln processes left in `state` (their containers, step
+/// directories, half-written blobs) if no other kiln holds it; returns whether it did. A
+/// daemon calls this as it starts, so that a container a SIGKILLed daemon left does not
+/// run until the next build.
+pub fn recover(state: &StateDir, oci_runtime: Option<&Path>) -> Result<bool> {
+    Ok(open_for_build(state, oci_runtime)?.recovered)
+}
+
 /// How an output's layers are compressed: as it says, else gzip for archives and pushed
 /// images, and as stored (uncompressed) for local names.
 fn compression_for(output: &Output) -> Option<LayerCompression> {
@@ -283,26 +336,14 @@ pub fn build(
         return Err(anyhow::anyhow!("--push needs a name to push to: add -t NAME").into());
     }
     let registry = RegistryClient::new(request.registry.clone())?;
-    // Garbage collection (`kiln prune`) waits until no build holds the state directory.
-    let (lock, alone) = state
-        .lock_for_build()
-        .context("cannot lock the state directory")?;
-    let content = state.content().context("cannot open the content store")?;
-    let snapshots = Snapshotter::open(state.snapshots())?;
-    let embedded = ExternalRuntime::embedded(
-        // The running binary itself, even when an upgrade replaced its file under a
-        // long-running daemon.
-        PathBuf::from("/proc/self/exe"),
-        state.embedded_runtime_state(),
-    );
-    let external = ExternalRuntime::new(
-        request.oci_runtime.as_deref().unwrap_or(Path::new("runc")),
-        state.runtime_state(),
-    );
-    if alone {
-        remove_leftovers(&content, &snapshots, &[&embedded, &external])?;
-        lock.share().context("cannot lock the state directory")?;
-    }
+    let Opened {
+        _lock,
+        content,
+        snapshots,
+        embedded,
+        external,
+        ..
+    } = open_for_build(state, request.oci_runtime.as_deref())?;
     let runtime = if request.oci_runtime.is_some() {
         external
     } else {

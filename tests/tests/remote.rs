@@ -518,6 +518,77 @@ fn an_independent_grpcio_client_speaks_to_the_daemon() {
     assert!(String::from_utf8_lossy(&images.stdout).contains("independent "));
 }
 
+/// After SIGKILL, a restarted daemon removes what the killed one left (its running
+/// container first) as it starts, and builds again.
+#[test]
+fn a_restarted_daemon_recovers_from_sigkill() {
+    let archives = busybox_archives();
+    let mut daemon = Daemon::start(&archives, &[]);
+    let (_client, cmdline, context) = start_long_build(&daemon, 985);
+    daemon.child.kill().unwrap();
+    daemon.child.wait().unwrap();
+    assert!(
+        running(&cmdline),
+        "the container should outlive a SIGKILLed daemon"
+    );
+    let socket = daemon.address.trim_start_matches("unix://").to_string();
+    let restarted = kiln()
+        .arg("--root")
+        .arg(daemon.root.path())
+        .args(["serve", "--addr", &daemon.address])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    daemon.child = restarted;
+    let started = Instant::now();
+    while running(&cmdline) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the restarted daemon left the killed one's container running"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "kiln serve did not restart"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    fs::write(
+        context.path().join("Dockerfile"),
+        "FROM busybox:1\nRUN echo again\n",
+    )
+    .unwrap();
+    assert!(ok(&daemon.build(context.path(), &[])).contains("again"));
+}
+
+/// Garbage on the socket, and a client that hangs up mid-call, cost the daemon nothing.
+#[test]
+fn garbage_and_hang_ups_leave_the_daemon_serving() {
+    use std::io::Write as _;
+    let daemon = Daemon::start(&busybox_archives(), &[]);
+    let socket = daemon.address.trim_start_matches("unix://");
+    for garbage in [
+        &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        &[0xffu8; 4096][..],
+        // The HTTP/2 preface, then a frame header that promises more than follows.
+        &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x10\x00\x01\x04\x00\x00\x00\x01"[..],
+    ] {
+        let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
+        let _ = stream.write_all(garbage);
+        drop(stream);
+    }
+    let context = tempfile::tempdir().unwrap();
+    fs::write(
+        context.path().join("Dockerfile"),
+        "FROM busybox:1\nRUN echo still here\n",
+    )
+    .unwrap();
+    assert!(ok(&daemon.build(context.path(), &[])).contains("still here"));
+}
+
 #[test]
 fn a_daemon_refuses_to_listen_unauthenticated_beyond_loopback() {
     let root = tempfile::tempdir().unwrap();

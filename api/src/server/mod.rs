@@ -378,6 +378,16 @@ pub async fn serve(daemon: Arc<Daemon>, options: ListenOptions) -> Result<()> {
     check_exposure(&options)?;
     // Builds follow each other closely: the databases stay open between them.
     kiln_cache::keep_databases_open_for(std::time::Duration::from_secs(2));
+    // What a killed daemon left (its containers among them) goes now, not at the next
+    // build.
+    let state = daemon.state.clone();
+    let oci_runtime = daemon.options.oci_runtime.clone();
+    let recovered =
+        tokio::task::spawn_blocking(move || kiln_engine::recover(&state, oci_runtime.as_deref()))
+            .await??;
+    if recovered {
+        eprintln!("kiln serve: state directory checked, leftovers of killed builds removed");
+    }
     if options.addresses.is_empty() {
         bail!("no address to listen on");
     }
