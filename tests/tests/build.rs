@@ -458,13 +458,14 @@ fn ctrl_c_stops_a_running_step_and_cleans_up(runtime: Runtime) {
         runtime,
         &format!("FROM busybox:1\nRUN echo started && sleep {seconds}\n"),
     );
-    let mut child = setup
-        .command()
+    // In a process group of its own, as a shell gives a command it runs.
+    let mut child = std::os::unix::process::CommandExt::process_group(&mut setup.command(), 0)
         .arg(setup.context.path())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until the step is running, then interrupt kiln (not the step).
+    // Wait until the step is running, then interrupt kiln's whole process group, as
+    // Ctrl-C in a terminal does.
     let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
     let mut seen = String::new();
     while !printed(&seen, "started") {
@@ -477,9 +478,22 @@ fn ctrl_c_stops_a_running_step_and_cleans_up(runtime: Runtime) {
     }
     let started = std::time::Instant::now();
     run(
-        Command::new("kill").args(["-INT", &child.id().to_string()]),
+        Command::new("kill").args(["-INT", "--", &format!("-{}", child.id())]),
         true,
     );
+    let sleeping = || {
+        fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| fs::read(e.unwrap().path().join("cmdline")).ok())
+            .any(|cmdline| cmdline == nap.as_bytes())
+    };
+    while sleeping() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "the step's container outlived Ctrl-C by 2 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let status = child.wait().unwrap();
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
@@ -494,12 +508,6 @@ fn ctrl_c_stops_a_running_step_and_cleans_up(runtime: Runtime) {
         "{rest}"
     );
     assert_no_leftovers(setup.root.path());
-    // The step's process is gone too, not just kiln.
-    let sleeping = fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| fs::read(e.unwrap().path().join("cmdline")).ok())
-        .any(|cmdline| cmdline == nap.as_bytes());
-    assert!(!sleeping, "the step's process survived");
 }
 
 #[test]

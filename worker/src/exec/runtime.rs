@@ -111,8 +111,12 @@ impl OciRuntime for ExternalRuntime {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default()
         );
-        let mut child = self
-            .command()
+        let mut command = self.command();
+        // A process group of its own: Ctrl-C in a terminal signals kiln's whole group, and
+        // a runtime that died of it would leave its container running. kiln stops the
+        // container itself when cancelled.
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        let mut child = command
             .arg("run")
             .arg("--bundle")
             .arg(bundle)
