@@ -14,6 +14,15 @@ use reqwest::StatusCode;
 use reqwest::blocking::{Client, RequestBuilder, Response};
 use reqwest::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 
+/// How long a registry may keep kiln waiting for an answer or the next bytes of one.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long an upload may take (the whole request body is sent within one wait).
+pub const UPLOAD_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// The largest token service answer kiln reads.
+const MAX_TOKEN_REPLY_BYTES: u64 = 1 << 20;
+
 /// How to reach registries.
 #[derive(Debug, Clone, Default)]
 pub struct RegistryOptions {
@@ -56,7 +65,9 @@ impl RegistryClient {
     pub fn new(options: RegistryOptions) -> Result<Self> {
         let http = Client::builder()
             .connect_timeout(Duration::from_secs(30))
-            .timeout(None)
+            // Each wait for an answer, and each read of a body, ends after this: a stalled
+            // registry fails the build instead of hanging it.
+            .timeout(STALL_TIMEOUT)
             .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(Self {
@@ -212,9 +223,16 @@ impl RegistryClient {
                         response.status()
                     )));
                 }
-                let body: serde_json::Value =
-                    serde_json::from_slice(&response.bytes().map_err(anyhow::Error::from)?)
-                        .context("the token service answered something other than JSON")?;
+                let body = crate::pull::read_limited(response, MAX_TOKEN_REPLY_BYTES)
+                    .map_err(anyhow::Error::from)?
+                    .with_context(|| {
+                        format!(
+                            "the token service {realm} answered more than \
+                             {MAX_TOKEN_REPLY_BYTES} bytes"
+                        )
+                    })?;
+                let body: serde_json::Value = serde_json::from_slice(&body)
+                    .context("the token service answered something other than JSON")?;
                 let token = body["token"]
                     .as_str()
                     .or_else(|| body["access_token"].as_str())

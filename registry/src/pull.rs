@@ -57,10 +57,11 @@ pub fn fetch_manifest(
         .unwrap_or_default()
         .trim()
         .to_string();
-    let bytes = response
-        .bytes()
+    let bytes = read_limited(response, MAX_MANIFEST_BYTES)
         .with_context(|| format!("{name}: the manifest download broke off"))?
-        .to_vec();
+        .with_context(|| {
+            format!("{name}: the registry sent a manifest larger than {MAX_MANIFEST_BYTES} bytes")
+        })?;
     let digest = Digest::of(&bytes);
     if target.starts_with("sha256:") && target != digest.to_string() {
         bail!("{name}: the registry sent a manifest with digest {digest}, not {target}");
@@ -85,14 +86,26 @@ pub fn fetch_manifest(
     })
 }
 
+/// The largest manifest or index kiln reads (as containerd, 4 MiB): a hostile registry
+/// cannot make it buffer more.
+pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
+
+/// Reads `reader` to its end, or `None` if it holds more than `limit` bytes.
+pub(crate) fn read_limited(reader: impl Read, limit: u64) -> std::io::Result<Option<Vec<u8>>> {
+    let mut bytes = Vec::new();
+    reader.take(limit + 1).read_to_end(&mut bytes)?;
+    Ok((bytes.len() as u64 <= limit).then_some(bytes))
+}
+
 /// Downloads blob `digest` of `reference`'s repository into `content`, unless it is there;
-/// `progress` hears how many bytes have arrived. A blob whose bytes do not hash to `digest`
-/// is discarded and is an error.
+/// `progress` hears how many bytes have arrived. A blob whose bytes do not hash to `digest`,
+/// or that runs past the `size` its descriptor declares, is discarded and is an error.
 pub fn fetch_blob(
     client: &RegistryClient,
     content: &ContentStore,
     reference: &Reference,
     digest: &Digest,
+    size: u64,
     progress: &dyn Fn(u64),
 ) -> Result<()> {
     if content.contains(digest) {
@@ -118,8 +131,14 @@ pub fn fetch_blob(
                 });
             }
         };
-        blob.write_all(&buffer[..n])?;
         received += n as u64;
+        if received > size {
+            bail!(
+                "{name}: the registry sent more than the {size} bytes its manifest declares for \
+                 blob {digest}"
+            );
+        }
+        blob.write_all(&buffer[..n])?;
         progress(received);
     }
     blob.commit(Some(*digest))
@@ -172,7 +191,9 @@ pub fn pull(
         if content.contains(&digest) {
             continue;
         }
-        let size = descriptor["size"].as_u64().unwrap_or(0);
+        let size = descriptor["size"]
+            .as_u64()
+            .with_context(|| format!("{name}: a descriptor in its manifest has no size"))?;
         let short = digest.short(12);
         progress(&format!(
             "{short} {} / {}",
@@ -181,7 +202,7 @@ pub fn pull(
         ));
         // A line each quarter of the way, and one at the end.
         let next_quarter = std::cell::Cell::new(1u64);
-        fetch_blob(client, content, reference, &digest, &|received| {
+        fetch_blob(client, content, reference, &digest, size, &|received| {
             let quarter = next_quarter.get();
             if size >= 1_000_000 && quarter < 4 && received * 4 >= size * quarter {
                 next_quarter.set(quarter + 1);

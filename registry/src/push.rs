@@ -258,6 +258,7 @@ fn upload_once(
         let body = File::open(path).map(reqwest::blocking::Body::from);
         let request = http
             .put(url.clone())
+            .timeout(crate::client::UPLOAD_TIMEOUT)
             .header(CONTENT_TYPE, "application/octet-stream")
             .header(CONTENT_LENGTH, size);
         match body {

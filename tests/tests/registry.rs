@@ -611,3 +611,59 @@ fn credentials_never_go_to_a_plain_http_token_service_elsewhere() {
         seen.lock().unwrap()
     );
 }
+
+/// A hostile registry cannot make kiln buffer an oversized manifest, nor stream more of a
+/// blob than its descriptor declares.
+#[test]
+fn oversized_manifests_and_blobs_are_refused() {
+    let layer = vec![7u8; 1000];
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#
+            .to_vec();
+    // The manifest declares the layer at 10 bytes; the registry sends 1,000.
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{}","size":10}}]}}"#,
+        sha256(&config),
+        config.len(),
+        sha256(&layer),
+    )
+    .into_bytes();
+    let huge = vec![b' '; 5 << 20];
+    let url = kiln_tests::serve(move |request| {
+        let body = match request.target.as_str() {
+            "/v2/huge/manifests/1" => Some(huge.clone()),
+            "/v2/liar/manifests/1" => Some(manifest.clone()),
+            target if target.ends_with(&sha256(&config)) => Some(config.clone()),
+            target if target.ends_with(&sha256(&layer)) => Some(layer.clone()),
+            _ => None,
+        };
+        match body {
+            Some(body) => ("200 OK", Vec::new(), body),
+            None => ("404 Not Found", Vec::new(), Vec::new()),
+        }
+    });
+    let host = url.trim_start_matches("http://");
+    let root = tempfile::tempdir().unwrap();
+    let pull = |name: &str| {
+        let out = run(
+            kiln()
+                .arg("--root")
+                .arg(root.path())
+                .args(["pull", &format!("{host}/{name}:1")]),
+            false,
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let stderr = pull("huge");
+    assert!(
+        stderr.contains("the registry sent a manifest larger than 4194304 bytes"),
+        "{stderr}"
+    );
+    let stderr = pull("liar");
+    assert!(
+        stderr.contains("the registry sent more than the 10 bytes its manifest declares"),
+        "{stderr}"
+    );
+    let images = run(kiln().arg("--root").arg(root.path()).arg("images"), true);
+    assert!(!String::from_utf8_lossy(&images.stdout).contains("liar"));
+}

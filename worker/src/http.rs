@@ -24,7 +24,9 @@ pub struct Download {
 pub fn download(url: &str, expected: Option<&str>, scratch: &Path) -> Result<Download> {
     let client = reqwest::blocking::Client::builder()
         .connect_timeout(Duration::from_secs(30))
-        .timeout(None)
+        // Each wait for the server and each read of the body ends after this: a stalled
+        // server fails the step instead of hanging it.
+        .timeout(Duration::from_secs(60))
         .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
         .build()?;
     let mut response = client
