@@ -334,7 +334,9 @@ fn a_corrupt_blob_is_refused_and_nothing_is_named() {
         config.len()
     );
     // bad:1's layer has other bytes than its digest; cut:1's breaks off half way.
-    let cut_manifest = manifest.replace(&claimed, &sha256(b"the whole layer, cut short"));
+    let cut_manifest = manifest
+        .replace(&claimed, &sha256(b"the whole layer, cut short"))
+        .replace(r#""size":14}]"#, r#""size":1000}]"#);
     let served_claim = claimed.clone();
     let base = kiln_tests::serve(move |request| {
         let target = request.target.as_str();
