@@ -145,7 +145,7 @@ impl ChecksumCache {
             return true;
         }
         let write = || -> Result<(), Box<dyn std::error::Error>> {
-            let db = crate::db::open_waiting(&self.path)?;
+            let db = crate::db::open_waiting(&self.path, crate::db::IfDamaged::StartAfresh)?;
             let txn = db.begin_write()?;
             {
                 let mut table = txn.open_table(DIGESTS)?;
@@ -165,7 +165,7 @@ fn load(path: &Path) -> Result<Known, Box<dyn std::error::Error>> {
     if !path.exists() {
         return Ok(known);
     }
-    let db = crate::db::open_waiting(path)?;
+    let db = crate::db::open_waiting(path, crate::db::IfDamaged::StartAfresh)?;
     let txn = db.begin_read()?;
     let table = match txn.open_table(DIGESTS) {
         Ok(table) => table,

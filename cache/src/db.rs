@@ -74,12 +74,77 @@ impl Drop for DbHandle {
     }
 }
 
+/// What to do with a database file that is damaged (truncated, overwritten).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IfDamaged {
+    /// A cache: set the damaged file aside (`NAME.damaged`) and start an empty one.
+    StartAfresh,
+    /// Data kiln cannot rebuild (image names): refuse, saying so. An empty file counts
+    /// as damaged too, since kiln never leaves one.
+    Refuse,
+}
+
+thread_local! {
+    /// Set while this thread opens a database, whose damage redb reports by panicking.
+    static OPENING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Opens the database at `path` with redb, turning the panics with which redb meets some
+/// damaged files into an error (and keeping their message off the terminal).
+fn create(path: &Path) -> Result<Database, DatabaseError> {
+    static QUIET_HOOK: std::sync::Once = std::sync::Once::new();
+    QUIET_HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !OPENING.with(std::cell::Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    OPENING.with(|opening| opening.set(true));
+    let opened = std::panic::catch_unwind(|| Database::create(path));
+    OPENING.with(|opening| opening.set(false));
+    opened.unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(DatabaseError::Storage(redb::StorageError::Corrupted(why)))
+    })
+}
+
+/// [`create`]s the database at `path`, dealing with damage as `if_damaged` says.
+fn create_checked(path: &Path, if_damaged: IfDamaged) -> Result<Database, DatabaseError> {
+    let damaged = |why: String| DatabaseError::Storage(redb::StorageError::Corrupted(why));
+    if if_damaged == IfDamaged::Refuse && std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+        return Err(damaged(format!("{} is empty", path.display())));
+    }
+    match create(path) {
+        Err(DatabaseError::Storage(redb::StorageError::Corrupted(why)))
+            if if_damaged == IfDamaged::StartAfresh =>
+        {
+            let aside = path.with_extension("redb.damaged");
+            eprintln!(
+                "warning: {} is damaged ({why}); it is set aside as {} and the cache starts \
+                 empty",
+                path.display(),
+                aside.display()
+            );
+            std::fs::rename(path, &aside)
+                .map_err(|e| DatabaseError::Storage(redb::StorageError::Io(e)))?;
+            create(path)
+        }
+        other => other,
+    }
+}
+
 /// Opens (creating) the database at `path`, or shares this process's open handle,
 /// waiting while another process holds it.
 ///
 /// Never sleeps holding this process's list of open databases: two processes each waiting
 /// for a database the other holds open must still be able to close theirs when idle.
-pub(crate) fn open_waiting(path: &Path) -> Result<DbHandle, DatabaseError> {
+pub(crate) fn open_waiting(path: &Path, if_damaged: IfDamaged) -> Result<DbHandle, DatabaseError> {
     let start = Instant::now();
     loop {
         {
@@ -91,7 +156,7 @@ pub(crate) fn open_waiting(path: &Path) -> Result<DbHandle, DatabaseError> {
                     db: entry.db.clone(),
                 });
             }
-            match Database::create(path) {
+            match create_checked(path, if_damaged) {
                 Ok(db) => {
                     let db = Arc::new(db);
                     let start_closer = map.is_empty();
@@ -146,8 +211,8 @@ mod tests {
     fn a_database_is_shared_while_used_and_closed_when_idle() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("test.redb");
-        let first = open_waiting(&path).unwrap();
-        let second = open_waiting(&path).unwrap();
+        let first = open_waiting(&path, IfDamaged::Refuse).unwrap();
+        let second = open_waiting(&path, IfDamaged::Refuse).unwrap();
         assert!(Arc::ptr_eq(&first.db, &second.db));
         drop(first);
         std::thread::sleep(idle() * 3);

@@ -76,7 +76,15 @@ impl ImageStore {
     }
 
     fn open(&self) -> Result<crate::db::DbHandle, ImageStoreError> {
-        crate::db::open_waiting(&self.path).map_err(|e| self.error(e))
+        crate::db::open_waiting(&self.path, crate::db::IfDamaged::Refuse).map_err(|err| match err {
+            redb::DatabaseError::Storage(redb::StorageError::Corrupted(why)) => {
+                self.error(format!(
+                    "the file is damaged ({why}), so kiln cannot read the image names in it; move \
+                 it away to start with no names (the images' blobs stay in content/)"
+                ))
+            }
+            other => self.error(other),
+        })
     }
 
     /// Points `record.name` at `record`'s target, replacing what it pointed at.

@@ -25,7 +25,7 @@ impl CacheIndexStore {
         if !self.path.exists() {
             return None;
         }
-        let db = crate::db::open_waiting(&self.path).ok()?;
+        let db = crate::db::open_waiting(&self.path, crate::db::IfDamaged::StartAfresh).ok()?;
         let txn = db.begin_read().ok()?;
         let table = txn.open_table(RESULTS).ok()?;
         let value = table.get(key).ok()??;
@@ -41,7 +41,7 @@ impl CacheIndexStore {
         if !self.path.exists() {
             return Ok((0, 0));
         }
-        let db = crate::db::open_waiting(&self.path)?;
+        let db = crate::db::open_waiting(&self.path, crate::db::IfDamaged::StartAfresh)?;
         let txn = db.begin_write()?;
         let mut kept = 0;
         let mut doomed = Vec::new();
@@ -66,7 +66,7 @@ impl CacheIndexStore {
     /// Stores `value` under `key`; returns whether it was written.
     pub fn put(&self, key: &str, value: &[u8]) -> bool {
         let write = || -> Result<(), Box<dyn std::error::Error>> {
-            let db = crate::db::open_waiting(&self.path)?;
+            let db = crate::db::open_waiting(&self.path, crate::db::IfDamaged::StartAfresh)?;
             let txn = db.begin_write()?;
             txn.open_table(RESULTS)?.insert(key, value)?;
             txn.commit()?;

@@ -139,3 +139,47 @@ fn corrupt_or_truncated_archives_fail_cleanly() {
         );
     }
 }
+
+/// A damaged database never makes kiln panic: the image store says what is wrong and
+/// stops, and a damaged cache is set aside for an empty one.
+#[test]
+fn damaged_databases_are_errors_not_panics() {
+    let archives = busybox_archives();
+    let root = tempfile::tempdir().unwrap();
+    run(
+        kiln_at(root.path()).args(["load", "-i"]).arg(&archives.oci),
+        true,
+    );
+    let context = tempfile::tempdir().unwrap();
+    fs::write(
+        context.path().join("Dockerfile"),
+        "FROM busybox:1\nRUN echo cached\n",
+    )
+    .unwrap();
+    run(kiln_at(root.path()).arg("build").arg(context.path()), true);
+
+    let images = root.path().join("kiln.redb");
+    let intact = fs::read(&images).unwrap();
+    for damaged in [&intact[..intact.len() / 3], &[][..]] {
+        fs::write(&images, damaged).unwrap();
+        let out = run(kiln_at(root.path()).arg("images"), false);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("the file is damaged"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    fs::write(&images, &intact).unwrap();
+
+    let cache = root.path().join("cache.redb");
+    let length = fs::metadata(&cache).unwrap().len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&cache)
+        .unwrap()
+        .set_len(length / 3)
+        .unwrap();
+    let out = run(kiln_at(root.path()).arg("build").arg(context.path()), true);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is set aside as"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(root.path().join("cache.redb.damaged").exists());
+}
