@@ -329,7 +329,9 @@ fn run_vertex<E: Executor>(
     let started = Instant::now();
     emit(ProgressKind::Started);
     let (outputs, keys): (Vec<E::Output>, Vec<String>) = inputs.into_iter().unzip();
-    let result = (|| {
+    // A step that panics fails like one that errs: the other threads would otherwise wait
+    // for its result forever.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let extra = executor.cache_extra(vertex, &outputs)?;
         let key = cache_key(vertex, &keys, extra.as_deref());
         let cacheable = executor.cacheable(vertex);
@@ -362,7 +364,15 @@ fn run_vertex<E: Executor>(
             cache.put(&key, &bytes);
         }
         Ok((output, key))
-    })();
+    }))
+    .unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(anyhow::anyhow!("internal error: the step panicked: {why}"))
+    });
     match &result {
         Ok(_) => emit(ProgressKind::Completed(started.elapsed())),
         Err(_) if cancel.load(Ordering::Relaxed) => emit(ProgressKind::Cancelled),

@@ -49,6 +49,9 @@ impl Executor for Recorder {
         if label.contains("fail") {
             anyhow::bail!("step failed");
         }
+        if label.contains("panic") {
+            panic!("a bug in the step");
+        }
         let mut out: Vec<String> = inputs.iter().flatten().cloned().collect();
         out.push(label);
         Ok(out)
@@ -190,4 +193,19 @@ fn a_failure_stops_the_build_and_names_its_vertex() {
             .any(|k| k.starts_with("merge")),
         "the join never ran"
     );
+}
+
+#[test]
+fn a_step_that_panics_fails_the_build_instead_of_hanging_it() {
+    let exec = Recorder::default();
+    let (result, events) = run(&diamond("/left-panic"), &exec, &MemoryCache::default());
+    let failure = result.unwrap_err();
+    assert!(
+        format!("{:#}", failure.error).contains("the step panicked: a bug in the step"),
+        "{:#}",
+        failure.error
+    );
+    assert!(events.iter().any(
+        |e| matches!(&e.kind, ProgressKind::Failed(message, _) if message.contains("panicked"))
+    ));
 }
