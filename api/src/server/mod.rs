@@ -167,6 +167,7 @@ impl Control for Service {
             cancel: Arc::clone(&cancel),
         };
         let log = self.0.statuses.log(&reference);
+        log.start();
         let result = solve::solve(Arc::clone(&self.0), request, cancel).await;
         log.finish();
         let daemon = Arc::clone(&self.0);
@@ -191,7 +192,14 @@ impl Control for Service {
         let reference = request.into_inner().r#ref;
         let log = self.0.statuses.log(&reference);
         let (send, receive) = tokio::sync::mpsc::channel(64);
+        let daemon = Arc::clone(&self.0);
         tokio::spawn(async move {
+            if !log.wait_started(std::time::Duration::from_secs(60)).await {
+                daemon.statuses.forget(&reference);
+                let missing = Status::not_found(format!("no build {reference:?} started"));
+                let _ = send.send(Err(missing)).await;
+                return;
+            }
             let mut next = 0;
             while let Some(batch) = log.next_from(next).await {
                 next += batch.len();

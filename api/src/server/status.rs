@@ -18,6 +18,7 @@ pub struct StatusLog {
     messages: Mutex<Vec<StatusResponse>>,
     /// Vertices as last sent, so that each update repeats their name and start.
     vertices: Mutex<HashMap<String, Vertex>>,
+    started: AtomicBool,
     done: AtomicBool,
     changed: Notify,
 }
@@ -95,6 +96,27 @@ impl StatusLog {
         self.changed.notify_waiters();
     }
 
+    /// Marks the build started: its `Solve` arrived.
+    pub fn start(&self) {
+        self.started.store(true, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    /// Waits up to `patience` for the build's `Solve` (a client asks for the status and
+    /// solves at the same time); whether it came.
+    pub async fn wait_started(&self, patience: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let changed = self.changed.notified();
+            if self.started.load(Ordering::SeqCst) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return self.started.load(Ordering::SeqCst);
+            }
+        }
+    }
+
     /// Marks the build finished: its status stream ends once read.
     pub fn finish(&self) {
         self.done.store(true, Ordering::SeqCst);
@@ -141,5 +163,25 @@ impl Statuses {
     /// Forgets build `reference`'s log.
     pub fn forget(&self, reference: &str) {
         self.logs.lock().unwrap().remove(reference);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::StatusLog;
+
+    #[tokio::test]
+    async fn a_status_call_waits_for_its_solve_but_not_forever() {
+        let log = Arc::new(StatusLog::default());
+        assert!(!log.wait_started(Duration::from_millis(20)).await);
+        let starter = Arc::clone(&log);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            starter.start();
+        });
+        assert!(log.wait_started(Duration::from_secs(10)).await);
     }
 }
