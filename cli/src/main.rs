@@ -63,6 +63,16 @@ fn main() -> ExitCode {
         insecure_registries: cli.insecure_registries,
         credentials: None,
     };
+    if matches!(
+        cli.command,
+        Command::Pull(_)
+            | Command::Push(_)
+            | Command::Load(_)
+            | Command::Images(_)
+            | Command::Rmi(_)
+    ) {
+        commands::reap(&state);
+    }
     let result = match cli.command {
         Command::Build(args) => commands::build::run(&state, &registry, *args),
         Command::Pull(args) => commands::registry::pull(&state, &registry, args),

@@ -510,6 +510,53 @@ fn ctrl_c_stops_a_running_step_and_cleans_up(runtime: Runtime) {
     assert_no_leftovers(setup.root.path());
 }
 
+/// A container that a SIGKILLed kiln left running is stopped by the next kiln command of
+/// any kind, not only the next build.
+#[test]
+fn the_next_command_stops_what_a_killed_build_left_running() {
+    let seconds = 984;
+    let nap = format!("sleep\0{seconds}\0");
+    let setup = Setup::new(
+        Runtime::Embedded,
+        &format!("FROM busybox:1\nRUN echo started && sleep {seconds}\n"),
+    );
+    let mut child = setup
+        .command()
+        .args(["--progress", "plain"])
+        .arg(setup.context.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    while !printed(&seen, "started") {
+        let mut line = String::new();
+        assert!(
+            std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0,
+            "build ended early:\n{seen}"
+        );
+        seen.push_str(&line);
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let sleeping = || {
+        fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| fs::read(e.unwrap().path().join("cmdline")).ok())
+            .any(|cmdline| cmdline == nap.as_bytes())
+    };
+    assert!(sleeping(), "the container should outlive a SIGKILLed kiln");
+    run(
+        kiln().arg("--root").arg(setup.root.path()).arg("images"),
+        true,
+    );
+    assert!(
+        !sleeping(),
+        "kiln images left the killed build's container running"
+    );
+    assert_no_leftovers(setup.root.path());
+}
+
 #[test]
 fn add_extracts_local_tar_archives_and_copy_does_not() {
     let setup = Setup::new(

@@ -150,3 +150,15 @@ pub fn block_on<T>(
         .block_on(future)
         .map_err(|e| Failure::msg(format!("{e:#}")))
 }
+
+/// Stops and clears what a killed kiln left in the state directory (its containers run on
+/// otherwise) when no other kiln holds it: every command that uses the state directory
+/// does this first. A missing state directory is left alone.
+pub fn reap(state: &kiln_cache::StateDir) {
+    if !state.root().is_dir() {
+        return;
+    }
+    if let Err(err) = kiln_engine::recover(state, None) {
+        eprintln!("warning: cannot clear what an interrupted kiln left: {err:#}");
+    }
+}

@@ -58,6 +58,7 @@ pub fn du(state: &StateDir, args: DuArgs) -> Result<(), Failure> {
         print_records(&records);
         return Ok(());
     }
+    super::reap(state);
     let rows = store::usage(state).map_err(|e| Failure::msg(format!("{e:#}")))?;
     let mut table = vec![[
         "TYPE".to_string(),
@@ -109,6 +110,7 @@ pub fn prune(state: &StateDir, args: PruneArgs) -> Result<(), Failure> {
         );
         return Ok(());
     }
+    super::reap(state);
     let report = store::prune(state, args.all).map_err(|e| Failure::msg(format!("{e:#}")))?;
     match report.entries {
         Some((removed, kept)) => {
