@@ -514,7 +514,9 @@ fn ctrl_c_stops_a_running_step_and_cleans_up(runtime: Runtime) {
 /// any kind, not only the next build.
 #[test]
 fn the_next_command_stops_what_a_killed_build_left_running() {
-    let seconds = 984;
+    // Unique to this run: what an earlier, failed run left behind cannot be mistaken for
+    // this run's step.
+    let seconds = 100_000 + std::process::id();
     let nap = format!("sleep\0{seconds}\0");
     let setup = Setup::new(
         Runtime::Embedded,
@@ -537,14 +539,20 @@ fn the_next_command_stops_what_a_killed_build_left_running() {
         );
         seen.push_str(&line);
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
     let sleeping = || {
         fs::read_dir("/proc")
             .unwrap()
             .filter_map(|e| fs::read(e.unwrap().path().join("cmdline")).ok())
             .any(|cmdline| cmdline == nap.as_bytes())
     };
+    // "started" comes just before the shell starts sleep.
+    let started = std::time::Instant::now();
+    while !sleeping() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
     assert!(sleeping(), "the container should outlive a SIGKILLed kiln");
     run(
         kiln().arg("--root").arg(setup.root.path()).arg("images"),
