@@ -170,6 +170,12 @@ fn apply_entry<R: Read>(
             makedev(0, 0),
         )
         .context("cannot create the whiteout")?;
+        // The entry's time, so that a layer unpacked and written again is the same.
+        if let Ok(mtime) = entry.header().mtime() {
+            let mtime = FileTime::from_unix_time(i64::try_from(mtime).unwrap_or(0), 0);
+            filetime::set_symlink_file_times(&target, mtime, mtime)
+                .context("cannot set the whiteout's mtime")?;
+        }
         return Ok(0);
     }
     let target = parent.join(base);
