@@ -195,6 +195,24 @@ pub fn serve_http(files: Vec<(&'static str, Vec<u8>)>) -> String {
     )
 }
 
+/// Every path below `dir`, not following symlinks (none if `dir` cannot be read).
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut paths = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                pending.push(entry.path());
+            }
+            paths.push(entry.path());
+        }
+    }
+    paths
+}
+
 /// Standard base64 (with padding), as docker stores a login and as basic auth sends it.
 pub fn base64(text: &str) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";

@@ -450,6 +450,42 @@ fn local_and_tar_outputs_hold_the_root_filesystem(runtime: Runtime) {
     assert!(listing.lines().any(|l| l == "data/file"), "{listing}");
 }
 
+/// Whether a process with the NUL-separated command line `cmdline` runs on this host.
+fn running(cmdline: &[u8]) -> bool {
+    fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| fs::read(e.unwrap().path().join("cmdline")).ok())
+        .any(|c| c == cmdline)
+}
+
+/// Waits until the build `child` (stderr piped) printed `started` from a step and then
+/// until the process `cmdline` runs; returns its stderr and what it printed so far.
+fn wait_for_step(
+    child: &mut std::process::Child,
+    cmdline: &[u8],
+) -> (std::io::BufReader<std::process::ChildStderr>, String) {
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    while !printed(&seen, "started") {
+        let mut line = String::new();
+        assert!(
+            std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0,
+            "build ended early:\n{seen}"
+        );
+        seen.push_str(&line);
+    }
+    // "started" comes just before the shell starts the process.
+    let started = std::time::Instant::now();
+    while !running(cmdline) {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{seen}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    (stderr, seen)
+}
+
 fn ctrl_c_stops_a_running_step_and_cleans_up(runtime: Runtime) {
     // A duration no other test uses, to find the step's process afterwards.
     let seconds = 600 + runtime as u32;
@@ -466,28 +502,13 @@ fn ctrl_c_stops_a_running_step_and_cleans_up(runtime: Runtime) {
         .unwrap();
     // Wait until the step is running, then interrupt kiln's whole process group, as
     // Ctrl-C in a terminal does.
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut seen = String::new();
-    while !printed(&seen, "started") {
-        let mut line = String::new();
-        assert!(
-            std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0,
-            "build ended early:\n{seen}"
-        );
-        seen.push_str(&line);
-    }
+    let (mut stderr, seen) = wait_for_step(&mut child, nap.as_bytes());
     let started = std::time::Instant::now();
     run(
         Command::new("kill").args(["-INT", "--", &format!("-{}", child.id())]),
         true,
     );
-    let sleeping = || {
-        fs::read_dir("/proc")
-            .unwrap()
-            .filter_map(|e| fs::read(e.unwrap().path().join("cmdline")).ok())
-            .any(|cmdline| cmdline == nap.as_bytes())
-    };
-    while sleeping() {
+    while running(nap.as_bytes()) {
         assert!(
             started.elapsed() < std::time::Duration::from_secs(2),
             "the step's container outlived Ctrl-C by 2 s"
@@ -529,28 +550,8 @@ fn the_next_command_stops_what_a_killed_build_left_running() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut seen = String::new();
-    while !printed(&seen, "started") {
-        let mut line = String::new();
-        assert!(
-            std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0,
-            "build ended early:\n{seen}"
-        );
-        seen.push_str(&line);
-    }
-    let sleeping = || {
-        fs::read_dir("/proc")
-            .unwrap()
-            .filter_map(|e| fs::read(e.unwrap().path().join("cmdline")).ok())
-            .any(|cmdline| cmdline == nap.as_bytes())
-    };
-    // "started" comes just before the shell starts sleep.
-    let started = std::time::Instant::now();
-    while !sleeping() {
-        assert!(started.elapsed() < std::time::Duration::from_secs(10));
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_for_step(&mut child, nap.as_bytes());
+    let sleeping = || running(nap.as_bytes());
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(sleeping(), "the container should outlive a SIGKILLed kiln");
@@ -672,7 +673,7 @@ fn add_and_run_keep_hostile_files_out_of_other_users_reach() {
     assert!(out.status.success(), "build failed:\n{stderr}");
 
     let mut hostile_files = 0;
-    for entry in walkdir(root) {
+    for entry in kiln_tests::walk(root) {
         let meta = fs::symlink_metadata(&entry).unwrap();
         use std::os::unix::fs::FileTypeExt as _;
         let kind = meta.file_type();
@@ -697,22 +698,6 @@ fn add_and_run_keep_hostile_files_out_of_other_users_reach() {
         "the layers were not found under {}",
         root.display()
     );
-}
-
-/// Every path below `dir` (not following symlinks).
-fn walkdir(dir: &Path) -> Vec<PathBuf> {
-    let mut paths = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        for entry in fs::read_dir(&dir).unwrap() {
-            let entry = entry.unwrap();
-            if entry.file_type().unwrap().is_dir() {
-                pending.push(entry.path());
-            }
-            paths.push(entry.path());
-        }
-    }
-    paths
 }
 
 /// Host networking and insecure steps need the build to grant them (`--allow`), as in

@@ -192,7 +192,7 @@ fn a_remote_build_is_the_local_build_with_outputs_on_the_client() {
     );
     let inspected: serde_json::Value = serde_json::from_slice(&inspected.stdout).unwrap();
     assert_eq!(inspected["Layers"].as_array().unwrap().len(), 6);
-    let synced: Vec<PathBuf> = walk(&daemon.root.path().join("sessions"));
+    let synced: Vec<PathBuf> = kiln_tests::walk(&daemon.root.path().join("sessions"));
     assert!(
         synced.iter().any(|p| p.ends_with("src/a.txt")),
         "the context was synced: {synced:?}"
@@ -716,22 +716,4 @@ RUN echo over tls
     let stranger = String::from_utf8_lossy(&stranger.stderr);
     assert!(stranger.contains("broke off the connection"), "{stranger}");
     drop(daemon);
-}
-
-/// Every path below `dir`.
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut paths = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        let Ok(entries) = fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                pending.push(entry.path());
-            }
-            paths.push(entry.path());
-        }
-    }
-    paths
 }
