@@ -52,14 +52,21 @@ pub fn config_path() -> PathBuf {
         .join("config.json")
 }
 
+/// docker's configuration, which must be a JSON object (`{}` when there is none).
 fn read_config() -> Result<serde_json::Value> {
     let path = config_path();
-    match fs::read(&path) {
+    let config: serde_json::Value = match fs::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
-            .with_context(|| format!("{} is not valid JSON", path.display())),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(serde_json::json!({})),
-        Err(err) => Err(err).with_context(|| format!("cannot read {}", path.display())),
-    }
+            .with_context(|| format!("{} is not valid JSON", path.display()))?,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => serde_json::json!({}),
+        Err(err) => return Err(err).with_context(|| format!("cannot read {}", path.display())),
+    };
+    anyhow::ensure!(
+        config.is_object(),
+        "{} holds JSON that is not an object; docker's configuration is one",
+        path.display()
+    );
+    Ok(config)
 }
 
 /// Writes the config readable by its owner only, atomically.

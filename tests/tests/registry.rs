@@ -669,3 +669,24 @@ fn oversized_manifests_and_blobs_are_refused() {
     let images = run(kiln().arg("--root").arg(root.path()).arg("images"), true);
     assert!(!String::from_utf8_lossy(&images.stdout).contains("liar"));
 }
+
+/// docker's config.json that is valid JSON but not an object is an error, not a panic.
+#[test]
+fn a_docker_config_that_is_not_an_object_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    for content in ["[1, 2]", "\"text\"", "null"] {
+        fs::write(dir.path().join("config.json"), content).unwrap();
+        let out = run(
+            kiln()
+                .env("DOCKER_CONFIG", dir.path())
+                .args(["logout", "127.0.0.1:5000"]),
+            false,
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("holds JSON that is not an object"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
