@@ -323,6 +323,18 @@ fn registry_failures_name_the_reference_and_the_cause() {
     run(kiln().arg("--root").arg(root.path()).arg("images"), true);
 }
 
+/// `kiln pull HOST/NAME:1` into `root`, which must fail; what it printed.
+fn failed_pull(root: &Path, host: &str, name: &str) -> String {
+    let out = run(
+        kiln()
+            .arg("--root")
+            .arg(root)
+            .args(["pull", &format!("{host}/{name}:1")]),
+        false,
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn a_corrupt_blob_is_refused_and_nothing_is_named() {
     // A registry that serves a layer whose bytes do not match its digest.
@@ -355,23 +367,12 @@ fn a_corrupt_blob_is_refused_and_nothing_is_named() {
     });
     let host = base.trim_start_matches("http://");
     let root = tempfile::tempdir().unwrap();
-    // A pull that must fail; what it printed.
-    let failed_pull = |name: &str| {
-        let out = run(
-            kiln()
-                .arg("--root")
-                .arg(root.path())
-                .args(["pull", &format!("{host}/{name}:1")]),
-            false,
-        );
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    };
-    let stderr = failed_pull("bad");
+    let stderr = failed_pull(root.path(), host, "bad");
     assert!(
         stderr.contains(&format!("{host}/bad: blob {claimed} arrived corrupt")),
         "{stderr}"
     );
-    let stderr = failed_pull("cut");
+    let stderr = failed_pull(root.path(), host, "cut");
     assert!(
         stderr.contains(&format!("{host}/cut: the download of blob")),
         "{stderr}"
@@ -646,22 +647,12 @@ fn oversized_manifests_and_blobs_are_refused() {
     });
     let host = url.trim_start_matches("http://");
     let root = tempfile::tempdir().unwrap();
-    let pull = |name: &str| {
-        let out = run(
-            kiln()
-                .arg("--root")
-                .arg(root.path())
-                .args(["pull", &format!("{host}/{name}:1")]),
-            false,
-        );
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    };
-    let stderr = pull("huge");
+    let stderr = failed_pull(root.path(), host, "huge");
     assert!(
         stderr.contains("the registry sent a manifest larger than 4194304 bytes"),
         "{stderr}"
     );
-    let stderr = pull("liar");
+    let stderr = failed_pull(root.path(), host, "liar");
     assert!(
         stderr.contains("the registry sent more than the 10 bytes its manifest declares"),
         "{stderr}"

@@ -143,12 +143,18 @@ pub fn print_table<R: AsRef<[String]>>(rows: &[R]) {
 pub fn block_on<T>(
     future: impl std::future::Future<Output = anyhow::Result<T>>,
 ) -> Result<T, Failure> {
+    runtime()
+        .map_err(Failure::msg)?
+        .block_on(future)
+        .map_err(|e| Failure::msg(format!("{e:#}")))
+}
+
+/// A multi-threaded runtime for talking to or serving a remote builder.
+pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| Failure::msg(format!("cannot start the runtime: {e}")))?
-        .block_on(future)
-        .map_err(|e| Failure::msg(format!("{e:#}")))
+        .map_err(|e| format!("cannot start the runtime: {e}"))
 }
 
 /// Stops and clears what a killed kiln left in the state directory (its containers run on

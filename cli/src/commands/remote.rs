@@ -113,11 +113,7 @@ pub fn build(
         exporters,
         entitlements: args.allow.iter().map(ToString::to_string).collect(),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    let done = runtime
+    let done = super::runtime()?
         .block_on(client::build(
             builder,
             args.remote.tls().as_ref(),

@@ -193,17 +193,17 @@ pub fn ignored_paths(root: &Path, ignore: &PatternMatcher) -> Result<Vec<String>
         hidden: &mut Vec<String>,
     ) -> Result<bool> {
         let mut kept_any = false;
-        let mut names: Vec<_> = fs::read_dir(host)
+        let mut entries: Vec<fs::DirEntry> = fs::read_dir(host)
             .with_context(|| format!("cannot read {}", host.display()))?
-            .map(|e| e.map(|e| e.file_name()))
             .collect::<Result<_, _>>()?;
-        names.sort();
-        for name in names {
-            let name = name.to_string_lossy().into_owned();
+        entries.sort_by_key(fs::DirEntry::file_name);
+        for entry in entries {
+            let name = entry.file_name().to_string_lossy().into_owned();
             let rel = join_rel(below, &name);
             let child = host.join(&name);
             let ignored = ignore.matches_or_parent_matches(&rel);
-            let is_dir = fs::symlink_metadata(&child)?.is_dir();
+            // The type comes with the directory entry: no stat per file.
+            let is_dir = entry.file_type()?.is_dir();
             if ignored && !(is_dir && ignore.exclusions()) {
                 hidden.push(rel);
                 continue;
