@@ -61,9 +61,64 @@ pub fn parse_go_duration(input: &str) -> Result<i64, String> {
     Ok(if negative { -nanos } else { nanos })
 }
 
+/// Go's `time.Duration.String`: `0s`, `1.5s`, `1m30s`, `1h0m0s`, `500ms`, `10µs`.
+pub fn format_go_duration(nanos: i64) -> String {
+    if nanos == 0 {
+        return "0s".into();
+    }
+    let sign = if nanos < 0 { "-" } else { "" };
+    let n = nanos.unsigned_abs();
+    let text = if n < 1_000 {
+        format!("{n}ns")
+    } else if n < 1_000_000 {
+        format!("{}µs", decimal(n, 1_000))
+    } else if n < 1_000_000_000 {
+        format!("{}ms", decimal(n, 1_000_000))
+    } else {
+        let seconds = n / 1_000_000_000;
+        let (hours, minutes) = (seconds / 3600, seconds / 60 % 60);
+        let secs = decimal(n % 60_000_000_000, 1_000_000_000);
+        match (hours, minutes) {
+            (0, 0) => format!("{secs}s"),
+            (0, m) => format!("{m}m{secs}s"),
+            (h, m) => format!("{h}h{m}m{secs}s"),
+        }
+    };
+    format!("{sign}{text}")
+}
+
+/// `value / unit` with the fraction's trailing zeros dropped (`1500, 1000` → `1.5`).
+fn decimal(value: u64, unit: u64) -> String {
+    let (whole, fraction) = (value / unit, value % unit);
+    if fraction == 0 {
+        return whole.to_string();
+    }
+    let width = unit.ilog10() as usize;
+    let digits = format!("{fraction:0width$}");
+    format!("{whole}.{}", digits.trim_end_matches('0'))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_go_duration;
+    use super::{format_go_duration, parse_go_duration};
+
+    #[test]
+    fn go_duration_strings() {
+        let cases = [
+            (0, "0s"),
+            (1, "1ns"),
+            (1_100, "1.1µs"),
+            (2_200_000, "2.2ms"),
+            (1_500_000_000, "1.5s"),
+            (90_000_000_000, "1m30s"),
+            (3_600_000_000_000, "1h0m0s"),
+            (3_723_400_000_000, "1h2m3.4s"),
+            (-30_000_000_000, "-30s"),
+        ];
+        for (nanos, text) in cases {
+            assert_eq!(format_go_duration(nanos), text);
+        }
+    }
 
     #[test]
     fn go_examples() {

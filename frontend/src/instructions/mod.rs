@@ -9,7 +9,7 @@ mod flags;
 
 use kiln_image::HealthConfig;
 
-pub use duration::parse_go_duration;
+pub use duration::{format_go_duration, parse_go_duration};
 pub use flags::{FlagKind, Flags};
 
 use crate::error::{Error, Location, Result};
@@ -89,6 +89,19 @@ pub enum InstructionKind {
     Arg(Vec<ArgDecl>),
     /// `SHELL ["exe", "arg"]`.
     Shell(Vec<String>),
+}
+
+impl InstructionKind {
+    /// Whether BuildKit counts the instruction in a stage's `[n/total]` step labels.
+    pub fn counts_as_step(&self) -> bool {
+        matches!(
+            self,
+            InstructionKind::Run(_)
+                | InstructionKind::Copy(_)
+                | InstructionKind::Add(_)
+                | InstructionKind::Workdir(_)
+        )
+    }
 }
 
 /// A key and value of ENV or LABEL, unexpanded.

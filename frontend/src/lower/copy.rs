@@ -220,7 +220,7 @@ fn lower_copy_request(
         let digest = inline_document(lowerer, st, instruction, &file, 0o644, data);
         actions.push(FileAction::Copy(base_action(inputs.index(digest), file)));
     }
-    message.push_str(&format!(" {}", req.files.dest));
+    message.push_str(&format!(" {raw_dest}"));
 
     let meta = st.meta(instruction);
     if req.link && chmod.is_none() {

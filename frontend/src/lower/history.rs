@@ -1,8 +1,9 @@
 //! Image history entries, worded as BuildKit words them (Go's `%q`/`%v` formatting included,
 //! so `docker history` reads the same for kiln and BuildKit images).
 
-use kiln_image::{History, Image};
+use kiln_image::{HealthConfig, History, Image};
 
+use crate::instructions::format_go_duration;
 use crate::parser::go_quote;
 
 /// The comment BuildKit puts on every Dockerfile history entry.
@@ -35,10 +36,18 @@ pub(super) fn plain_list(items: &[String]) -> String {
     format!("[{}]", items.join(" "))
 }
 
-/// Go's `%v` of a `map[string]struct{}`: `map[443/tcp:{} 80/tcp:{}]` (keys sorted).
-pub(super) fn set_map<'a>(keys: impl Iterator<Item = &'a String>) -> String {
-    let entries: Vec<String> = keys.map(|k| format!("{k}:{{}}")).collect();
-    format!("map[{}]", entries.join(" "))
+/// Go's `%+v` of a `HealthcheckConfig`, as BuildKit records HEALTHCHECK:
+/// `{Test:[CMD-SHELL true] Interval:30s Timeout:0s StartPeriod:0s StartInterval:0s Retries:3}`.
+pub(super) fn healthcheck(health: &HealthConfig) -> String {
+    format!(
+        "{{Test:{} Interval:{} Timeout:{} StartPeriod:{} StartInterval:{} Retries:{}}}",
+        plain_list(&health.test),
+        format_go_duration(health.interval),
+        format_go_duration(health.timeout),
+        format_go_duration(health.start_period),
+        format_go_duration(health.start_interval),
+        health.retries
+    )
 }
 
 #[cfg(test)]
@@ -50,7 +59,15 @@ mod tests {
         let v = vec!["/bin/sh".to_string(), "-c".into(), "echo \"hi\"".into()];
         assert_eq!(quoted_list(&v), r#"["/bin/sh" "-c" "echo \"hi\""]"#);
         assert_eq!(plain_list(&v[..2]), "[/bin/sh -c]");
-        let keys = ["443/tcp".to_string(), "80/tcp".to_string()];
-        assert_eq!(set_map(keys.iter()), "map[443/tcp:{} 80/tcp:{}]");
+        let health = HealthConfig {
+            test: vec!["CMD-SHELL".into(), "curl -f http://x/".into()],
+            interval: 30_000_000_000,
+            retries: 3,
+            ..HealthConfig::default()
+        };
+        assert_eq!(
+            healthcheck(&health),
+            "{Test:[CMD-SHELL curl -f http://x/] Interval:30s Timeout:0s StartPeriod:0s StartInterval:0s Retries:3}"
+        );
     }
 }

@@ -140,6 +140,11 @@ struct StageResult {
     image: Image,
     /// The stage's platform.
     platform: Platform,
+    /// The environment its steps saw last (config Env plus ARG values): a stage built
+    /// `FROM` this one starts with it, as in BuildKit.
+    env: Vec<(String, String)>,
+    /// The ARGs declared in it (and in the stages it is built on), with their values.
+    build_args: Vec<(String, Option<String>)>,
 }
 
 /// Lowering progress of one stage, for on-demand lowering and cycle detection.

@@ -70,8 +70,8 @@ pub(super) fn lower_run(
                     readonly: true,
                     kind: MountKind::Bind,
                 });
+                // Run through the shell, as BuildKit does (`/bin/sh -c /dev/pipes/EOF`).
                 command.args = vec![format!("{PIPES_DIR}/{name}")];
-                command.prepend_shell = false;
             }
             Some(Script::Inline(data)) => command.args = vec![data],
             None => {
@@ -271,18 +271,20 @@ fn heredoc_script(args: &[String], file: &crate::instructions::InlineFile) -> Op
     })
 }
 
-/// BuildKit's history text for RUN: `|N K=V … argv` when the stage declared ARGs.
+/// BuildKit's history text for RUN: `|N K=V … argv` when the stage (or one it is built on)
+/// declared ARGs; an ARG without a value reads as `K=` unless the environment has `K`.
 fn run_command_string(args: &[String], st: &StageState) -> String {
     let declared: Vec<String> = st
         .build_args
         .iter()
-        .filter(|(_, v)| v.is_some())
-        .map(|(k, _)| {
+        .map(|(k, value)| {
             let v = st
                 .env
                 .iter()
                 .find(|(ek, _)| ek == k)
-                .map_or("", |(_, v)| v.as_str());
+                .map(|(_, v)| v.as_str())
+                .or(value.as_deref())
+                .unwrap_or("");
             format!("{k}={v}")
         })
         .collect();

@@ -6,7 +6,7 @@ use kiln_image::{Empty, Image};
 use kiln_solver::{FileAction, FileOp, MkdirAction, Op, Platform, VertexMeta};
 
 use super::args::{set, valued};
-use super::history::{commit, plain_list, quoted_list, set_map};
+use super::history::{commit, healthcheck, plain_list, quoted_list};
 use super::{Lowerer, StageResult, looks_like_image_reference, stage_display_name};
 use crate::error::{Error, Location, Result};
 use crate::instructions::{CommandLine, Instruction, InstructionKind, Stage};
@@ -36,10 +36,14 @@ pub(super) struct StageState {
     pub build_args: Vec<(String, Option<String>)>,
     /// CMD was set in this stage (ENTRYPOINT then keeps it).
     pub cmd_set: bool,
-    /// 1-based number of the instruction being lowered (FROM is 1).
+    /// Number of the step being lowered, counted as BuildKit counts: a FROM image, then each
+    /// RUN, COPY, ADD and WORKDIR that makes a vertex.
     pub step: usize,
-    /// Instructions in the stage, FROM included.
+    /// Steps in the stage: a FROM image, the base's ONBUILD triggers, and every RUN, COPY,
+    /// ADD and WORKDIR.
     pub total: usize,
+    /// The instruction being lowered is a base image's ONBUILD trigger.
+    pub in_trigger: bool,
     /// Vertices of this stage bypass the cache.
     pub ignore_cache: bool,
     /// The Dockerfile's escape character.
@@ -63,10 +67,8 @@ impl StageState {
     pub fn meta(&self, instruction: &Instruction) -> VertexMeta {
         VertexMeta {
             description: format!(
-                "[{}{}/{}] {}",
-                self.label,
-                self.step,
-                self.total,
+                "{}{}",
+                step_prefix(&self.label, self.step, self.total, self.in_trigger),
                 uppercase_keyword(&instruction.original)
             ),
             location: Some((
@@ -138,7 +140,6 @@ pub(super) fn lower_stage(lowerer: &mut Lowerer<'_>, index: usize) -> Result<Sta
     } else {
         String::new()
     };
-    let total = stage.instructions.len() + 1;
     let global_env = valued(&lowerer.global_args);
     let lexer = Lexer::new(lowerer.dockerfile.escape);
     let expand_global = |word: &str| {
@@ -172,13 +173,21 @@ pub(super) fn lower_stage(lowerer: &mut Lowerer<'_>, index: usize) -> Result<Sta
         None => None,
     };
 
-    let (state, mut image, platform) = if base.eq_ignore_ascii_case("scratch") {
+    let base = if base.eq_ignore_ascii_case("scratch") {
+        let mut image = Image::default();
+        image.config.working_dir = "/".into();
         let platform = explicit_platform.unwrap_or_else(|| lowerer.options.target_platform.clone());
-        (None, Image::default(), platform)
+        Base::fresh(image, platform)
     } else if let Some(j) = lowerer.stage_named(&base).filter(|&j| j < index) {
         let parent = lowerer.stage(j)?;
-        let platform = explicit_platform.unwrap_or(parent.platform);
-        (parent.state, parent.image, platform)
+        Base {
+            state: parent.state,
+            image: parent.image,
+            platform: explicit_platform.unwrap_or(parent.platform),
+            env: Some(parent.env),
+            build_args: parent.build_args,
+            image_reference: None,
+        }
     } else {
         if !looks_like_image_reference(&base) {
             return Err(Error::at(
@@ -189,14 +198,22 @@ pub(super) fn lower_stage(lowerer: &mut Lowerer<'_>, index: usize) -> Result<Sta
             ));
         }
         let platform = explicit_platform.unwrap_or_else(|| lowerer.options.target_platform.clone());
-        let description = format!("[{label}1/{total}] FROM {base}");
-        let digest = lowerer.image_source(&base, &platform, location, description);
         let image = lowerer
             .resolver
             .resolve_config(&base, &platform)
             .map_err(|e| Error::at(e, location))?;
-        (Some(digest), image, platform)
+        let mut fresh = Base::fresh(image, platform);
+        fresh.image_reference = Some(base);
+        fresh
     };
+    let Base {
+        mut state,
+        mut image,
+        platform,
+        env,
+        build_args,
+        image_reference,
+    } = base;
     image.architecture = platform.architecture.clone();
     image.os = platform.os.clone();
     image.variant = (!platform.variant.is_empty()).then(|| platform.variant.clone());
@@ -204,15 +221,17 @@ pub(super) fn lower_stage(lowerer: &mut Lowerer<'_>, index: usize) -> Result<Sta
     if !image.config.env.iter().any(|e| e.starts_with("PATH=")) {
         image.config.env.push(format!("PATH={DEFAULT_PATH}"));
     }
-    let env = image
-        .config
-        .env
-        .iter()
-        .map(|e| match e.split_once('=') {
-            Some((k, v)) => (k.to_string(), v.to_string()),
-            None => (e.clone(), String::new()),
-        })
-        .collect();
+    let env = env.unwrap_or_else(|| {
+        image
+            .config
+            .env
+            .iter()
+            .map(|e| match e.split_once('=') {
+                Some((k, v)) => (k.to_string(), v.to_string()),
+                None => (e.clone(), String::new()),
+            })
+            .collect()
+    });
     let options = lowerer.options;
     let ignore_cache = options.no_cache
         || stage.name.as_ref().is_some_and(|n| {
@@ -222,6 +241,17 @@ pub(super) fn lower_stage(lowerer: &mut Lowerer<'_>, index: usize) -> Result<Sta
                 .any(|f| f.eq_ignore_ascii_case(n))
         });
     let triggers = std::mem::take(&mut image.config.on_build);
+    let total = usize::from(image_reference.is_some())
+        + triggers.len()
+        + stage
+            .instructions
+            .iter()
+            .filter(|i| i.kind.counts_as_step())
+            .count();
+    if let Some(reference) = &image_reference {
+        let description = format!("{}FROM {reference}", step_prefix(&label, 1, total, false));
+        state = Some(lowerer.image_source(reference, &platform, location, description));
+    }
     let mut st = StageState {
         index,
         label,
@@ -229,29 +259,69 @@ pub(super) fn lower_stage(lowerer: &mut Lowerer<'_>, index: usize) -> Result<Sta
         image,
         platform,
         env,
-        build_args: Vec::new(),
+        build_args,
         cmd_set: false,
-        step: 1,
+        step: usize::from(image_reference.is_some()),
         total,
+        in_trigger: false,
         ignore_cache,
         escape: lowerer.dockerfile.escape,
     };
 
+    st.in_trigger = true;
     for trigger in &triggers {
         for instruction in onbuild_instructions(trigger, location)? {
             dispatch(lowerer, &mut st, &instruction)?;
         }
     }
+    st.in_trigger = false;
     let instructions = &lowerer.dockerfile.stages[index].instructions;
     for instruction in instructions {
-        st.step += 1;
         dispatch(lowerer, &mut st, instruction)?;
     }
     Ok(StageResult {
         state: st.state,
         image: st.image,
         platform: st.platform,
+        env: st.env,
+        build_args: st.build_args,
     })
+}
+
+/// What a stage starts from.
+struct Base {
+    state: Option<Digest>,
+    image: Image,
+    platform: Platform,
+    /// The environment, when it is not the config's Env (a stage built on a stage).
+    env: Option<Vec<(String, String)>>,
+    build_args: Vec<(String, Option<String>)>,
+    /// The image to pull, for a base that is an image.
+    image_reference: Option<String>,
+}
+
+impl Base {
+    fn fresh(image: Image, platform: Platform) -> Self {
+        Base {
+            state: None,
+            image,
+            platform,
+            env: None,
+            build_args: Vec::new(),
+            image_reference: None,
+        }
+    }
+}
+
+/// BuildKit's step prefix, `[stage-1  3/12] `: the index is padded to the width of the
+/// total; triggers say `ONBUILD`; a stage with no steps has no prefix.
+fn step_prefix(label: &str, step: usize, total: usize, in_trigger: bool) -> String {
+    if total == 0 {
+        return String::new();
+    }
+    let width = total.to_string().len();
+    let onbuild = if in_trigger { "ONBUILD " } else { "" };
+    format!("[{label}{step:>width$}/{total}] {onbuild}")
 }
 
 /// Parses a base image's ONBUILD trigger into instructions placed at the FROM line.
@@ -310,23 +380,30 @@ fn dispatch(
             }
             commit(&mut st.image, message, false, false);
         }
-        InstructionKind::Add(add) => super::copy::lower_add(lowerer, st, instruction, add)?,
-        InstructionKind::Copy(copy) => super::copy::lower_copy(lowerer, st, instruction, copy)?,
+        InstructionKind::Add(add) => {
+            st.step += 1;
+            super::copy::lower_add(lowerer, st, instruction, add)?
+        }
+        InstructionKind::Copy(copy) => {
+            st.step += 1;
+            super::copy::lower_copy(lowerer, st, instruction, copy)?
+        }
         InstructionKind::Onbuild(expression) => {
+            // BuildKit records no history entry for ONBUILD.
             st.image.config.on_build.push(expression.clone());
-            commit(&mut st.image, format!("ONBUILD {expression}"), false, false);
         }
         InstructionKind::Workdir(path) => {
             let path = st.expand(path, loc)?;
-            let wd = join_path(&st.workdir(), &path);
+            let wd = workdir_path(&st.workdir(), &path);
             st.image.config.working_dir = wd.clone();
             let layer = wd != "/";
             if layer {
+                st.step += 1;
                 let chown = parse_chown(&st.image.config.user);
                 let op = Op::File(FileOp {
                     base: st.state.map(|_| 0),
                     actions: vec![FileAction::Mkdir(MkdirAction {
-                        path: wd.clone(),
+                        path: clean_path(&wd),
                         mode: 0o755,
                         make_parents: true,
                         chown,
@@ -337,7 +414,10 @@ fn dispatch(
             }
             commit(&mut st.image, format!("WORKDIR {wd}"), layer, false);
         }
-        InstructionKind::Run(run) => super::run::lower_run(lowerer, st, instruction, run)?,
+        InstructionKind::Run(run) => {
+            st.step += 1;
+            super::run::lower_run(lowerer, st, instruction, run)?
+        }
         InstructionKind::Cmd(command) => {
             let args = st.argv(command);
             commit(
@@ -352,27 +432,37 @@ fn dispatch(
         }
         InstructionKind::Entrypoint(command) => {
             let args = st.argv(command);
+            let message = format!("ENTRYPOINT {}", quoted_list(&args));
             st.image.config.entrypoint = (!args.is_empty()).then_some(args);
             if !st.cmd_set {
                 st.image.config.cmd = None;
             }
-            let message = format!("ENTRYPOINT {}", quoted_list(&command.args));
             commit(&mut st.image, message, false, false);
         }
         InstructionKind::Healthcheck(health) => {
             st.image.config.healthcheck = Some(health.clone());
-            let message = format!("HEALTHCHECK {}", quoted_list(&health.test));
+            let message = format!("HEALTHCHECK {}", healthcheck(health));
             commit(&mut st.image, message, false, false);
         }
         InstructionKind::Expose(ports) => {
+            let mut specs = Vec::new();
             for port in ports {
-                let port = st.expand(port, loc)?;
-                for spec in expose_ports(&port).map_err(|e| Error::at(e, loc))? {
-                    st.image.config.exposed_ports.insert(spec, Empty {});
+                for word in Lexer::new(st.escape)
+                    .process_words(port, &st.env)
+                    .map_err(|e| Error::at(e.message, loc))?
+                {
+                    specs.extend(expose_ports(&word).map_err(|e| Error::at(e, loc))?);
                 }
             }
-            let message = format!("EXPOSE {}", set_map(st.image.config.exposed_ports.keys()));
-            commit(&mut st.image, message, false, false);
+            for spec in &specs {
+                st.image.config.exposed_ports.insert(spec.clone(), Empty {});
+            }
+            commit(
+                &mut st.image,
+                format!("EXPOSE {}", plain_list(&specs)),
+                false,
+                false,
+            );
         }
         InstructionKind::User(user) => {
             let user = st.expand(user, loc)?;
@@ -449,6 +539,16 @@ pub(super) fn join_path(base: &str, p: &str) -> String {
     clean_path(&joined)
 }
 
+/// BuildKit's `NormalizeWorkdir`: a relative path joins the current directory and is
+/// cleaned; an absolute one is kept as written (`/app/` keeps its slash in the config).
+fn workdir_path(current: &str, p: &str) -> String {
+    if p.starts_with('/') {
+        p.to_string()
+    } else {
+        join_path(current, p)
+    }
+}
+
 /// Go's `path.Clean` for absolute paths.
 pub(super) fn clean_path(p: &str) -> String {
     let mut parts: Vec<&str> = Vec::new();
@@ -476,29 +576,61 @@ pub(super) fn parse_chown(spec: &str) -> Option<kiln_solver::ChownOpt> {
     Some(kiln_solver::ChownOpt { user, group })
 }
 
-/// Docker's `nat.ParsePortSpecs` for EXPOSE: `80`, `80/udp`, `8000-8002/tcp`.
+/// BuildKit's EXPOSE port parsing: `[[ip:]host:]port[-end][/proto]` becomes one `port/proto`
+/// per container port; the host part is checked and dropped.
 fn expose_ports(spec: &str) -> Result<Vec<String>, String> {
-    let (range, proto) = match spec.split_once('/') {
-        Some((r, p)) => (r, p.to_ascii_lowercase()),
-        None => (spec, "tcp".to_string()),
+    let parts: Vec<&str> = spec.split(':').collect();
+    let (ip, host, container) = match parts.as_slice() {
+        [c] => ("".to_string(), "", *c),
+        [h, c] => ("".to_string(), *h, *c),
+        [rest @ .., h, c] => (rest.join(":"), *h, *c),
+        [] => unreachable!("split yields at least one part"),
     };
-    if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
-        return Err(format!("invalid proto: {proto}"));
+    let invalid_port = |e: String| format!("invalid port: {}: {e}", crate::parser::go_quote(spec));
+    let (range, proto) = container.split_once('/').unwrap_or((container, ""));
+    if range.is_empty() {
+        return Err(invalid_port("no port specified".into()));
     }
-    let parse = |s: &str| {
-        s.parse::<u16>()
-            .map_err(|_| format!("invalid containerPort: {range}"))
+    let proto = match proto.to_ascii_lowercase().as_str() {
+        "" => "tcp".to_string(),
+        "tcp" | "udp" | "sctp" => proto.to_ascii_lowercase(),
+        _ => return Err(invalid_port(format!("invalid proto: {proto}"))),
     };
-    let (start, end) = match range.split_once('-') {
-        Some((a, b)) => (parse(a)?, parse(b)?),
-        None => (parse(range)?, parse(range)?),
-    };
-    if end < start {
-        return Err(format!(
-            "invalid range specified for container port: {range}"
-        ));
+    let ip = ip
+        .strip_prefix('[')
+        .and_then(|i| i.strip_suffix(']'))
+        .unwrap_or(&ip);
+    if !ip.is_empty() && ip.parse::<std::net::IpAddr>().is_err() {
+        return Err(format!("invalid IP address: {ip}"));
+    }
+    let (start, end) = port_range(range).map_err(|_| format!("invalid containerPort: {range}"))?;
+    if !host.is_empty() {
+        let (host_start, host_end) =
+            port_range(host).map_err(|_| format!("invalid hostPort: {host}"))?;
+        if end - start != host_end - host_start && end != start {
+            return Err(format!(
+                "invalid ranges specified for container and host Ports: {range} and {host}"
+            ));
+        }
     }
     Ok((start..=end).map(|p| format!("{p}/{proto}")).collect())
+}
+
+/// `8000` or `8000-8002` as an inclusive range of ports.
+fn port_range(range: &str) -> Result<(u32, u32), ()> {
+    let port = |s: &str| s.parse::<u32>().ok().filter(|&p| p <= 65535).ok_or(());
+    match range.split_once('-') {
+        Some((a, b)) if a != b => {
+            let (start, end) = (port(a)?, port(b)?);
+            if end < start {
+                Err(())
+            } else {
+                Ok((start, end))
+            }
+        }
+        Some((a, _)) => Ok((port(a)?, port(a)?)),
+        None => Ok((port(range)?, port(range)?)),
+    }
 }
 
 /// Docker's `signal.ParseSignal`: a number or a known name, with or without `SIG`.

@@ -254,9 +254,14 @@ fn image_config_instructions() {
         .collect();
     assert_eq!(history[0], ("CMD [\"run\"]", true));
     assert_eq!(history[2], ("WORKDIR /app", false));
+    assert_eq!(history[5].0, "EXPOSE [53/udp 80/tcp 8000/tcp 8001/tcp]");
     assert_eq!(
-        history[5].0,
-        "EXPOSE map[53/udp:{} 80/tcp:{} 8000/tcp:{} 8001/tcp:{}]"
+        history[9].0,
+        "HEALTHCHECK {Test:[CMD-SHELL true] Interval:5s Timeout:0s StartPeriod:0s StartInterval:0s Retries:0}"
+    );
+    assert_eq!(
+        history[10].0, "MAINTAINER me",
+        "ONBUILD has no history entry"
     );
     // WORKDIR made the directory, owned by nobody (USER came later, so root here).
     let Op::File(f) = &root(&l).op else { panic!() };
@@ -327,7 +332,11 @@ fn run_heredocs_mounts_and_modes() {
 
     let l = lower_src("FROM busybox\nRUN <<EOF\n#!/usr/bin/env python3\nprint(1)\nEOF\n");
     let run = &execs(&l)[0];
-    assert_eq!(run.args, ["/dev/pipes/EOF"]);
+    assert_eq!(
+        run.args,
+        ["/bin/sh", "-c", "/dev/pipes/EOF"],
+        "BuildKit runs a shebang heredoc through the shell"
+    );
     assert_eq!(run.mounts[1].target, "/dev/pipes");
     assert!(run.mounts[1].readonly);
 
@@ -498,5 +507,82 @@ fn no_cache_filter_marks_only_that_stage() {
         })
         .collect();
     assert_eq!(flags.iter().filter(|(_, i)| *i).count(), 1, "{flags:?}");
-    assert!(flags.iter().any(|(d, i)| d == "[b 2/2] RUN two" && *i));
+    assert!(flags.iter().any(|(d, i)| d == "[b 1/1] RUN two" && *i));
+}
+
+/// Each expectation is what BuildKit v0.32's dockerfile2llb writes (see `dispatchRun`,
+/// `dispatchArg`, `dispatchCopy`, `dispatchWorkdir`, `emptyImage` and `prefixCommand`).
+#[test]
+fn config_and_history_as_buildkit_writes_them() {
+    let l = lower_src(
+        "FROM scratch AS base\nARG V=one\nARG EMPTY\nENV E=env\n\
+         FROM base\nARG W=two\nENV FROMARG=$V\nLABEL v=$V\nRUN echo $V\n\
+         ENTRYPOINT exec app\nCOPY a $W/\nWORKDIR /srv/\nWORKDIR sub\n",
+    );
+    let c = &l.image.config;
+    assert!(c.env.contains(&"FROMARG=one".to_string()), "{:?}", c.env);
+    assert_eq!(c.labels["v"], "one");
+    assert_eq!(c.working_dir, "/srv/sub");
+    assert_eq!(
+        c.entrypoint.as_deref(),
+        Some(&["/bin/sh".to_string(), "-c".into(), "exec app".into()][..])
+    );
+    let history: Vec<&str> = l
+        .image
+        .history
+        .iter()
+        .map(|h| h.created_by.as_str())
+        .collect();
+    assert_eq!(
+        history[6..],
+        [
+            "RUN |3 V=one EMPTY= W=two /bin/sh -c echo $V # buildkit",
+            "ENTRYPOINT [\"/bin/sh\" \"-c\" \"exec app\"]",
+            "COPY a two/ # buildkit",
+            "WORKDIR /srv/",
+            "WORKDIR /srv/sub",
+        ]
+    );
+    assert_eq!(
+        execs(&l)[0].env,
+        [
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "V=one",
+            "E=env",
+            "W=two",
+            "FROMARG=one"
+        ]
+    );
+
+    let l = lower_src("FROM scratch\nCOPY a /a\n");
+    assert_eq!(l.image.config.working_dir, "/", "BuildKit's empty image");
+
+    let l = lower_src("FROM scratch\nWORKDIR /app/\nRUN true\n");
+    assert_eq!(l.image.config.working_dir, "/app/");
+    assert_eq!(execs(&l)[0].cwd, "/app/");
+}
+
+#[test]
+fn step_labels_count_as_buildkit_counts() {
+    let l = lower_src(
+        "FROM busybox AS a\nENV X=1\nRUN one\nFROM a\nLABEL l=1\nRUN two\n\
+         RUN 3\nRUN 4\nRUN 5\nRUN 6\nRUN 7\nRUN 8\nRUN 9\nRUN 10\nRUN 11\n",
+    );
+    let descriptions: Vec<String> = l
+        .definition
+        .topological_order()
+        .iter()
+        .map(|d| l.definition.meta(d).unwrap().description.clone())
+        .collect();
+    for expected in [
+        "[a 1/2] FROM busybox",
+        "[a 2/2] RUN one",
+        "[stage-1  1/10] RUN two",
+        "[stage-1 10/10] RUN 11",
+    ] {
+        assert!(
+            descriptions.iter().any(|d| d == expected),
+            "{expected} not in {descriptions:#?}"
+        );
+    }
 }
