@@ -206,10 +206,17 @@ impl Worker {
                 MountKind::Cache {
                     id, uid, gid, mode, ..
                 } => {
+                    // As in BuildKit, an owner or mode given for the cache makes it another
+                    // cache than the same id's with the defaults.
+                    let key = if (*uid, *gid, *mode) == (0, 0, 0o755) {
+                        id.clone()
+                    } else {
+                        format!("{id}:{uid}:{gid}:{mode:o}")
+                    };
                     let dir = self
                         .config
                         .cache_mounts
-                        .join(kiln_cache::Digest::of(id.as_bytes()).hex());
+                        .join(kiln_cache::Digest::of(key.as_bytes()).hex());
                     if !dir.exists() {
                         std::fs::create_dir_all(&dir)?;
                         std::os::unix::fs::chown(&dir, Some(*uid), Some(*gid))?;

@@ -61,7 +61,7 @@ fn join(root: &Path, parts: &[String]) -> PathBuf {
     path
 }
 
-/// A user as a process runs: ids and supplementary groups.
+/// A uid and a primary gid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Ids {
     /// User id.
@@ -70,74 +70,138 @@ pub struct Ids {
     pub gid: u32,
 }
 
-/// A resolved `USER` / `--chown` value.
+/// A resolved `USER`: the ids a RUN step's process gets.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ExecUser {
     /// Uid and primary gid.
     pub ids: Ids,
-    /// Supplementary groups (those of `/etc/group` that list the user).
+    /// The process's groups: the primary group first, then those of `/etc/group` that list
+    /// the user (as containerd's `ensureAdditionalGids` makes them).
     pub additional_gids: Vec<u32>,
 }
 
-/// Resolves `user[:group]` (names or numbers) against the root filesystem's
-/// `/etc/passwd` and `/etc/group`, as Docker does: a numeric user needs no
-/// passwd entry, a name does; the group defaults to the user's primary
-/// group (0 when unknown). An empty spec is root.
-pub fn resolve_user(root: &Path, spec: &str) -> Result<ExecUser> {
+/// Resolves a RUN step's `USER` value as BuildKit's executor does (`oci.GetUser`, then
+/// runc's `GetExecUser`): `uid:gid` in numbers (or `root`) needs no lookup; otherwise the
+/// user is looked up in the root filesystem's `/etc/passwd` (a number needs no entry, a
+/// name does), the group in `/etc/group`, and a user without an explicit group gets every
+/// group that lists it. An empty value is root, whatever the files say.
+pub fn exec_user(root: &Path, spec: &str) -> Result<ExecUser> {
+    let (ids, supplementary) = if spec.is_empty() {
+        lookup_exec_user(root, "0").unwrap_or_default()
+    } else if let Some((uid, gid)) = spec
+        .split_once(':')
+        .and_then(|(u, g)| Some((numeric_id(u)?, numeric_id(g)?)))
+    {
+        (Ids { uid, gid }, Vec::new())
+    } else {
+        lookup_exec_user(root, spec)?
+    };
+    let mut additional_gids = supplementary;
+    if !additional_gids.contains(&ids.gid) {
+        additional_gids.insert(0, ids.gid);
+    }
+    Ok(ExecUser {
+        ids,
+        additional_gids,
+    })
+}
+
+/// runc's `GetExecUser` with root as the default: the ids and supplementary groups.
+fn lookup_exec_user(root: &Path, spec: &str) -> Result<(Ids, Vec<u32>)> {
     let (user, group) = match spec.split_once(':') {
-        Some((user, group)) => (user, Some(group)),
+        Some((user, group)) => (user, Some(group).filter(|g| !g.is_empty())),
         None => (spec, None),
     };
     let passwd = read_table(root, "/etc/passwd");
-    let mut result = ExecUser::default();
+    let mut ids = Ids::default();
+    let wanted = (!user.is_empty()).then_some(user);
+    let entry = passwd.iter().find(|fields| match wanted {
+        None => id_field(fields, 2) == Some(0),
+        Some(name) => match name.parse::<u32>() {
+            Ok(uid) => id_field(fields, 2) == Some(uid),
+            Err(_) => fields[0] == name,
+        },
+    });
     let mut user_name = None;
-    if !user.is_empty() {
-        let entry = passwd.iter().find(|fields| match user.parse::<u32>() {
-            Ok(uid) => fields.get(2).and_then(|f| f.parse::<u32>().ok()) == Some(uid),
-            Err(_) => fields[0] == user,
-        });
-        match (entry, user.parse::<u32>()) {
-            (Some(fields), _) => {
-                result.ids.uid = field_id(fields, 2, "passwd")?;
-                result.ids.gid = field_id(fields, 3, "passwd")?;
-                user_name = Some(fields[0].clone());
-            }
-            (None, Ok(uid)) => result.ids.uid = uid,
-            (None, Err(_)) => {
-                bail!("unable to find user {user}: no matching entries in passwd file")
-            }
+    match (entry, wanted.map(|u| u.parse::<u32>())) {
+        (Some(fields), _) => {
+            ids.uid = field_id(fields, 2, "passwd")?;
+            ids.gid = field_id(fields, 3, "passwd")?;
+            user_name = Some(fields[0].clone());
         }
+        (None, Some(Ok(uid))) => ids.uid = uid,
+        (None, Some(Err(_))) => {
+            bail!("unable to find user {user}: no matching entries in passwd file")
+        }
+        (None, None) => {}
     }
     let groups = read_table(root, "/etc/group");
-    if let Some(group) = group.filter(|g| !g.is_empty()) {
-        result.ids.gid = match group.parse::<u32>() {
-            Ok(gid) => gid,
-            Err(_) => {
-                let fields = groups
-                    .iter()
-                    .find(|fields| fields[0] == group)
-                    .ok_or_else(|| {
-                        anyhow::anyhow!(
-                            "unable to find group {group}: no matching entries in group file"
-                        )
-                    })?;
-                field_id(fields, 2, "group")?
+    let mut supplementary = Vec::new();
+    if let Some(group) = group {
+        let entry = groups.iter().find(|fields| match group.parse::<u32>() {
+            Ok(gid) => id_field(fields, 2) == Some(gid),
+            Err(_) => fields[0] == group,
+        });
+        ids.gid = match (entry, group.parse::<u32>()) {
+            (Some(fields), _) => field_id(fields, 2, "group")?,
+            (None, Ok(gid)) => gid,
+            (None, Err(_)) => {
+                bail!("unable to find group {group}: no matching entries in group file")
             }
         };
-    }
-    if let Some(name) = user_name {
+    } else if let Some(name) = user_name {
         for fields in &groups {
             let members = fields.get(3).map(String::as_str).unwrap_or("");
-            if members.split(',').any(|m| m == name)
-                && let Ok(gid) = field_id(fields, 2, "group")
-                && gid != result.ids.gid
-                && !result.additional_gids.contains(&gid)
-            {
-                result.additional_gids.push(gid);
+            if members.split(',').any(|m| m == name) {
+                supplementary.push(field_id(fields, 2, "group")?);
             }
         }
     }
-    Ok(result)
+    Ok((ids, supplementary))
+}
+
+/// The owner a file op's `--chown=user[:group]` (or WORKDIR's `USER`) gives, as BuildKit's
+/// file ops read it: a number (or `root`) is used as is, and a user number alone is also
+/// the group; a name is looked up in the root filesystem and, when absent, is root (0:0)
+/// for a user and leaves the gid alone for a group.
+pub fn chown_ids(root: &Path, user: &str, group: Option<&str>) -> Ids {
+    let mut ids = match numeric_id(user) {
+        Some(id) => Ids { uid: id, gid: id },
+        None => read_table(root, "/etc/passwd")
+            .iter()
+            .find(|fields| fields[0] == user)
+            .and_then(|fields| {
+                Some(Ids {
+                    uid: id_field(fields, 2)?,
+                    gid: id_field(fields, 3)?,
+                })
+            })
+            .unwrap_or_default(),
+    };
+    if let Some(group) = group {
+        match numeric_id(group) {
+            Some(gid) => ids.gid = gid,
+            None => {
+                if let Some(gid) = read_table(root, "/etc/group")
+                    .iter()
+                    .find(|fields| fields[0] == group)
+                    .and_then(|fields| id_field(fields, 2))
+                {
+                    ids.gid = gid;
+                }
+            }
+        }
+    }
+    ids
+}
+
+/// A user or group given as a number, or `root` (BuildKit's `parseUID`).
+fn numeric_id(value: &str) -> Option<u32> {
+    if value == "root" {
+        Some(0)
+    } else {
+        value.parse().ok()
+    }
 }
 
 /// The colon-separated lines of a file in the root filesystem (none when
@@ -153,10 +217,12 @@ fn read_table(root: &Path, path: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
+fn id_field(fields: &[String], index: usize) -> Option<u32> {
+    fields.get(index).and_then(|f| f.parse().ok())
+}
+
 fn field_id(fields: &[String], index: usize, file: &str) -> Result<u32> {
-    fields
-        .get(index)
-        .and_then(|f| f.parse().ok())
+    id_field(fields, index)
         .ok_or_else(|| anyhow::anyhow!("malformed {file} entry for {}", fields[0]))
 }
 
@@ -195,7 +261,7 @@ mod tests {
     }
 
     #[test]
-    fn users_and_groups_resolve_like_docker() {
+    fn users_and_groups_resolve_like_buildkit() {
         let root = tempfile::tempdir().unwrap();
         let r = root.path();
         fs::create_dir(r.join("etc")).unwrap();
@@ -209,37 +275,38 @@ mod tests {
             "root:x:0:\napp:x:1000:\nwheel:x:10:app,other\nstaff:x:50:\n",
         )
         .unwrap();
-        let ids = |spec| resolve_user(r, spec).unwrap();
-        assert_eq!(ids(""), ExecUser::default());
-        assert_eq!(
-            ids("app"),
-            ExecUser {
-                ids: Ids {
-                    uid: 1000,
-                    gid: 1000
-                },
-                additional_gids: vec![10]
-            }
-        );
-        assert_eq!(
-            ids("1000").ids,
-            Ids {
-                uid: 1000,
-                gid: 1000
-            }
-        );
-        assert_eq!(ids("4242").ids, Ids { uid: 4242, gid: 0 });
-        assert_eq!(ids("app:staff").ids, Ids { uid: 1000, gid: 50 });
-        assert_eq!(ids("4242:77").ids, Ids { uid: 4242, gid: 77 });
-        let err = resolve_user(r, "nobody").unwrap_err().to_string();
+        let run = |spec| {
+            let user = exec_user(r, spec).unwrap();
+            (user.ids.uid, user.ids.gid, user.additional_gids)
+        };
+        assert_eq!(run(""), (0, 0, vec![0]));
+        assert_eq!(run("app"), (1000, 1000, vec![1000, 10]));
+        assert_eq!(run("1000"), (1000, 1000, vec![1000, 10]));
+        assert_eq!(run("4242"), (4242, 0, vec![0]));
+        assert_eq!(run("app:staff"), (1000, 50, vec![50]));
+        assert_eq!(run("4242:77"), (4242, 77, vec![77]));
+        assert_eq!(run("root:0"), (0, 0, vec![0]));
+        let err = exec_user(r, "nobody").unwrap_err().to_string();
         assert_eq!(
             err,
             "unable to find user nobody: no matching entries in passwd file"
         );
-        let err = resolve_user(r, "app:nogroup").unwrap_err().to_string();
+        let err = exec_user(r, "app:nogroup").unwrap_err().to_string();
         assert_eq!(
             err,
             "unable to find group nogroup: no matching entries in group file"
         );
+
+        let chown = |user, group| {
+            let ids = chown_ids(r, user, group);
+            (ids.uid, ids.gid)
+        };
+        assert_eq!(chown("4242", None), (4242, 4242));
+        assert_eq!(chown("app", None), (1000, 1000));
+        assert_eq!(chown("app", Some("staff")), (1000, 50));
+        assert_eq!(chown("app", Some("nogroup")), (1000, 1000));
+        assert_eq!(chown("nobody", None), (0, 0));
+        assert_eq!(chown("nobody", Some("77")), (0, 77));
+        assert_eq!(chown("", Some("staff")), (0, 50));
     }
 }

@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use filetime::FileTime;
 use kiln_solver::{ExecOp, NetworkMode};
 
-use crate::rootfs::{resolve_in_root, resolve_user};
+use crate::rootfs::{exec_user, resolve_in_root};
 pub use kiln_solver::LogStream;
 pub use runtime::{EMBEDDED_RUNTIME_COMMAND, ExternalRuntime, OciRuntime};
 
@@ -64,7 +64,7 @@ pub fn run(
     cancel: &AtomicBool,
 ) -> Result<()> {
     let op = request.op;
-    let user = resolve_user(request.rootfs, &op.user)?;
+    let user = exec_user(request.rootfs, &op.user)?;
     let cwd = if op.cwd.is_empty() {
         "/"
     } else {

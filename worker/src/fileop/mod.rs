@@ -19,7 +19,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::layer::{extract_archive, is_tar_archive};
 use crate::parallel::map_on_every_core;
-use crate::rootfs::{Ids, resolve_in_root, resolve_user};
+use crate::rootfs::{Ids, chown_ids, resolve_in_root};
 pub use chmod::apply_chmod;
 pub use direct::UpperWriter;
 pub use select::{Item, SourceTree, ignored_paths, select};
@@ -42,10 +42,11 @@ pub fn copy(
     scratch: &Path,
 ) -> Result<()> {
     let items = select(tree, action, Some(root))?;
-    let owner = owner(root, action.chown.as_ref())?;
+    let owner = owner(root, action.chown.as_ref());
     let parent_owner = owner.unwrap_or_default();
-    if action.dest.ends_with('/') || items.len() > 1 {
-        mkdir_all(root, &action.dest, 0o755, parent_owner)?;
+    let dir_mode = created_dir_mode(action.chmod.as_deref());
+    if action.dest.ends_with('/') {
+        mkdir_all(root, &action.dest, dir_mode, parent_owner)?;
     }
     let ids_of = |item: &Item| {
         owner.unwrap_or(if tree.is_context {
@@ -71,7 +72,7 @@ pub fn copy(
             .rsplit_once('/')
             .map_or("/", |(p, _)| if p.is_empty() { "/" } else { p });
         if present.insert(parent) {
-            mkdir_all(root, parent, 0o755, parent_owner)?;
+            mkdir_all(root, parent, dir_mode, parent_owner)?;
         }
         let kind = item.meta.file_type();
         if action.unpack_archives && item.is_source && kind.is_file() && is_tar_archive(&item.host)
@@ -138,6 +139,15 @@ pub fn copy(
         filetime::set_symlink_file_times(&path, mtime, mtime)?;
     }
     Ok(())
+}
+
+/// The mode of the directories a COPY creates on the way to its destination: an octal
+/// `--chmod`'s permission bits, else 0755 (as BuildKit's copy makes them).
+fn created_dir_mode(chmod: Option<&str>) -> u32 {
+    chmod
+        .filter(|spec| spec.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|spec| u32::from_str_radix(spec, 8).ok())
+        .map_or(0o755, |mode| mode & 0o777)
 }
 
 /// Gives a copied entry its owner, mode (after `--chmod`), xattrs and mtime (a
@@ -218,7 +228,7 @@ fn hex_digest(hasher: Sha256) -> String {
 
 /// `mkdir` (WORKDIR and friends).
 pub fn mkdir(root: &Path, action: &MkdirAction) -> Result<()> {
-    let ids = owner(root, action.chown.as_ref())?.unwrap_or_default();
+    let ids = owner(root, action.chown.as_ref()).unwrap_or_default();
     if action.make_parents {
         mkdir_all(root, &action.path, action.mode, ids)
     } else {
@@ -233,7 +243,7 @@ pub fn mkdir(root: &Path, action: &MkdirAction) -> Result<()> {
 
 /// A file with literal content (heredoc COPY sources).
 pub fn mkfile(root: &Path, action: &MkfileAction) -> Result<()> {
-    let ids = owner(root, action.chown.as_ref())?.unwrap_or_default();
+    let ids = owner(root, action.chown.as_ref()).unwrap_or_default();
     let target = resolve_in_root(root, &action.path, false)?;
     remove(&target)?;
     let mut file = fs::OpenOptions::new()
@@ -282,16 +292,8 @@ fn set_owner_mode(path: &Path, ids: Ids, mode: u32) -> Result<()> {
 }
 
 /// The ids a `--chown` value names in the root filesystem, if one is given.
-fn owner(root: &Path, chown: Option<&ChownOpt>) -> Result<Option<Ids>> {
-    chown.map(|c| chown_ids(root, c)).transpose()
-}
-
-fn chown_ids(root: &Path, chown: &ChownOpt) -> Result<Ids> {
-    let spec = match &chown.group {
-        Some(group) => format!("{}:{group}", chown.user),
-        None => chown.user.clone(),
-    };
-    Ok(resolve_user(root, &spec)?.ids)
+fn owner(root: &Path, chown: Option<&ChownOpt>) -> Option<Ids> {
+    chown.map(|c| chown_ids(root, &c.user, c.group.as_deref()))
 }
 
 fn copy_xattrs(from: &Path, to: &Path) -> Result<()> {

@@ -52,13 +52,22 @@ pub fn select(
     dest_root: Option<&Path>,
 ) -> Result<Vec<Item>> {
     let sources = matching_sources(tree, action)?;
-    let dest_exists_as_dir = dest_root
-        .map(|root| resolve_in_root(root, &action.dest, true))
-        .transpose()?
-        .is_some_and(|path| path.is_dir());
-    let dest_is_dir =
-        action.dest.ends_with('/') || sources.len() > 1 || action.parents || dest_exists_as_dir;
-    let dest_base = clean(&format!("/{}", action.dest));
+    // The destination with its symlinks resolved, as BuildKit's copy resolves it: COPY onto
+    // a symlink writes where the link points.
+    let resolved_dest = dest_root
+        .map(|root| resolve_in_root(root, &action.dest, true).map(|path| (root, path)))
+        .transpose()?;
+    let dest_exists_as_dir = resolved_dest.as_ref().is_some_and(|(_, path)| path.is_dir());
+    // As BuildKit copies each match of a wildcard in turn onto the destination: a file
+    // replaces a file there, and once a directory's contents went there it is a directory.
+    let mut dest_is_dir = action.dest.ends_with('/') || action.parents || dest_exists_as_dir;
+    let dest_base = match &resolved_dest {
+        Some((root, path)) => {
+            let inside = path.strip_prefix(root).unwrap_or(path);
+            clean(&format!("/{}", inside.to_string_lossy()))
+        }
+        None => clean(&format!("/{}", action.dest)),
+    };
     let excludes = PatternMatcher::new(&action.exclude_patterns)?;
     let includes = PatternMatcher::new(&action.include_patterns)?;
     let mut items = Vec::new();
@@ -73,6 +82,7 @@ pub fn select(
         };
         if meta.is_dir() && action.dir_contents_only {
             walker.walk(&host, &dest_base, "", &mut items)?;
+            dest_is_dir = true;
             continue;
         }
         let name = rel.rsplit('/').next().unwrap_or(&rel);
@@ -110,10 +120,7 @@ fn matching_sources(tree: &SourceTree<'_>, action: &CopyAction) -> Result<Vec<St
         cleaned
     };
     if !(action.allow_wildcard && has_wildcards(&rel)) {
-        if tree
-            .ignore
-            .is_some_and(|m| !rel.is_empty() && m.matches_or_parent_matches(&rel))
-        {
+        if !in_context(tree, &rel)? {
             bail!("\"/{rel}\": not found");
         }
         return Ok(vec![rel]);
@@ -140,10 +147,7 @@ fn matching_sources(tree: &SourceTree<'_>, action: &CopyAction) -> Result<Vec<St
             for name in names {
                 if glob_match(pattern, &name)? {
                     let candidate = join_rel(&dir, &name);
-                    if !tree
-                        .ignore
-                        .is_some_and(|m| m.matches_or_parent_matches(&candidate))
-                    {
+                    if in_context(tree, &candidate)? {
                         next.push(candidate);
                     }
                 }
@@ -159,6 +163,40 @@ fn matching_sources(tree: &SourceTree<'_>, action: &CopyAction) -> Result<Vec<St
         );
     }
     Ok(found)
+}
+
+/// Whether `rel` is part of the tree as `.dockerignore` leaves it: not ignored, or an
+/// ignored directory that an exception (`!dir/file`) brings something back inside (Docker
+/// sends such a directory for what it holds).
+fn in_context(tree: &SourceTree<'_>, rel: &str) -> Result<bool> {
+    let Some(ignore) = tree.ignore.filter(|_| !rel.is_empty()) else {
+        return Ok(true);
+    };
+    if !ignore.matches_or_parent_matches(rel) {
+        return Ok(true);
+    }
+    if !ignore.exclusions() {
+        return Ok(false);
+    }
+    fn kept_inside(host: &Path, rel: &str, ignore: &PatternMatcher) -> Result<bool> {
+        let Ok(entries) = fs::read_dir(host) else {
+            return Ok(false);
+        };
+        for entry in entries {
+            let entry = entry?;
+            let child = join_rel(rel, &entry.file_name().to_string_lossy());
+            if !ignore.matches_or_parent_matches(&child)
+                || (entry.file_type()?.is_dir() && kept_inside(&entry.path(), &child, ignore)?)
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+    match resolve_source(tree, rel, true) {
+        Ok(host) if host.is_dir() => kept_inside(&host, rel, ignore),
+        _ => Ok(false),
+    }
 }
 
 /// The host path of `rel` in the tree. In the context a symlink that leaves
@@ -265,20 +303,20 @@ impl Walker<'_> {
                     || self.tree.ignore.is_some_and(PatternMatcher::exclusions))
                     && (!excluded || self.excludes.exclusions());
                 let start = items.len();
-                if !ignored && !excluded {
-                    items.push(Item {
-                        host: child.clone(),
-                        dest: dest_child.clone(),
-                        meta,
-                        rel,
-                        is_source: false,
-                    });
-                }
+                items.push(Item {
+                    host: child.clone(),
+                    dest: dest_child.clone(),
+                    meta,
+                    rel,
+                    is_source: false,
+                });
                 if descend {
                     self.walk(&child, &dest_child, &sub, items)?;
                 }
-                // With include patterns, a directory is kept only for what it holds.
-                if !self.includes.patterns().is_empty() && !included && items.len() == start + 1 {
+                // A directory that is ignored, excluded or not included is still copied,
+                // with its own metadata, for what it holds that is (as BuildKit does).
+                let selected = !ignored && !excluded && included;
+                if !selected && items.len() == start + 1 {
                     items.truncate(start);
                 }
             } else if !ignored && !excluded && included {

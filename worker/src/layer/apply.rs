@@ -15,7 +15,11 @@ use tar::EntryType;
 
 use kiln_cache::DigestingReader;
 
-use super::{LayerBlob, OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, PAX_XATTR_PREFIX, WHITEOUT_PREFIX};
+use super::{
+    LayerBlob, OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, OVERLAY_XATTR_PREFIX, PAX_XATTR_PREFIX,
+    WHITEOUT_PREFIX,
+};
+use crate::rootfs::resolve_in_root;
 
 /// What [`apply_layer`] unpacked.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -123,6 +127,10 @@ fn unpack(stream: impl Read, dest: &Path, whiteouts: Whiteouts) -> Result<ApplyS
     let mut dir_times = Vec::new();
     for entry in archive.entries().context("cannot read the tar")? {
         let mut entry = entry.context("corrupt tar")?;
+        if entry.header().entry_type() == EntryType::XGlobalHeader {
+            // PAX global headers carry defaults nothing here uses; Docker ignores them too.
+            continue;
+        }
         let raw_path = entry.path_bytes().into_owned();
         let shown = String::from_utf8_lossy(&raw_path).into_owned();
         let applied = apply_entry(&mut entry, &raw_path, dest, whiteouts, &mut dir_times)
@@ -151,7 +159,10 @@ fn apply_entry<R: Read>(
         // The root itself ("./"): nothing to create.
         return Ok(0);
     };
-    let parent = ensure_parents(dest, parents)?;
+    let parent = match whiteouts {
+        Whiteouts::Convert => ensure_parents(dest, parents)?,
+        Whiteouts::Keep => ensure_parents_through_links(dest, parents)?,
+    };
     if whiteouts == Whiteouts::Convert && base.as_str() == OPAQUE_MARKER {
         xattr::set(&parent, OVERLAY_OPAQUE_XATTR, b"y")
             .context("cannot mark the directory opaque")?;
@@ -263,6 +274,7 @@ fn apply_entry<R: Read>(
                 .key()
                 .ok()
                 .and_then(|k| k.strip_prefix(PAX_XATTR_PREFIX))
+                .filter(|name| !name.starts_with(OVERLAY_XATTR_PREFIX))
             {
                 xattr::set(&target, name, record.value_bytes())
                     .with_context(|| format!("cannot set xattr {name}"))?;
@@ -316,6 +328,28 @@ fn ensure_parents(dest: &Path, parents: &[String]) -> Result<PathBuf> {
         }
     }
     Ok(dir)
+}
+
+/// For archives that ADD extracts: parents may be symlinks the archive made (`dir -> x`
+/// then `dir/file`), followed as a chroot into `dest` would follow them (never out of
+/// `dest`), as Docker's extraction does. Missing parents are created 0755.
+fn ensure_parents_through_links(dest: &Path, parents: &[String]) -> Result<PathBuf> {
+    let mut rel = String::new();
+    for part in parents {
+        rel.push('/');
+        rel.push_str(part);
+        let dir = resolve_in_root(dest, &rel, true)?;
+        match fs::symlink_metadata(&dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => bail!("parent {rel} is not a directory"),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir(&dir)?;
+                fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))?;
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot stat {}", dir.display())),
+        }
+    }
+    resolve_in_root(dest, &rel, true)
 }
 
 /// Like [`ensure_parents`] but creates nothing: every component must be an

@@ -22,8 +22,11 @@ const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
 /// The xattr overlayfs uses to mark an opaque directory.
 const OVERLAY_OPAQUE_XATTR: &str = "trusted.overlay.opaque";
-/// Prefix of xattrs that belong to overlayfs and never go into a layer.
+/// Prefix of xattrs that belong to overlayfs: a layer that carries them is not believed,
+/// or an overlay mount would honour them (hide files, redirect directories).
 const OVERLAY_XATTR_PREFIX: &str = "trusted.overlay.";
+/// The one xattr layers kiln writes carry.
+const LAYER_XATTR: &str = "security.capability";
 /// PAX record prefix for extended attributes (as written by GNU tar/Go).
 const PAX_XATTR_PREFIX: &str = "SCHILY.xattr.";
 

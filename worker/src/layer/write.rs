@@ -11,7 +11,7 @@ use kiln_cache::{ContentStore, Digest};
 use tar::{EntryType, Header};
 
 use super::{
-    OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, OVERLAY_XATTR_PREFIX, PAX_XATTR_PREFIX, WHITEOUT_PREFIX,
+    LAYER_XATTR, OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, PAX_XATTR_PREFIX, WHITEOUT_PREFIX,
 };
 
 /// Media type of gzip-compressed layers (what kiln exports and pushes by default).
@@ -316,7 +316,7 @@ fn pax_record(records: &mut Vec<u8>, key: &str, value: &[u8]) {
     records.push(b'\n');
 }
 
-/// The xattrs of `path` that belong in a layer (not overlayfs's own).
+/// Whether `dir` is an opaque directory of an overlay upper layer.
 fn is_opaque(dir: &Path) -> Result<bool> {
     Ok(xattr::get(dir, OVERLAY_OPAQUE_XATTR)?.is_some_and(|v| v == b"y"))
 }
@@ -341,6 +341,9 @@ fn hides_below(lower: &Path, rel: &str) -> Result<bool> {
     Ok(false)
 }
 
+/// The xattrs of `path` that belong in a layer: only `security.capability` (file
+/// capabilities), as containerd's tar writer, which BuildKit's differ uses, records them.
+/// `user.*` attributes of context files or archive entries stay out of images.
 fn read_xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     let mut xattrs = Vec::new();
     let names = match xattr::list(path) {
@@ -356,7 +359,7 @@ fn read_xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
         let Some(name) = name.to_str().map(str::to_string) else {
             continue;
         };
-        if name.starts_with(OVERLAY_XATTR_PREFIX) {
+        if name != LAYER_XATTR {
             continue;
         }
         if let Some(value) = xattr::get(path, &name)? {
