@@ -67,9 +67,10 @@ pub struct BuildRequest {
 pub struct BuildResult {
     /// Digest of the image config (the image ID).
     pub config_digest: Digest,
-    /// Digest of the image manifest.
+    /// Digest of the image manifest: the one pushed, or written to an OCI or Docker
+    /// archive, when there is one (what the registry serves), else the stored one.
     pub manifest_digest: Digest,
-    /// Size of the image manifest in bytes.
+    /// Size of that manifest in bytes.
     pub manifest_size: u64,
     /// Frontend warnings.
     pub warnings: Vec<String>,
@@ -426,12 +427,23 @@ pub fn build(
         request.source_date_epoch,
     )?;
     let memo = state.cache_index();
+    // The manifest users see the digest of: the one pushed or written to an archive when
+    // there is one (what `skopeo inspect` shows), else the stored one.
+    let mut manifest = (exported.manifest_digest, exported.manifest_size);
     for out in &request.outputs {
         let written = image_for(&content, &memo, &exported, &snapshot, out, &request.tags)
             .and_then(|image| {
                 output::write_output(out, &content, &outputs_view, &snapshot, &image)?;
                 if out.kind == output::OutputKind::Image {
                     store_and_push(state, &images, &registry, out, &image, notice)?;
+                }
+                if out.push
+                    || matches!(
+                        out.kind,
+                        output::OutputKind::Oci | output::OutputKind::Docker
+                    )
+                {
+                    manifest = image.manifest;
                 }
                 Ok(())
             });
@@ -441,13 +453,16 @@ pub fn build(
         for tag in &request.tags {
             let remote = Reference::parse_normalized(tag)
                 .map_err(|e| anyhow::anyhow!("invalid tag {tag:?}: {e}"))?;
-            push_stored(state, &registry, &remote, notice)?;
+            let report = push_stored(state, &registry, &remote, notice)?;
+            if let Some(digest) = report.digest {
+                manifest = (digest, content.size(&digest).map_err(anyhow::Error::from)?);
+            }
         }
     }
     Ok(BuildResult {
         config_digest: exported.config.0,
-        manifest_digest: exported.manifest_digest,
-        manifest_size: exported.manifest_size,
+        manifest_digest: manifest.0,
+        manifest_size: manifest.1,
         warnings: lowered.warnings,
     })
 }

@@ -87,10 +87,19 @@ fn builds_from_a_registry_and_pushes_only_what_changed() {
     dockerfile("echo one > /last");
     let app = format!("{host}/app:1");
     let latest = format!("{host}/app:latest");
+    let metadata = context.path().join("metadata.json");
     let progress = ok(build(
         root.path(),
         context.path(),
-        &["-t", &app, "-t", &latest, "--push"],
+        &[
+            "-t",
+            &app,
+            "-t",
+            &latest,
+            "--push",
+            "--metadata-file",
+            metadata.to_str().unwrap(),
+        ],
         None,
     ));
     assert!(
@@ -100,6 +109,10 @@ fn builds_from_a_registry_and_pushes_only_what_changed() {
 
     let inspected = skopeo_inspect(&app);
     assert_eq!(skopeo_inspect(&latest)["Digest"], inspected["Digest"]);
+    // The digest kiln reports is the one the registry serves, for signing and deploying.
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&fs::read(&metadata).unwrap()).unwrap();
+    assert_eq!(metadata["containerimage.digest"], inspected["Digest"]);
     let layers = inspected["Layers"].as_array().unwrap();
     assert_eq!(layers.len(), 3, "{inspected}");
     assert_eq!(

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use filetime::FileTime;
 use kiln_cache::ChecksumCache;
+use kiln_patterns::has_wildcards;
 use kiln_solver::{ChownOpt, CopyAction, MkdirAction, MkfileAction, SymlinkAction};
 use sha2::{Digest as _, Sha256};
 
@@ -42,6 +43,10 @@ pub fn copy(
     scratch: &Path,
 ) -> Result<()> {
     let items = select(tree, action, Some(root))?;
+    if items.is_empty() && action.allow_wildcard && has_wildcards(&action.src) {
+        // A wildcard that matches nothing copies nothing and makes no destination.
+        return Ok(());
+    }
     let owner = owner(root, action.chown.as_ref());
     let parent_owner = owner.unwrap_or_default();
     let dir_mode = created_dir_mode(action.chmod.as_deref());

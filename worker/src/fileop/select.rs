@@ -57,7 +57,9 @@ pub fn select(
     let resolved_dest = dest_root
         .map(|root| resolve_in_root(root, &action.dest, true).map(|path| (root, path)))
         .transpose()?;
-    let dest_exists_as_dir = resolved_dest.as_ref().is_some_and(|(_, path)| path.is_dir());
+    let dest_exists_as_dir = resolved_dest
+        .as_ref()
+        .is_some_and(|(_, path)| path.is_dir());
     // As BuildKit copies each match of a wildcard in turn onto the destination: a file
     // replaces a file there, and once a directory's contents went there it is a directory.
     let mut dest_is_dir = action.dest.ends_with('/') || action.parents || dest_exists_as_dir;

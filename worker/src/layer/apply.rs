@@ -258,12 +258,13 @@ fn apply_entry<R: Read>(
         }
         other => bail!("unsupported tar entry type {other:?}"),
     }
-    let uid = header.uid()? as u32;
-    let gid = header.gid()? as u32;
+    let old = header.as_old();
+    let uid = numeric(&old.uid, || header.uid())? as u32;
+    let gid = numeric(&old.gid, || header.gid())? as u32;
     lchown(&target, Some(uid), Some(gid)).context("cannot set the owner")?;
     if entry_type != EntryType::Symlink {
         // After chown, which clears setuid/setgid.
-        let mode = header.mode()? & 0o7777;
+        let mode = numeric(&old.mode, || header.mode().map(u64::from))? as u32 & 0o7777;
         fs::set_permissions(&target, fs::Permissions::from_mode(mode))
             .context("cannot set the mode")?;
     }
@@ -281,13 +282,23 @@ fn apply_entry<R: Read>(
             }
         }
     }
-    let mtime = FileTime::from_unix_time(header.mtime()? as i64, 0);
+    let mtime = FileTime::from_unix_time(numeric(&old.mtime, || header.mtime())? as i64, 0);
     if entry_type.is_dir() {
         dir_times.push((target, mtime));
     } else {
         filetime::set_symlink_file_times(&target, mtime, mtime).context("cannot set the mtime")?;
     }
     Ok(written)
+}
+
+/// A numeric header field; an empty one (all NULs or spaces) is 0, as Go's tar reader,
+/// which Docker and BuildKit use, reads it.
+fn numeric(raw: &[u8], parse: impl FnOnce() -> io::Result<u64>) -> io::Result<u64> {
+    if raw.iter().all(|&b| b == 0 || b == b' ') {
+        Ok(0)
+    } else {
+        parse()
+    }
 }
 
 /// Splits an entry name into components, refusing `..` anywhere: a layer

@@ -10,9 +10,7 @@ use anyhow::{Context, Result};
 use kiln_cache::{ContentStore, Digest};
 use tar::{EntryType, Header};
 
-use super::{
-    LAYER_XATTR, OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, PAX_XATTR_PREFIX, WHITEOUT_PREFIX,
-};
+use super::{LAYER_XATTR, OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, PAX_XATTR_PREFIX, WHITEOUT_PREFIX};
 
 /// Media type of gzip-compressed layers (what kiln exports and pushes by default).
 pub const LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzip";

@@ -1,0 +1,374 @@
+//! Images as BuildKit v0.32 builds them, through the real binary. Each expectation is
+//! BuildKit's documented or observable behaviour, read in its source (dockerfile2llb's
+//! dispatchers, fsutil's copy, the executor's user setup, containerd's tar writer); the
+//! comments name where.
+
+use std::fs;
+use std::io::Read as _;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use kiln_tests::{busybox_archives, kiln, run};
+
+/// A state directory with `busybox:1` loaded and a build context.
+struct Build {
+    root: tempfile::TempDir,
+    context: tempfile::TempDir,
+    out: tempfile::TempDir,
+}
+
+impl Build {
+    fn new(dockerfile: &str) -> Self {
+        let archives = busybox_archives();
+        let root = tempfile::tempdir().unwrap();
+        run(
+            kiln()
+                .arg("--root")
+                .arg(root.path())
+                .args(["load", "-i"])
+                .arg(&archives.oci),
+            true,
+        );
+        let context = tempfile::tempdir().unwrap();
+        fs::write(context.path().join("Dockerfile"), dockerfile).unwrap();
+        Build {
+            root,
+            context,
+            out: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn file(&self, name: &str, content: &[u8]) -> PathBuf {
+        let path = self.context.path().join(name);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, content).unwrap();
+        path
+    }
+
+    /// Builds into `rootfs/` (a local export) and `image/` (the OCI layout).
+    fn build(&self) -> Image {
+        let rootfs = self.out.path().join("rootfs");
+        let archive = self.out.path().join("image.tar");
+        let metadata = self.out.path().join("metadata.json");
+        run(
+            kiln()
+                .arg("--root")
+                .arg(self.root.path())
+                .arg("build")
+                .arg("-o")
+                .arg(format!("type=local,dest={}", rootfs.display()))
+                .arg("-o")
+                .arg(format!("type=oci,dest={}", archive.display()))
+                .arg("--metadata-file")
+                .arg(&metadata)
+                .arg(self.context.path()),
+            true,
+        );
+        let layout = self.out.path().join("image");
+        fs::create_dir_all(&layout).unwrap();
+        run(
+            Command::new("tar")
+                .arg("-xf")
+                .arg(&archive)
+                .arg("-C")
+                .arg(&layout),
+            true,
+        );
+        let image = Image { rootfs, layout };
+        // The digest reported is the archive's manifest, as BuildKit reports it.
+        let metadata: serde_json::Value =
+            serde_json::from_slice(&fs::read(&metadata).unwrap()).unwrap();
+        let index: serde_json::Value =
+            serde_json::from_slice(&fs::read(image.layout.join("index.json")).unwrap()).unwrap();
+        assert_eq!(
+            metadata["containerimage.digest"],
+            index["manifests"][0]["digest"]
+        );
+        image
+    }
+}
+
+/// A built image: its local export and its OCI layout.
+struct Image {
+    rootfs: PathBuf,
+    layout: PathBuf,
+}
+
+impl Image {
+    fn blob(&self, digest: &serde_json::Value) -> Vec<u8> {
+        let digest = digest.as_str().unwrap().trim_start_matches("sha256:");
+        fs::read(self.layout.join("blobs/sha256").join(digest)).unwrap()
+    }
+
+    fn manifest(&self) -> serde_json::Value {
+        let index: serde_json::Value =
+            serde_json::from_slice(&fs::read(self.layout.join("index.json")).unwrap()).unwrap();
+        serde_json::from_slice(&self.blob(&index["manifests"][0]["digest"])).unwrap()
+    }
+
+    fn config(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.blob(&self.manifest()["config"]["digest"])).unwrap()
+    }
+
+    fn history(&self) -> Vec<String> {
+        self.config()["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["created_by"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// Every entry of every layer: path and its xattr names (from PAX records).
+    fn layer_xattrs(&self) -> Vec<(String, Vec<String>)> {
+        let mut entries = Vec::new();
+        for layer in self.manifest()["layers"].as_array().unwrap() {
+            let mut tar = Vec::new();
+            flate2::read::GzDecoder::new(self.blob(&layer["digest"]).as_slice())
+                .read_to_end(&mut tar)
+                .unwrap();
+            let mut archive = tar::Archive::new(tar.as_slice());
+            for entry in archive.entries().unwrap() {
+                let mut entry = entry.unwrap();
+                let path = entry.path().unwrap().display().to_string();
+                let names = match entry.pax_extensions().unwrap() {
+                    Some(records) => records
+                        .filter_map(|r| {
+                            r.unwrap()
+                                .key()
+                                .ok()?
+                                .strip_prefix("SCHILY.xattr.")
+                                .map(str::to_string)
+                        })
+                        .collect(),
+                    None => Vec::new(),
+                };
+                entries.push((path, names));
+            }
+        }
+        entries
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.rootfs.join(rel)
+    }
+
+    fn read(&self, rel: &str) -> String {
+        fs::read_to_string(self.path(rel)).unwrap()
+    }
+
+    /// `(mode & 07777, uid, gid)` of a path, symlinks not followed.
+    fn stat(&self, rel: &str) -> (u32, u32, u32) {
+        let meta = fs::symlink_metadata(self.path(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
+        (meta.permissions().mode() & 0o7777, meta.uid(), meta.gid())
+    }
+}
+
+/// Config and history as dockerfile2llb writes them.
+#[test]
+fn config_and_history_match_buildkit() {
+    let build = Build::new(
+        "FROM busybox:1 AS base\n\
+         ARG FLAVOUR=plain\n\
+         ARG UNSET\n\
+         FROM base\n\
+         ARG DEST=/opt\n\
+         ENV FROM_ARG=$FLAVOUR\n\
+         LABEL flavour=$FLAVOUR\n\
+         RUN echo \"$FLAVOUR\" > /flavour\n\
+         COPY a.txt $DEST/\n\
+         RUN <<EOF\n\
+         #!/bin/sh\n\
+         echo \"shebang via $0\" > /script\n\
+         EOF\n\
+         ENTRYPOINT exec app\n\
+         EXPOSE 80 443/udp\n\
+         EXPOSE 8080\n\
+         HEALTHCHECK --interval=30s --retries=3 CMD wget -q localhost\n\
+         ONBUILD RUN echo child\n\
+         WORKDIR /srv/\n",
+    );
+    build.file("a.txt", b"a\n");
+    let image = build.build();
+    let config = image.config();
+    let c = &config["config"];
+    assert_eq!(
+        c["WorkingDir"], "/srv/",
+        "an absolute WORKDIR is kept as written"
+    );
+    assert_eq!(
+        c["Labels"]["flavour"], "plain",
+        "ARG values carry into FROM <stage>"
+    );
+    assert!(
+        c["Env"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("FROM_ARG=plain")),
+        "{c}"
+    );
+    assert_eq!(image.read("flavour"), "plain\n");
+    assert_eq!(image.read("opt/a.txt"), "a\n");
+    assert_eq!(image.read("script"), "shebang via /dev/pipes/EOF\n");
+    let history = image.history();
+    let ours: Vec<&str> = history.iter().skip(2).map(String::as_str).collect();
+    assert_eq!(
+        ours,
+        [
+            "ARG FLAVOUR=plain",
+            "ARG UNSET",
+            "ARG DEST=/opt",
+            "ENV FROM_ARG=plain",
+            "LABEL flavour=plain",
+            "RUN |3 FLAVOUR=plain UNSET= DEST=/opt /bin/sh -c echo \"$FLAVOUR\" > /flavour # buildkit",
+            "COPY a.txt /opt/ # buildkit",
+            "RUN |3 FLAVOUR=plain UNSET= DEST=/opt /bin/sh -c /dev/pipes/EOF # buildkit",
+            "ENTRYPOINT [\"/bin/sh\" \"-c\" \"exec app\"]",
+            "EXPOSE [443/udp 80/tcp]",
+            "EXPOSE [8080/tcp]",
+            "HEALTHCHECK {Test:[CMD-SHELL wget -q localhost] Interval:30s Timeout:0s StartPeriod:0s StartInterval:0s Retries:3}",
+            "WORKDIR /srv/",
+        ]
+    );
+
+    // FROM scratch starts from BuildKit's empty image, whose WorkingDir is "/".
+    fs::write(
+        build.context.path().join("Dockerfile"),
+        "FROM scratch\nCOPY a.txt /\n",
+    )
+    .unwrap();
+    assert_eq!(build.build().config()["config"]["WorkingDir"], "/");
+}
+
+/// Owners, modes and links as BuildKit's file ops and executor make them.
+#[test]
+fn owners_modes_groups_and_links_match_buildkit() {
+    let build = Build::new(
+        "FROM busybox:1\n\
+         RUN echo 'app:x:1000:1000::/home/app:/bin/sh' >> /etc/passwd \\\n\
+          && printf 'app:x:1000:\\nextra:x:2000:app\\nother:x:3000:app,root\\n' >> /etc/group \\\n\
+          && echo old > /target-file && ln -s /target-file /link && mkdir -m 1777 /out\n\
+         COPY --chown=4242 f.txt /uid-only\n\
+         COPY --chmod=700 f.txt /made/deeper/\n\
+         COPY --chmod=751 d /newdir\n\
+         COPY f.txt /link\n\
+         RUN grep Groups /proc/self/status > /out/root\n\
+         USER app\n\
+         RUN grep Groups /proc/self/status > /out/app\n\
+         USER 1000:1000\n\
+         RUN grep Groups /proc/self/status > /out/ids\n\
+         USER nosuchuser\n\
+         WORKDIR /made-by-workdir\n",
+    );
+    build.file("f.txt", b"new\n");
+    build.file("d/g.txt", b"g\n");
+    let image = build.build();
+    // fsutil: a uid alone is also the group (llb.WithUser, readUser).
+    assert_eq!(image.stat("uid-only"), (0o644, 4242, 4242));
+    // fsutil's MkdirAll makes the directories on the way with the octal --chmod.
+    assert_eq!(image.stat("made"), (0o700, 0, 0));
+    assert_eq!(image.stat("made/deeper"), (0o700, 0, 0));
+    assert_eq!(image.stat("made/deeper/f.txt"), (0o700, 0, 0));
+    assert_eq!(image.stat("newdir"), (0o751, 0, 0));
+    assert_eq!(image.stat("newdir/g.txt"), (0o751, 0, 0));
+    // The destination is resolved through symlinks: the link stays, its target is written.
+    assert_eq!(
+        fs::read_link(image.path("link")).unwrap(),
+        Path::new("/target-file")
+    );
+    assert_eq!(image.read("target-file"), "new\n");
+    // The executor gives the primary group first, then /etc/group's memberships.
+    let groups = |name: &str| image.read(&format!("out/{name}")).trim().to_string();
+    assert_eq!(groups("root"), "Groups:\t0 3000");
+    assert_eq!(groups("app"), "Groups:\t1000 2000 3000");
+    assert_eq!(groups("ids"), "Groups:\t1000");
+    // WORKDIR's mkdir for an unknown USER is root's, not an error.
+    assert_eq!(image.stat("made-by-workdir"), (0o755, 0, 0));
+    assert_eq!(image.config()["config"]["User"], "nosuchuser");
+}
+
+/// Archives and xattrs as BuildKit treats them: ADD follows the archive's own symlinks and
+/// skips pax global headers (moby's go-archive); layers carry only file capabilities
+/// (containerd's tar writer).
+#[test]
+fn archives_and_xattrs_match_buildkit() {
+    let build = Build::new(
+        "FROM busybox:1\n\
+         ADD bundle.tar /unpacked/\n\
+         COPY noted.txt /noted.txt\n\
+         COPY ./app/n\\?pe/file.txt /escaped/file.txt\n",
+    );
+    let noted = build.file("noted.txt", b"noted\n");
+    let xattrs_work = xattr::set(&noted, "user.note", b"context").is_ok();
+    build.file("app/n?pe/file.txt", b"literal\n");
+    build.file("app/nope/file.txt", b"last match\n");
+
+    let mut tar = tar::Builder::new(Vec::new());
+    let records = b"22 comment=kiln tests\n";
+    let mut global = tar::Header::new_ustar();
+    global.set_entry_type(tar::EntryType::XGlobalHeader);
+    global.set_path("pax_global_header").unwrap();
+    global.set_size(records.len() as u64);
+    global.set_cksum();
+    tar.append(&global, &records[..]).unwrap();
+    let mut dir = tar::Header::new_gnu();
+    dir.set_entry_type(tar::EntryType::Directory);
+    dir.set_mode(0o755);
+    dir.set_size(0);
+    tar.append_data(&mut dir, "real/", std::io::empty())
+        .unwrap();
+    let mut link = tar::Header::new_gnu();
+    link.set_entry_type(tar::EntryType::Symlink);
+    link.set_size(0);
+    tar.append_link(&mut link, "alias", "real").unwrap();
+    let mut file = tar::Header::new_gnu();
+    file.set_mode(0o644);
+    file.set_size(6);
+    tar.append_data(&mut file, "alias/inside", &b"piped\n"[..])
+        .unwrap();
+    build.file("bundle.tar", &tar.into_inner().unwrap());
+
+    let image = build.build();
+    assert_eq!(image.read("unpacked/real/inside"), "piped\n");
+    assert_eq!(
+        fs::read_link(image.path("unpacked/alias")).unwrap(),
+        Path::new("real")
+    );
+    // `n\?pe` expands to the wildcard `n?pe`, which matches both directories; BuildKit
+    // copies each match in turn onto the file destination, so the last one stays.
+    assert_eq!(image.read("escaped/file.txt"), "last match\n");
+    if xattrs_work {
+        let entries = image.layer_xattrs();
+        let (_, names) = entries
+            .iter()
+            .find(|(path, _)| path == "noted.txt")
+            .expect("noted.txt is in a layer");
+        assert!(
+            names.is_empty(),
+            "user xattrs stay out of layers: {names:?}"
+        );
+    }
+}
+
+/// What a COPY finds in the context and cache mounts, as BuildKit: an ignored directory is
+/// sent for what an exception brings back inside it; a wildcard matching nothing makes no
+/// destination; cache mounts with other owners are other caches.
+#[test]
+fn context_selection_and_cache_mounts_match_buildkit() {
+    let build = Build::new(
+        "FROM busybox:1\n\
+         COPY folder1 /f1\n\
+         COPY missing* /nothing/\n\
+         RUN --mount=type=cache,target=/c,uid=1000 touch /c/owned-by-1000\n\
+         RUN --mount=type=cache,target=/c ls /c > /default-cache\n",
+    );
+    build.file(".dockerignore", b"**\n!folder1/file1\n");
+    build.file("folder1/file1", b"one\n");
+    build.file("folder1/file2", b"two\n");
+    let image = build.build();
+    assert_eq!(image.read("f1/file1"), "one\n");
+    assert!(!image.path("f1/file2").exists());
+    assert!(!image.path("nothing").exists());
+    assert_eq!(image.read("default-cache"), "");
+}
