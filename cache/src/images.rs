@@ -42,7 +42,21 @@ pub struct ImageRecord {
     pub created: i64,
 }
 
+/// What names of untagged images start with: `<none>@` and the manifest digest.
+const UNTAGGED_PREFIX: &str = "<none>@";
+
 impl ImageRecord {
+    /// The record name of the untagged image with the manifest `digest` (what `kiln build`
+    /// without `-t` leaves, listed as `<none>` as docker lists it).
+    pub fn untagged_name(digest: &Digest) -> String {
+        format!("{UNTAGGED_PREFIX}{digest}")
+    }
+
+    /// Whether this record keeps an untagged image rather than naming one.
+    pub fn is_untagged(&self) -> bool {
+        self.name.starts_with(UNTAGGED_PREFIX)
+    }
+
     /// A record naming `digest` (a manifest or index of `media_type`, `size` bytes) as
     /// `name`, set now.
     pub fn named_now(name: String, media_type: String, digest: Digest, size: u64) -> Self {

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use kiln_cache::{CacheIndexStore, ContentStore, Digest, ImageRecord, ImageStore};
-use kiln_image::{History, Image, Reference, is_index};
+use kiln_image::{History, Image, Reference, format_rfc3339, is_index};
 use kiln_solver::Platform;
 use kiln_worker::layer::{LayerBlob, LayerCompression, TAR_LAYER_MEDIA_TYPE, recompress_all};
 use kiln_worker::snapshot::Snapshot;
@@ -58,17 +58,33 @@ pub struct Exported {
     pub manifest_size: u64,
 }
 
+/// How an image is exported into the store.
+pub struct ExportOptions<'a> {
+    /// The platform the config states.
+    pub platform: &'a Platform,
+    /// Names to point at the image.
+    pub tags: &'a [String],
+    /// Without tags, keep the image as an untagged one (`<none>` in `kiln images`).
+    pub keep_untagged: bool,
+    /// `SOURCE_DATE_EPOCH`: the time new history entries and the config state.
+    pub source_date_epoch: Option<u64>,
+}
+
 /// Stores `image` (its rootfs and history completed from `snapshot`) and an
-/// OCI manifest, and points every name in `tags` at it.
+/// OCI manifest, and names it as `options` say.
 pub fn export_image(
     content: &ContentStore,
     images: &ImageStore,
     mut image: Image,
     snapshot: &Snapshot,
-    platform: &Platform,
-    tags: &[String],
-    source_date_epoch: Option<u64>,
+    options: &ExportOptions<'_>,
 ) -> Result<Exported> {
+    let ExportOptions {
+        platform,
+        tags,
+        keep_untagged,
+        source_date_epoch,
+    } = *options;
     let now = source_date_epoch.unwrap_or_else(kiln_cache::unix_seconds_now);
     image.architecture = platform.architecture.clone();
     image.os = platform.os.clone();
@@ -91,7 +107,7 @@ pub fn export_image(
         .history
         .last()
         .and_then(|h| h.created.clone())
-        .or_else(|| Some(rfc3339(now)));
+        .or_else(|| Some(format_rfc3339(now)));
 
     let config_bytes = serde_json::to_vec(&image)?;
     let config_digest = content
@@ -100,18 +116,31 @@ pub fn export_image(
     let config = (config_digest, config_bytes.len() as u64);
     let (manifest_digest, manifest_size) =
         store_manifest(content, config, &snapshot.layers, ManifestFormat::Oci)?;
+    let record = |name: String| ImageRecord {
+        name,
+        media_type: MediaType::ImageManifest.to_string(),
+        digest: manifest_digest,
+        size: manifest_size,
+        created: now as i64,
+    };
+    let untagged = ImageRecord::untagged_name(&manifest_digest);
     for tag in tags {
         let name = Reference::parse_normalized(tag)
             .map_err(|e| anyhow::anyhow!("invalid tag {tag:?}: {e}"))?;
         images
-            .put(&ImageRecord {
-                name: name.to_string(),
-                media_type: MediaType::ImageManifest.to_string(),
-                digest: manifest_digest,
-                size: manifest_size,
-                created: now as i64,
-            })
+            .put(&record(name.to_string()))
             .with_context(|| format!("cannot name the image {tag}"))?;
+    }
+    if tags.is_empty() && keep_untagged {
+        images
+            .put(&record(untagged))
+            .context("cannot keep the untagged image")?;
+    } else if !tags.is_empty() {
+        // Named now: no longer listed as <none>.
+        match images.remove(&untagged) {
+            Ok(_) | Err(kiln_cache::ImageStoreError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(Exported {
         config,
@@ -222,7 +251,7 @@ fn date_history(history: &mut [History], layer_times: &[Option<u64>], now: u64) 
     let mut layers = layer_times.iter();
     for entry in history.iter_mut().filter(|h| !h.empty_layer) {
         if let (None, Some(Some(time))) = (&entry.created, layers.next()) {
-            entry.created = Some(rfc3339(*time));
+            entry.created = Some(format_rfc3339(*time));
         }
     }
     let first_new = history
@@ -230,7 +259,9 @@ fn date_history(history: &mut [History], layer_times: &[Option<u64>], now: u64) 
         .skip_while(|h| h.created.is_some())
         .find_map(|h| h.created.clone());
     let last_dated = history.iter().rev().find_map(|h| h.created.clone());
-    let mut created = first_new.or(last_dated).unwrap_or_else(|| rfc3339(now));
+    let mut created = first_new
+        .or(last_dated)
+        .unwrap_or_else(|| format_rfc3339(now));
     let mut seen_undated = false;
     for entry in history.iter_mut() {
         match &entry.created {
@@ -271,37 +302,12 @@ fn oci_digest(digest: &Digest) -> Result<oci_spec::image::Digest> {
         .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-/// Seconds since the epoch as RFC 3339 in UTC (`2026-11-25T10:00:00Z`).
-fn rfc3339(seconds: u64) -> String {
-    let days = seconds / 86_400;
-    let rem = seconds % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn timestamps_and_history_alignment() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_764_064_800), "2025-11-25T10:00:00Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    fn history_alignment() {
         let entry = |empty| History {
             empty_layer: empty,
             ..History::default()
@@ -318,7 +324,7 @@ mod tests {
     fn history_takes_layer_times_then_buildkits_fill_rule() {
         let entry = |empty: bool, created: Option<u64>| History {
             empty_layer: empty,
-            created: created.map(rfc3339),
+            created: created.map(format_rfc3339),
             ..History::default()
         };
         // Base image (dated), ENV (undated), RUN (its layer ran at 200), COPY (layer of
@@ -332,10 +338,14 @@ mod tests {
         ];
         date_history(&mut history, &[None, Some(200), None], 999);
         let times: Vec<_> = history.iter().map(|h| h.created.clone().unwrap()).collect();
-        assert_eq!(times, [100, 200, 200, 200, 200].map(rfc3339));
+        assert_eq!(times, [100, 200, 200, 200, 200].map(format_rfc3339));
 
         let mut undated = vec![entry(true, None), entry(false, None)];
         date_history(&mut undated, &[None], 999);
-        assert!(undated.iter().all(|h| h.created == Some(rfc3339(999))));
+        assert!(
+            undated
+                .iter()
+                .all(|h| h.created == Some(format_rfc3339(999)))
+        );
     }
 }

@@ -13,7 +13,7 @@ pub mod store;
 pub use entitlements::Entitlement;
 pub use events::BuildEvent;
 pub use exporter::ManifestFormat;
-pub use output::{ClientTarget, Destination, Output, OutputKind};
+pub use output::{ClientTarget, Destination, ImageBlobs, Output, OutputKind, write_docker_archive};
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -422,9 +422,13 @@ pub fn build(
         &images,
         lowered.image,
         &snapshot,
-        &request.options.target_platform,
-        &request.tags,
-        request.source_date_epoch,
+        &exporter::ExportOptions {
+            platform: &request.options.target_platform,
+            tags: &request.tags,
+            // As docker build: an image that goes nowhere else stays in the store, untagged.
+            keep_untagged: request.outputs.is_empty(),
+            source_date_epoch: request.source_date_epoch,
+        },
     )?;
     let memo = state.cache_index();
     // The manifest users see the digest of: the one pushed or written to an archive when

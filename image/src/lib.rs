@@ -8,8 +8,10 @@ mod archive;
 mod config;
 mod local;
 mod reference;
+mod time;
 
 pub use archive::{ArchiveError, ImportedImage, import_archive};
 pub use config::{ContainerConfig, Empty, HealthConfig, History, Image, RootFs};
 pub use local::{ImageContent, ImageLayer, PlatformWanted, ResolvedImage, is_index, resolve_local};
 pub use reference::{DOCKER_HUB, Reference, ReferenceError};
+pub use time::{format_rfc3339, parse_rfc3339};

@@ -73,10 +73,65 @@ fn loads_oci_and_docker_archives_and_lists_them() {
     assert_eq!(listing.lines().count(), 2, "{listing}");
 
     let out = run(kiln_at(root.path()).args(["rmi", "nope"]), false);
-    assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .contains("no such image: docker.io/library/nope:latest")
+    assert!(String::from_utf8_lossy(&out.stderr).contains("No such image: nope"));
+}
+
+/// As `docker build` without `-t`: the image stays, listed as `<none>`, until `kiln rmi ID`;
+/// CREATED comes from the image config and sizes read as docker prints them.
+#[test]
+fn untagged_builds_are_listed_and_removed_by_id() {
+    let archives = busybox_archives();
+    let root = tempfile::tempdir().unwrap();
+    stdout(kiln_at(root.path()).args(["load", "-i"]).arg(&archives.oci));
+    let context = tempfile::tempdir().unwrap();
+    fs::write(
+        context.path().join("Dockerfile"),
+        "FROM busybox:1\nRUN echo built > /built\n",
+    )
+    .unwrap();
+    let iidfile = context.path().join("iid");
+    run(
+        kiln_at(root.path())
+            .arg("build")
+            .arg("--iidfile")
+            .arg(&iidfile)
+            .arg(context.path()),
+        true,
     );
+    let id = fs::read_to_string(&iidfile).unwrap();
+    let short = &id["sha256:".len()..][..12];
+    let listing = stdout(kiln_at(root.path()).arg("images"));
+    let row = listing
+        .lines()
+        .find(|l| l.contains(short))
+        .unwrap_or_else(|| panic!("{short} not listed:\n{listing}"));
+    let columns: Vec<&str> = row
+        .split("   ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    assert_eq!(columns[..2], ["<none>", "<none>"], "{listing}");
+    assert!(
+        [
+            "Less than a second ago",
+            "1 second ago",
+            "2 seconds ago",
+            "3 seconds ago"
+        ]
+        .contains(&columns[3])
+            || columns[3].ends_with("seconds ago"),
+        "{listing}"
+    );
+    // Three significant digits, as docker (go-units) prints sizes.
+    let size = columns[4];
+    let digits: String = size.chars().filter(char::is_ascii_digit).collect();
+    assert!(digits.len() <= 3 && size.ends_with("MB"), "{size}");
+
+    let out = stdout(kiln_at(root.path()).args(["rmi", short]));
+    assert_eq!(out, format!("Deleted: {}\n", id.trim()));
+    let listing = stdout(kiln_at(root.path()).arg("images"));
+    assert!(!listing.contains(short), "{listing}");
+    assert!(!listing.contains("<none>"), "{listing}");
 }
 
 #[test]

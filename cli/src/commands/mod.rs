@@ -103,21 +103,34 @@ pub fn parse_build_args(raw: &[String]) -> Result<BTreeMap<String, String>, Fail
 
 /// Docker's human sizes: `1.09MB`, `723kB`.
 pub fn human_size(bytes: u64) -> String {
-    let units = ["B", "kB", "MB", "GB", "TB"];
+    let units = ["B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB"];
     let mut value = bytes as f64;
     let mut unit = 0;
     while value >= 1000.0 && unit < units.len() - 1 {
         value /= 1000.0;
         unit += 1;
     }
-    if unit == 0 {
-        format!("{bytes}B")
+    format!("{}{}", three_significant_digits(value), units[unit])
+}
+
+/// Go's `%.3g`: three significant digits, trailing zeros dropped, an exponent when the
+/// number has more integer digits than that (`1e+03`).
+fn three_significant_digits(value: f64) -> String {
+    let scientific = format!("{value:.2e}");
+    let (mantissa, exponent) = scientific.split_once('e').unwrap_or((&scientific, "0"));
+    let exponent: i32 = exponent.parse().unwrap_or(0);
+    let trim = |s: &str| {
+        if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            s.to_string()
+        }
+    };
+    if !(-4..3).contains(&exponent) {
+        let sign = if exponent < 0 { '-' } else { '+' };
+        format!("{}e{sign}{:02}", trim(mantissa), exponent.abs())
     } else {
-        format!("{:.3}", value)
-            .trim_end_matches('0')
-            .trim_end_matches('.')
-            .to_string()
-            + units[unit]
+        trim(&format!("{value:.*}", (2 - exponent).max(0) as usize))
     }
 }
 
