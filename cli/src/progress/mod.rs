@@ -35,6 +35,9 @@ pub enum ProgressMode {
 /// Lines of output kept per step for error reports and the live display.
 const TAIL_LINES: usize = 10;
 
+/// Terminal rows assumed when a terminal does not tell its height.
+const DEFAULT_ROWS: usize = 24;
+
 /// What a step is doing.
 #[derive(Debug, Clone, PartialEq)]
 enum StepState {
@@ -74,6 +77,8 @@ pub struct Progress {
     mode: ProgressMode,
     /// Terminal width for `tty` frames.
     width: usize,
+    /// Terminal height, which live `tty` frames stay within.
+    height: usize,
     out: Mutex<Box<dyn Write + Send>>,
     steps: Mutex<Steps>,
     started: Instant,
@@ -81,13 +86,13 @@ pub struct Progress {
 
 impl Progress {
     /// Shows progress on `out` (standard error) in `mode`; `auto` picks `tty` when
-    /// `is_terminal`.
+    /// `out` is a terminal, whose `(columns, rows)` are `terminal_size`.
     pub fn new(
         mode: ProgressMode,
         out: Box<dyn Write + Send>,
-        terminal_width: Option<usize>,
+        terminal_size: Option<(usize, usize)>,
     ) -> Self {
-        let is_terminal = terminal_width.is_some();
+        let is_terminal = terminal_size.is_some();
         let mode = match mode {
             ProgressMode::Auto if is_terminal => ProgressMode::Tty,
             ProgressMode::Auto => ProgressMode::Plain,
@@ -95,7 +100,8 @@ impl Progress {
         };
         Self {
             mode,
-            width: terminal_width.unwrap_or(80),
+            width: terminal_size.map_or(80, |(width, _)| width),
+            height: terminal_size.map_or(DEFAULT_ROWS, |(_, height)| height),
             out: Mutex::new(out),
             steps: Mutex::default(),
             started: Instant::now(),
@@ -105,11 +111,16 @@ impl Progress {
     /// Progress on standard error.
     pub fn stderr(mode: ProgressMode) -> Self {
         let stderr = std::io::stderr();
-        let width = stderr.is_terminal().then(|| {
-            rustix::termios::tcgetwinsize(&stderr)
-                .map_or(80, |size| usize::from(size.ws_col).max(20))
+        let size = stderr.is_terminal().then(|| {
+            rustix::termios::tcgetwinsize(&stderr).map_or((80, DEFAULT_ROWS), |size| {
+                let rows = match size.ws_row {
+                    0 => DEFAULT_ROWS,
+                    rows => usize::from(rows),
+                };
+                (usize::from(size.ws_col).max(20), rows)
+            })
         });
-        Self::new(mode, Box::new(stderr), width)
+        Self::new(mode, Box::new(stderr), size)
     }
 
     /// Records one event and, except in `tty` mode (which redraws on its own), shows it.
@@ -224,7 +235,13 @@ impl Progress {
     fn draw(&self, previous: usize, finished: bool) -> usize {
         let frame = {
             let steps = self.steps.lock().expect("progress lock");
-            tty::frame(&steps, self.started.elapsed(), finished, self.width)
+            tty::frame(
+                &steps,
+                self.started.elapsed(),
+                finished,
+                self.width,
+                self.height,
+            )
         };
         let mut out = self.out.lock().expect("progress lock");
         let _ = write!(out, "{}", tty::replace(previous, &frame));

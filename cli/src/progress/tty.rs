@@ -13,44 +13,119 @@ const RUNNING_TAIL: usize = 6;
 const NOTICES_SHOWN: usize = 6;
 
 /// The lines of one frame, each cut to `width` characters.
-pub(super) fn frame(steps: &Steps, elapsed: Duration, finished: bool, width: usize) -> Vec<String> {
+///
+/// A live frame (`finished` false) is at most `height - 1` lines, so that it and the
+/// line the cursor waits on fit the terminal and the next redraw can move up over all
+/// of it. When everything does not fit, as in BuildKit: finished steps are left out,
+/// oldest first; then messages of no step, oldest first; then output under running
+/// steps is cut, longest tail first; then the oldest running steps. The header always
+/// stays. The last frame (`finished`) shows everything, as BuildKit's does.
+pub(super) fn frame(
+    steps: &Steps,
+    elapsed: Duration,
+    finished: bool,
+    width: usize,
+    height: usize,
+) -> Vec<String> {
     let done = steps
         .by_vertex
         .values()
         .filter(|s| s.state != StepState::Running)
         .count();
-    let mut lines = vec![format!(
-        "[+] Building {:.1}s ({done}/{}){}",
-        elapsed.as_secs_f64(),
-        steps.total.max(steps.order.len()),
-        if finished { " FINISHED" } else { "" }
-    )];
+    let header = cut(
+        &format!(
+            "[+] Building {:.1}s ({done}/{}){}",
+            elapsed.as_secs_f64(),
+            steps.total.max(steps.order.len()),
+            if finished { " FINISHED" } else { "" }
+        ),
+        width,
+    );
     let first = steps.notices.len().saturating_sub(NOTICES_SHOWN);
-    for notice in &steps.notices[first..] {
-        lines.push(cut(&format!(" => {notice}"), width));
-    }
-    for vertex in &steps.order {
-        let step = &steps.by_vertex[vertex];
-        let (prefix, seconds) = match step.state {
-            StepState::Running => ("", step.started.elapsed()),
-            StepState::Cached => ("CACHED ", Duration::ZERO),
-            StepState::Done(took) => ("", took),
-            StepState::Failed(took) => ("ERROR ", took),
-            StepState::Cancelled => ("CANCELED ", step.started.elapsed()),
-        };
-        lines.push(with_duration(
-            &format!(" => {prefix}{}", step.name),
-            seconds,
-            width,
-        ));
-        if step.state == StepState::Running || matches!(step.state, StepState::Failed(_)) {
-            let start = step.tail.len().saturating_sub(RUNNING_TAIL);
-            for line in &step.tail[start..] {
-                lines.push(cut(&format!(" => => # {line}"), width));
+    let mut notices: Vec<String> = steps.notices[first..]
+        .iter()
+        .map(|notice| cut(&format!(" => {notice}"), width))
+        .collect();
+    let mut entries: Vec<Entry> = steps
+        .order
+        .iter()
+        .map(|vertex| {
+            let step = &steps.by_vertex[vertex];
+            let (prefix, seconds) = match step.state {
+                StepState::Running => ("", step.started.elapsed()),
+                StepState::Cached => ("CACHED ", Duration::ZERO),
+                StepState::Done(took) => ("", took),
+                StepState::Failed(took) => ("ERROR ", took),
+                StepState::Cancelled => ("CANCELED ", step.started.elapsed()),
+            };
+            let running = step.state == StepState::Running;
+            let tail = if running || matches!(step.state, StepState::Failed(_)) {
+                let start = step.tail.len().saturating_sub(RUNNING_TAIL);
+                step.tail[start..]
+                    .iter()
+                    .map(|line| cut(&format!(" => => # {line}"), width))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            Entry {
+                running,
+                line: with_duration(&format!(" => {prefix}{}", step.name), seconds, width),
+                tail,
             }
-        }
+        })
+        .collect();
+    if !finished {
+        // The header takes one line, the cursor waits on the one after the frame.
+        fit(&mut notices, &mut entries, height.saturating_sub(2));
+    }
+    let mut lines = vec![header];
+    lines.append(&mut notices);
+    for entry in entries {
+        lines.push(entry.line);
+        lines.extend(entry.tail);
     }
     lines
+}
+
+/// One step in a frame: its line and the output shown under it.
+struct Entry {
+    running: bool,
+    line: String,
+    tail: Vec<String>,
+}
+
+/// Leaves lines out of `notices` and `entries` until they take at most `room` lines:
+/// finished steps (oldest first), then notices (oldest first), then output lines of
+/// running steps (the oldest line of the longest tail, the oldest step's among equals),
+/// then running steps (oldest first).
+fn fit(notices: &mut Vec<String>, entries: &mut Vec<Entry>, room: usize) {
+    let used = notices.len() + entries.iter().map(|e| 1 + e.tail.len()).sum::<usize>();
+    let mut excess = used.saturating_sub(room);
+    while excess > 0 {
+        let Some(oldest) = entries.iter().position(|e| !e.running) else {
+            break;
+        };
+        excess = excess.saturating_sub(1 + entries.remove(oldest).tail.len());
+    }
+    let dropped = excess.min(notices.len());
+    notices.drain(..dropped);
+    excess -= dropped;
+    while excess > 0 {
+        // `max_by_key` picks the last of equals: search from the end for the oldest.
+        let Some(longest) = entries
+            .iter_mut()
+            .rev()
+            .max_by_key(|e| e.tail.len())
+            .filter(|e| !e.tail.is_empty())
+        else {
+            break;
+        };
+        longest.tail.remove(0);
+        excess -= 1;
+    }
+    let dropped = excess.min(entries.len());
+    entries.drain(..dropped);
 }
 
 /// `text` with the duration right-aligned at `width`, `text` cut to make room.
@@ -127,7 +202,7 @@ mod tests {
             steps.order.push(vertex);
             steps.by_vertex.insert(vertex, entry);
         }
-        let frame = frame(&steps, Duration::from_millis(2100), false, 50);
+        let frame = frame(&steps, Duration::from_millis(2100), false, 50, 24);
         assert_eq!(
             frame,
             [
@@ -140,12 +215,107 @@ mod tests {
             ]
         );
         assert!(frame.iter().all(|l| l.chars().count() <= 50));
-        let finished = super::frame(&steps, Duration::from_secs(3), true, 50);
+        let finished = super::frame(&steps, Duration::from_secs(3), true, 50, 24);
         assert!(finished[0].ends_with(" FINISHED"), "{finished:?}");
         steps.notices = (0..8).map(|i| format!("pushed layer {i}")).collect();
-        let with_notices = super::frame(&steps, Duration::from_secs(3), true, 50);
+        let with_notices = super::frame(&steps, Duration::from_secs(3), true, 50, 24);
         assert_eq!(with_notices[1], " => pushed layer 2", "the latest six");
         assert_eq!(with_notices[6], " => pushed layer 7");
+    }
+
+    /// 40 steps: 1 to 30 finished (with tails, which finished steps do not show),
+    /// 31 to 34 running with eight output lines each, the rest finished.
+    fn forty_steps() -> Steps {
+        let mut steps = Steps {
+            total: 40,
+            ..Steps::default()
+        };
+        let output: Vec<String> = (0..8).map(|i| format!("line {i}")).collect();
+        let output: Vec<&str> = output.iter().map(String::as_str).collect();
+        for number in 1..=40 {
+            let state = if (31..=34).contains(&number) {
+                StepState::Running
+            } else {
+                StepState::Done(Duration::from_millis(100))
+            };
+            let vertex = Digest::of(&[number as u8]);
+            steps.order.push(vertex);
+            steps.by_vertex.insert(
+                vertex,
+                step(number, &format!("step {number}"), state, &output),
+            );
+        }
+        steps
+    }
+
+    /// The step numbers a frame shows, in order.
+    fn shown(frame: &[String]) -> Vec<usize> {
+        frame
+            .iter()
+            .filter_map(|l| l.strip_prefix(" => step "))
+            .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn live_frames_fit_the_terminal_and_keep_running_steps() {
+        let steps = forty_steps();
+        let frame = frame(&steps, Duration::from_secs(5), false, 60, 10);
+        assert!(frame.len() <= 10, "{frame:#?}");
+        assert!(
+            frame[0].starts_with("[+] Building 5.0s (36/40)"),
+            "{frame:#?}"
+        );
+        assert_eq!(shown(&frame), [31, 32, 33, 34], "{frame:#?}");
+        // Nine lines: the header, four running steps and the latest output of the
+        // oldest ones, one line each.
+        assert_eq!(frame.len(), 9, "{frame:#?}");
+        assert_eq!(frame[2], " => => # line 7");
+        assert!(frame[3].starts_with(" => step 32 "), "{frame:#?}");
+    }
+
+    #[test]
+    fn finished_steps_collapse_oldest_first() {
+        let mut steps = forty_steps();
+        for vertex in &steps.order {
+            let step = steps.by_vertex.get_mut(vertex).unwrap();
+            if step.state == StepState::Running {
+                step.tail.clear();
+            }
+        }
+        let frame = frame(&steps, Duration::from_secs(5), false, 60, 10);
+        assert_eq!(frame.len(), 9, "{frame:#?}");
+        // Four running steps leave room for the four newest finished ones.
+        assert_eq!(
+            shown(&frame),
+            [31, 32, 33, 34, 37, 38, 39, 40],
+            "{frame:#?}"
+        );
+        let roomy = super::frame(&steps, Duration::from_secs(5), false, 60, 40);
+        assert_eq!(shown(&roomy), (3..=40).collect::<Vec<_>>(), "{roomy:#?}");
+    }
+
+    #[test]
+    fn tails_are_cut_before_running_steps_are_dropped() {
+        let steps = forty_steps();
+        let frame = frame(&steps, Duration::from_secs(5), false, 60, 30);
+        assert_eq!(frame.len(), 29, "{frame:#?}");
+        assert_eq!(shown(&frame), [31, 32, 33, 34], "{frame:#?}");
+        // Six lines under each running step fill the frame: the latest ones.
+        assert_eq!(frame[2], " => => # line 2", "{frame:#?}");
+        let tiny = super::frame(&steps, Duration::from_secs(5), false, 60, 4);
+        assert_eq!(tiny.len(), 3, "{tiny:#?}");
+        assert_eq!(shown(&tiny), [33, 34], "the newest running steps");
+        let header_only = super::frame(&steps, Duration::from_secs(5), false, 60, 1);
+        assert_eq!(header_only.len(), 1, "{header_only:#?}");
+    }
+
+    #[test]
+    fn the_last_frame_shows_everything() {
+        let steps = forty_steps();
+        let frame = frame(&steps, Duration::from_secs(5), true, 60, 10);
+        assert_eq!(shown(&frame), (1..=40).collect::<Vec<_>>());
+        assert_eq!(frame.len(), 1 + 40 + 4 * RUNNING_TAIL);
     }
 
     #[test]
