@@ -6,7 +6,7 @@ mod progress;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use kiln_cache::StateDir;
 
 /// kiln builds container images from Dockerfiles.
@@ -45,15 +45,48 @@ enum Command {
     Images(commands::images::ImagesArgs),
     /// Remove image names from the local store.
     Rmi(commands::images::RmiArgs),
+    /// Give an image of the local store another name.
+    Tag(commands::tag::TagArgs),
+    /// Write images of the local store to a `docker save` archive (standard output by default).
+    Save(commands::save::SaveArgs),
+    /// Show images of the local store in detail, as JSON.
+    Inspect(commands::inspect::InspectArgs),
     /// Show the disk space the state directory uses.
     Du(commands::store::DuArgs),
     /// Remove build cache (what no named image uses; everything with --all).
     Prune(commands::store::PruneArgs),
     /// Run kiln as a remote builder that BuildKit's clients and `kiln build --builder` use.
     Serve(Box<commands::serve::ServeArgs>),
+    /// Print a shell completion script for kiln.
+    Completion(commands::completion::CompletionArgs),
     /// The embedded OCI runtime, which kiln runs in a child process for each RUN step.
     #[command(name = "oci-runtime", hide = true)]
     OciRuntime(commands::oci_runtime::OciRuntimeArgs),
+}
+
+impl Command {
+    /// Whether the command works on this machine's state directory (and so needs root).
+    fn uses_local_state(&self) -> bool {
+        match self {
+            Command::Build(args) => !args.is_remote(),
+            Command::Du(args) => !args.is_remote(),
+            Command::Prune(args) => !args.is_remote(),
+            Command::Pull(_)
+            | Command::Push(_)
+            | Command::Load(_)
+            | Command::Images(_)
+            | Command::Rmi(_)
+            | Command::Tag(_)
+            | Command::Save(_)
+            | Command::Inspect(_)
+            | Command::Serve(_) => true,
+            Command::Debug(_)
+            | Command::Login(_)
+            | Command::Logout(_)
+            | Command::Completion(_)
+            | Command::OciRuntime(_) => false,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -63,6 +96,12 @@ fn main() -> ExitCode {
         insecure_registries: cli.insecure_registries,
         credentials: None,
     };
+    if cli.command.uses_local_state()
+        && let Err(err) = commands::require_root(&state)
+    {
+        eprint!("{err}");
+        return ExitCode::FAILURE;
+    }
     if matches!(
         cli.command,
         Command::Pull(_)
@@ -70,6 +109,9 @@ fn main() -> ExitCode {
             | Command::Load(_)
             | Command::Images(_)
             | Command::Rmi(_)
+            | Command::Tag(_)
+            | Command::Save(_)
+            | Command::Inspect(_)
     ) {
         commands::reap(&state);
     }
@@ -83,6 +125,10 @@ fn main() -> ExitCode {
         Command::Load(args) => commands::images::load(&state, args),
         Command::Images(args) => commands::images::list(&state, args),
         Command::Rmi(args) => commands::images::remove(&state, args),
+        Command::Tag(args) => commands::tag::run(&state, args),
+        Command::Save(args) => commands::save::run(&state, args),
+        Command::Inspect(args) => commands::inspect::run(&state, args),
+        Command::Completion(args) => commands::completion::run(Cli::command(), args),
         Command::Du(args) => commands::store::du(&state, args),
         Command::Prune(args) => commands::store::prune(&state, args),
         Command::Serve(args) => commands::serve::run(&state, &registry, *args),

@@ -336,6 +336,10 @@ pub fn build(
     if request.push && request.tags.is_empty() {
         return Err(anyhow::anyhow!("--push needs a name to push to: add -t NAME").into());
     }
+    for tag in &request.tags {
+        Reference::parse_normalized(tag)
+            .map_err(|e| anyhow::anyhow!("invalid tag {tag:?}: {e}"))?;
+    }
     let registry = RegistryClient::new(request.registry.clone())?;
     let Opened {
         _lock,

@@ -1,6 +1,7 @@
 //! `--output`: writing the result as an OCI or Docker archive, a root
 //! filesystem tar, or a directory.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -13,7 +14,7 @@ use kiln_patterns::PatternMatcher;
 use kiln_solver::CopyAction;
 use kiln_worker::fileop::{self, SourceTree};
 use kiln_worker::layer::{LayerCompression, WriteOptions, write_layer};
-use kiln_worker::snapshot::{Snapshot, Snapshotter};
+use kiln_worker::snapshot::{ActiveSnapshot, Snapshot, Snapshotter};
 
 use super::exporter::ManifestFormat;
 
@@ -197,7 +198,8 @@ impl std::str::FromStr for Output {
     }
 }
 
-/// What an image export wrote, for the archive outputs.
+/// One image for the archive outputs: what an image export wrote, or what `kiln save`
+/// found in the store.
 pub struct ImageBlobs<'a> {
     /// The manifest digest and size.
     pub manifest: (Digest, u64),
@@ -206,7 +208,7 @@ pub struct ImageBlobs<'a> {
     /// The layer blob digests, base first.
     pub layers: Vec<Digest>,
     /// The manifest's media type.
-    pub media_type: &'static str,
+    pub media_type: &'a str,
     /// Names to record in the archive.
     pub tags: &'a [String],
 }
@@ -223,10 +225,12 @@ pub fn write_output(
         return Ok(());
     };
     match output.kind {
-        OutputKind::Oci => with_archive(dest, &mut |out| write_archive(out, content, image, false)),
-        OutputKind::Docker => {
-            with_archive(dest, &mut |out| write_archive(out, content, image, true))
-        }
+        OutputKind::Oci => with_archive(dest, &mut |out| {
+            write_archive(out, content, std::slice::from_ref(image), false)
+        }),
+        OutputKind::Docker => with_archive(dest, &mut |out| {
+            write_archive(out, content, std::slice::from_ref(image), true)
+        }),
         OutputKind::Tar => {
             let view = snapshots.prepare(snapshot, content)?;
             with_archive(dest, &mut |out| {
@@ -237,7 +241,7 @@ pub fn write_output(
         OutputKind::Local => {
             let view = snapshots.prepare(snapshot, content)?;
             match dest {
-                Destination::Path(dir) => copy_tree(view.rootfs(), dir, snapshots),
+                Destination::Path(dir) => copy_tree(&view, dir, snapshots),
                 Destination::Client(client) => client.send_directory(view.rootfs()),
             }
         }
@@ -262,40 +266,65 @@ fn with_archive(
     }
 }
 
-/// Copies the root filesystem `rootfs` into the directory `dest` on this machine.
-fn copy_tree(rootfs: &Path, dest: &Path, snapshots: &Snapshotter) -> Result<()> {
+/// Copies the root filesystem of `view` into the directory `dest` on this machine.
+fn copy_tree(view: &ActiveSnapshot, dest: &Path, snapshots: &Snapshotter) -> Result<()> {
     std::fs::create_dir_all(dest).with_context(|| format!("cannot create {}", dest.display()))?;
     let nothing_ignored = PatternMatcher::new(Vec::<String>::new())?;
     let tree = SourceTree {
-        root: rootfs,
+        root: view.rootfs(),
         ignore: Some(&nothing_ignored),
         is_context: false,
+        layers: view.lowers(),
     };
     let copy_all = CopyAction::new(0, "/", "/");
     fileop::copy(&tree, &copy_all, dest, None, snapshots.scratch_root())
 }
 
-/// An OCI image layout in a tar; with `docker`, also Docker's
+/// Writes `images` to `out` as `docker save` does: an OCI image layout in a tar, with
+/// Docker's `manifest.json` beside it, which `docker load`, `kiln load` and skopeo's
+/// `docker-archive:` read.
+pub fn write_docker_archive(
+    out: &mut dyn Write,
+    content: &ContentStore,
+    images: &[ImageBlobs<'_>],
+) -> Result<()> {
+    write_archive(out, content, images, true)
+}
+
+/// An OCI image layout in a tar holding `images`; with `docker`, also Docker's
 /// `manifest.json` so that `docker load` reads it.
 fn write_archive(
     out: &mut dyn Write,
     content: &ContentStore,
-    image: &ImageBlobs<'_>,
+    images: &[ImageBlobs<'_>],
     docker: bool,
 ) -> Result<()> {
     let mut tar = tar::Builder::new(out);
-    let names: Vec<Reference> = image
-        .tags
+    let names: Vec<Vec<Reference>> = images
         .iter()
-        .map(|t| {
-            Reference::parse_normalized(t).map_err(|e| anyhow::anyhow!("invalid tag {t:?}: {e}"))
+        .map(|image| {
+            image
+                .tags
+                .iter()
+                .map(|t| {
+                    Reference::parse_normalized(t)
+                        .map_err(|e| anyhow::anyhow!("invalid tag {t:?}: {e}"))
+                })
+                .collect::<Result<_>>()
         })
         .collect::<Result<_>>()?;
-    let mut blobs = vec![image.manifest.0, image.config];
-    blobs.extend(&image.layers);
-    blobs.dedup();
+    let mut seen = HashSet::new();
+    let blobs: Vec<Digest> = images
+        .iter()
+        .flat_map(|image| {
+            [image.manifest.0, image.config]
+                .into_iter()
+                .chain(image.layers.iter().copied())
+        })
+        .filter(|digest| seen.insert(*digest))
+        .collect();
     append_bytes(&mut tar, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-    let descriptor = |name: Option<&Reference>| {
+    let descriptor = |image: &ImageBlobs<'_>, name: Option<&Reference>| {
         let mut value = serde_json::json!({
             "mediaType": image.media_type,
             "digest": image.manifest.0.to_string(),
@@ -309,11 +338,17 @@ fn write_archive(
         }
         value
     };
-    let manifests: Vec<_> = if names.is_empty() {
-        vec![descriptor(None)]
-    } else {
-        names.iter().map(|n| descriptor(Some(n))).collect()
-    };
+    let manifests: Vec<_> = images
+        .iter()
+        .zip(&names)
+        .flat_map(|(image, names)| {
+            if names.is_empty() {
+                vec![descriptor(image, None)]
+            } else {
+                names.iter().map(|n| descriptor(image, Some(n))).collect()
+            }
+        })
+        .collect();
     let index = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.index.v1+json",
@@ -322,11 +357,17 @@ fn write_archive(
     append_bytes(&mut tar, "index.json", &serde_json::to_vec(&index)?)?;
     if docker {
         let blob_path = |d: &Digest| format!("blobs/sha256/{}", d.hex());
-        let manifest = serde_json::json!([{
-            "Config": blob_path(&image.config),
-            "RepoTags": names.iter().map(Reference::familiar).collect::<Vec<_>>(),
-            "Layers": image.layers.iter().map(blob_path).collect::<Vec<_>>(),
-        }]);
+        let manifest: Vec<_> = images
+            .iter()
+            .zip(&names)
+            .map(|(image, names)| {
+                serde_json::json!({
+                    "Config": blob_path(&image.config),
+                    "RepoTags": names.iter().map(Reference::familiar).collect::<Vec<_>>(),
+                    "Layers": image.layers.iter().map(blob_path).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
         append_bytes(&mut tar, "manifest.json", &serde_json::to_vec(&manifest)?)?;
     }
     for digest in blobs {

@@ -5,9 +5,10 @@ use std::io::BufReader;
 use std::path::PathBuf;
 
 use clap::Args;
-use kiln_cache::{ContentStore, Digest, ImageRecord, StateDir};
+use kiln_cache::{Digest, ImageRecord, StateDir};
 use kiln_image::{Reference, import_archive, parse_rfc3339};
 
+use super::lookup::LocalImages;
 use super::{Failure, human_size, print_table};
 
 /// Arguments of `kiln load`.
@@ -96,49 +97,17 @@ pub fn load(state: &StateDir, args: LoadArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// What `kiln images` shows of a stored image beyond its name.
-struct Summary {
-    /// The config digest's hex (the image ID); for an index, its own digest's.
-    id: String,
-    /// Config plus layers; for an index, its own size.
-    size: u64,
-    /// When the config says the image was created.
-    created: Option<i64>,
-}
-
-/// The [`Summary`] of a record's manifest.
-fn summary(content: &ContentStore, record: &ImageRecord) -> Summary {
-    let fallback = Summary {
-        id: record.digest.hex().to_string(),
-        size: record.size,
-        created: None,
-    };
-    let Ok(manifest) = content
-        .read(&record.digest)
-        .map_err(|e| e.to_string())
-        .and_then(|bytes| {
-            serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|e| e.to_string())
-        })
-    else {
-        return fallback;
-    };
-    let size_of = |v: &serde_json::Value| v["size"].as_u64().unwrap_or(0);
-    let Some(config) = manifest["config"]["digest"].as_str() else {
-        return fallback;
-    };
-    let layers: u64 = manifest["layers"]
-        .as_array()
-        .map_or(0, |l| l.iter().map(size_of).sum());
-    let created = config
-        .parse::<Digest>()
-        .ok()
-        .and_then(|d| content.read(&d).ok())
-        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
-        .and_then(|c| c["created"].as_str().and_then(parse_rfc3339));
-    Summary {
-        id: config.strip_prefix("sha256:").unwrap_or(config).to_string(),
-        size: layers + size_of(&manifest["config"]),
-        created,
+/// What `kiln images` shows of a stored image beyond its name: the image ID's hex, the
+/// size, and when its config says it was created (the record's own digest and size when
+/// the image cannot be read).
+fn summary(images: &LocalImages, record: &ImageRecord) -> (String, u64, Option<i64>) {
+    match images.read(record, None) {
+        Ok(image) => (
+            image.config_digest.hex().to_string(),
+            image.size(),
+            image.config.created.as_deref().and_then(parse_rfc3339),
+        ),
+        Err(_) => (record.digest.hex().to_string(), record.size, None),
     }
 }
 
@@ -175,19 +144,14 @@ pub struct ImagesArgs {
 
 /// `kiln images [--digests]`.
 pub fn list(state: &StateDir, args: ImagesArgs) -> Result<(), Failure> {
-    let records = state
-        .images()
-        .map_err(Failure::msg)?
-        .list()
-        .map_err(Failure::msg)?;
-    let content = state.content().map_err(Failure::msg)?;
+    let images = LocalImages::open(state)?;
     let mut header = vec!["REPOSITORY".to_string(), "TAG".into()];
     if args.digests {
         header.push("DIGEST".into());
     }
     header.extend(["IMAGE ID".into(), "CREATED".into(), "SIZE".into()]);
     let mut rows = vec![header];
-    for record in &records {
+    for record in images.records() {
         let (repo, tag) = match Reference::parse_normalized(&record.name) {
             Ok(r) if !record.is_untagged() => {
                 let tag = r.tag.clone().unwrap_or_else(|| "<none>".into());
@@ -201,15 +165,15 @@ pub fn list(state: &StateDir, args: ImagesArgs) -> Result<(), Failure> {
             }
             _ => ("<none>".into(), "<none>".into()),
         };
-        let summary = summary(&content, record);
+        let (id, size, created) = summary(&images, record);
         let mut row = vec![repo, tag];
         if args.digests {
             row.push(record.digest.to_string());
         }
         row.extend([
-            summary.id.chars().take(12).collect(),
-            age(summary.created),
-            human_size(summary.size),
+            id.chars().take(12).collect(),
+            age(created),
+            human_size(size),
         ]);
         rows.push(row);
     }
@@ -220,69 +184,33 @@ pub fn list(state: &StateDir, args: ImagesArgs) -> Result<(), Failure> {
 /// `kiln rmi NAME|ID…`: removes names, or an image by its ID (with every name it has
 /// under `--force`, as docker); blobs stay until `kiln prune`.
 pub fn remove(state: &StateDir, args: RmiArgs) -> Result<(), Failure> {
-    let images = state.images().map_err(Failure::msg)?;
-    let content = state.content().map_err(Failure::msg)?;
+    let store = state.images().map_err(Failure::msg)?;
     for name in &args.names {
-        // A name first, as docker looks it up; then an image ID.
-        let named = Reference::parse_normalized(name)
-            .ok()
-            .filter(|r| images.get(&r.to_string()).is_ok());
-        if let Some(reference) = named {
-            let record = images
-                .remove(&reference.to_string())
-                .map_err(Failure::msg)?;
+        let images = LocalImages::open(state)?;
+        let image = images.find(name)?;
+        if let Some(reference) = &image.found_as {
+            store.remove(&reference.to_string()).map_err(Failure::msg)?;
             println!("Untagged: {}", reference.familiar());
-            println!("Deleted: {}", record.digest);
+            println!("Deleted: {}", image.record.digest);
             continue;
         }
-        let by_id = by_image_id(&images, &content, name)?;
-        if by_id.is_empty() {
-            return Err(Failure::msg(format!("No such image: {name}")));
-        }
-        let named: Vec<&ImageRecord> = by_id.iter().filter(|r| !r.is_untagged()).collect();
-        if named.len() > 1 && !args.force {
+        let records = images.records_of(&image.config_digest);
+        if records.iter().filter(|r| !r.is_untagged()).count() > 1 && !args.force {
             return Err(Failure::msg(format!(
                 "conflict: unable to delete {name} (must be forced) - image is referenced in multiple repositories"
             )));
         }
-        for record in &by_id {
-            images.remove(&record.name).map_err(Failure::msg)?;
+        for record in records {
+            store.remove(&record.name).map_err(Failure::msg)?;
             if let Ok(reference) = Reference::parse_normalized(&record.name)
                 && !record.is_untagged()
             {
                 println!("Untagged: {}", reference.familiar());
             }
         }
-        println!("Deleted: sha256:{}", summary(&content, &by_id[0]).id);
+        println!("Deleted: {}", image.config_digest);
     }
     Ok(())
-}
-
-/// The records of the image whose ID starts with `prefix` (`sha256:` optional); none when
-/// `prefix` is not an ID; an error when it names more than one image.
-fn by_image_id(
-    images: &kiln_cache::ImageStore,
-    content: &ContentStore,
-    prefix: &str,
-) -> Result<Vec<ImageRecord>, Failure> {
-    let hex = prefix.strip_prefix("sha256:").unwrap_or(prefix);
-    if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Ok(Vec::new());
-    }
-    let mut matches: Vec<(String, ImageRecord)> = images
-        .list()
-        .map_err(Failure::msg)?
-        .into_iter()
-        .map(|record| (summary(content, &record).id, record))
-        .filter(|(id, _)| id.starts_with(hex))
-        .collect();
-    matches.sort_by(|a, b| a.0.cmp(&b.0));
-    if matches.first().map(|m| &m.0) != matches.last().map(|m| &m.0) {
-        return Err(Failure::msg(format!(
-            "{prefix}: more than one image has an ID starting with it"
-        )));
-    }
-    Ok(matches.into_iter().map(|(_, record)| record).collect())
 }
 
 #[cfg(test)]

@@ -1,13 +1,18 @@
 //! One module per `kiln` subcommand, plus what they share.
 
 pub mod build;
+pub mod completion;
 pub mod debug;
 pub mod images;
+pub mod inspect;
+pub mod lookup;
 pub mod oci_runtime;
 pub mod registry;
 pub mod remote;
+pub mod save;
 pub mod serve;
 pub mod store;
+pub mod tag;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -168,6 +173,18 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
+/// Fails in one line unless kiln runs as root: the state directory and RUN's sandboxes
+/// need it.
+pub fn require_root(state: &kiln_cache::StateDir) -> Result<(), Failure> {
+    if rustix::process::geteuid().is_root() {
+        return Ok(());
+    }
+    Err(Failure::msg(format!(
+        "kiln needs root: it keeps images and build cache in {} and runs RUN steps in sandboxes (run it with sudo, or build on a remote builder with --builder)",
+        state.root().display()
+    )))
 }
 
 /// Stops and clears what a killed kiln left in the state directory (its containers run on
