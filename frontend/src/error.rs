@@ -32,6 +32,19 @@ pub struct Error {
     pub message: String,
     /// Where, if the error concerns a particular place.
     pub location: Option<Location>,
+    /// Whether the Dockerfile is at fault or something it names could not be reached.
+    pub kind: ErrorKind,
+}
+
+/// What kind of frontend error it is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The Dockerfile is wrong (a "dockerfile parse error").
+    #[default]
+    Dockerfile,
+    /// A base image could not be resolved (a registry or DNS failure, a missing image):
+    /// the Dockerfile may be fine.
+    Resolve,
 }
 
 /// Result alias for the frontend.
@@ -43,6 +56,7 @@ impl Error {
         Error {
             message: message.into(),
             location: None,
+            kind: ErrorKind::Dockerfile,
         }
     }
 
@@ -51,6 +65,18 @@ impl Error {
         Error {
             message: message.into(),
             location: Some(location),
+            kind: ErrorKind::Dockerfile,
+        }
+    }
+
+    /// A base image at `location` that could not be resolved, in BuildKit's words.
+    pub fn unresolved(reference: &str, cause: impl fmt::Display, location: Location) -> Self {
+        Error {
+            message: format!(
+                "failed to solve: {reference}: failed to resolve source metadata for {reference}: {cause}"
+            ),
+            location: Some(location),
+            kind: ErrorKind::Resolve,
         }
     }
 
@@ -112,6 +138,7 @@ impl Location {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.location {
+            _ if self.kind == ErrorKind::Resolve => f.write_str(&self.message),
             Some(loc) if loc.end_line > loc.start_line => write!(
                 f,
                 "dockerfile parse error on lines {}-{}: {}",
@@ -154,6 +181,7 @@ mod tests {
                 end_line: 1,
                 column: Some(3),
             }),
+            kind: ErrorKind::Dockerfile,
         };
         let r = e.render("Dockerfile", b"ab!d\n");
         assert!(r.contains("   1 | >>> ab!d\n            ^\n"), "{r}");

@@ -11,4 +11,4 @@ pub mod lower;
 pub mod parser;
 pub mod shell;
 
-pub use error::{Error, Location, Result};
+pub use error::{Error, ErrorKind, Location, Result};

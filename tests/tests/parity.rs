@@ -372,3 +372,38 @@ fn context_selection_and_cache_mounts_match_buildkit() {
     assert!(!image.path("nothing").exists());
     assert_eq!(image.read("default-cache"), "");
 }
+
+/// Hard links and special files as the image holds them: names one layer links stay
+/// linked, a COPY --from never links its copy to the source, and FIFOs are exported
+/// (fsutil copies them).
+#[test]
+fn hard_links_and_fifos_match_buildkit() {
+    let build = Build::new(
+        "FROM busybox:1 AS src\n\
+         RUN echo a > /a && ln /a /a-link && echo c > /c && mkfifo /pipe\n\
+         FROM src\n\
+         COPY --from=src /a /b\n\
+         COPY --from=src /c /d\n\
+         COPY --from=src / /whole/\n",
+    );
+    let image = build.build();
+    let inode = |rel: &str| fs::symlink_metadata(image.path(rel)).unwrap().ino();
+    assert_eq!(inode("a"), inode("a-link"), "one layer links them");
+    assert_ne!(inode("a"), inode("b"), "a copy is a file of its own");
+    assert_ne!(inode("c"), inode("d"), "a copy is a file of its own");
+    assert_ne!(inode("a"), inode("whole/a"));
+    assert_eq!(inode("whole/a"), inode("whole/a-link"));
+    use std::os::unix::fs::FileTypeExt as _;
+    assert!(
+        fs::symlink_metadata(image.path("pipe"))
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+    assert!(
+        fs::symlink_metadata(image.path("whole/pipe"))
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+}

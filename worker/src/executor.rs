@@ -130,6 +130,7 @@ impl Worker {
             root: &self.context_dir(name, exclude_patterns)?,
             ignore: Some(&ignore),
             is_context: true,
+            layers: &[],
         })
     }
 
@@ -352,6 +353,7 @@ impl Worker {
                     root: view.rootfs(),
                     ignore: None,
                     is_context: false,
+                    layers: view.lowers(),
                 };
                 let upper = UpperWriter::new(dest.rootfs(), dest.upper())
                     .linking_from(view.lowers(), view.rootfs());

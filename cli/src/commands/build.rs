@@ -83,19 +83,40 @@ pub struct BuildArgs {
     metadata_file: Option<PathBuf>,
 }
 
+impl BuildArgs {
+    /// Whether the build runs on a remote builder.
+    pub fn is_remote(&self) -> bool {
+        self.remote.is_remote()
+    }
+}
+
 /// `kiln build`.
 pub fn run(state: &StateDir, registry: &RegistryOptions, args: BuildArgs) -> Result<(), Failure> {
+    // Names first: a typo in -t fails now, not after the build.
+    for tag in &args.tags {
+        Reference::parse_normalized(tag)
+            .map_err(|e| Failure::msg(format!("invalid tag {tag:?}: {e}")))?;
+    }
+    match fs::metadata(&args.context) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => {
+            return Err(Failure::msg(format!(
+                "unable to prepare context: {} is not a directory",
+                args.context.display()
+            )));
+        }
+        Err(_) => {
+            return Err(Failure::msg(format!(
+                "unable to prepare context: path {:?} not found",
+                args.context.display().to_string()
+            )));
+        }
+    }
     let dockerfile_path = args
         .file
         .clone()
         .unwrap_or_else(|| args.context.join("Dockerfile"));
     let dockerfile = Dockerfile::read(&dockerfile_path)?;
-    if !args.context.is_dir() {
-        return Err(Failure::msg(format!(
-            "build context {} is not a directory",
-            args.context.display()
-        )));
-    }
     let mut options = BuildOptions {
         target: args.target.clone(),
         build_args: parse_build_args(&args.build_args)?,

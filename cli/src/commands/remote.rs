@@ -56,6 +56,13 @@ pub struct BuilderArgs {
 }
 
 impl BuilderArgs {
+    /// Whether a remote builder does the work (this machine's state directory is not used).
+    pub fn is_remote(&self) -> bool {
+        self.builder.is_some()
+    }
+}
+
+impl BuilderArgs {
     /// The client's TLS settings, when certificates are given.
     pub fn tls(&self) -> Option<ClientTls> {
         Some(ClientTls {

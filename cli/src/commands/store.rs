@@ -27,6 +27,20 @@ pub struct DuArgs {
     remote: BuilderArgs,
 }
 
+impl PruneArgs {
+    /// Whether a remote builder's cache is pruned.
+    pub fn is_remote(&self) -> bool {
+        self.remote.is_remote()
+    }
+}
+
+impl DuArgs {
+    /// Whether a remote builder's disk use is shown.
+    pub fn is_remote(&self) -> bool {
+        self.remote.is_remote()
+    }
+}
+
 /// Prints a remote builder's usage records, BuildKit's way, and their total.
 fn print_records(records: &[kiln_api::control::UsageRecord]) {
     let mut table = vec![[

@@ -274,6 +274,7 @@ impl Dockerfile {
             return Err(Error {
                 message: "the Dockerfile has no FROM instruction: no build stage".into(),
                 location,
+                kind: crate::ErrorKind::Dockerfile,
             });
         }
         Ok(Dockerfile {

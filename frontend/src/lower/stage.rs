@@ -201,7 +201,7 @@ pub(super) fn lower_stage(lowerer: &mut Lowerer<'_>, index: usize) -> Result<Sta
         let image = lowerer
             .resolver
             .resolve_config(&base, &platform)
-            .map_err(|e| Error::at(e, location))?;
+            .map_err(|e| Error::unresolved(&base, e, location))?;
         let mut fresh = Base::fresh(image, platform);
         fresh.image_reference = Some(base);
         fresh

@@ -313,7 +313,8 @@ fn base_image_config_and_onbuild_triggers() {
     let e = try_lower_with("FROM missing\n", &options(), &OnbuildImage).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "dockerfile parse error on line 1: image \"missing\" is not in the local store"
+        "failed to solve: missing: failed to resolve source metadata for missing: image \"missing\" is not in the local store",
+        "an unreachable base is not the Dockerfile's fault"
     );
 }
 

@@ -171,6 +171,7 @@ mod tests {
             root: source.rootfs(),
             ignore: None,
             is_context: false,
+            layers: &[],
         };
         let action = CopyAction {
             chown,
@@ -245,6 +246,7 @@ mod tests {
             root: &context,
             ignore: None,
             is_context: true,
+            layers: &[],
         };
         let upper = UpperWriter::new(dest.rootfs(), dest.upper());
         copy(

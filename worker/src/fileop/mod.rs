@@ -16,6 +16,7 @@ use filetime::FileTime;
 use kiln_cache::ChecksumCache;
 use kiln_patterns::has_wildcards;
 use kiln_solver::{ChownOpt, CopyAction, MkdirAction, MkfileAction, SymlinkAction};
+use rustix::fs::{CWD, FileType, Mode, mknodat};
 use sha2::{Digest as _, Sha256};
 
 use crate::layer::{extract_archive, is_tar_archive};
@@ -108,16 +109,27 @@ pub fn copy(
             symlink(fs::read_link(&item.host)?, &target).with_context(context)?;
             finish_entry(&target, item, ids_of(item), action)?;
         } else if kind.is_file() {
-            let inode = (item.meta.dev(), item.meta.ino());
-            match first_links.get(&inode).filter(|_| item.meta.nlink() > 1) {
-                Some(first) => further_links.push((first.clone(), target, item)),
-                None => {
-                    first_links.insert(inode, target.clone());
-                    files.insert(target, item);
+            if item.meta.nlink() > 1 {
+                let inode = tree.link_key(item);
+                if let Some(first) = first_links.get(&inode) {
+                    further_links.push((first.clone(), target, item));
+                    continue;
                 }
+                first_links.insert(inode, target.clone());
             }
+            files.insert(target, item);
+        } else {
+            // FIFOs, sockets and device nodes are made anew, as fsutil's copy makes them.
+            mknodat(
+                CWD,
+                &target,
+                FileType::from_raw_mode(item.meta.mode()),
+                Mode::empty(),
+                item.meta.rdev(),
+            )
+            .with_context(context)?;
+            finish_entry(&target, item, ids_of(item), action)?;
         }
-        // Sockets, fifos and devices are not copied, as in BuildKit.
     }
     let files: Vec<(PathBuf, &Item)> = files.into_iter().collect();
     map_on_every_core(&files, |(target, item)| {
@@ -194,6 +206,7 @@ fn extract_into(item: &Item, action: &CopyAction, root: &Path, scratch: &Path) -
         root: unpacked.path(),
         ignore: None,
         is_context: false,
+        layers: &[],
     };
     copy(&tree, &contents, root, None, scratch)
 }

@@ -5,6 +5,7 @@
 //! key.
 
 use std::fs::{self, Metadata};
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -23,6 +24,31 @@ pub struct SourceTree<'a> {
     /// The build context: nothing may escape it (`..` or symlinks), and
     /// owners are not carried over.
     pub is_context: bool,
+    /// For an overlay view, its layer directories, top first: two names are hard links
+    /// only when one layer holds them as such (kiln's COPY --from links files to the layer
+    /// they came from, which the image never shows). Empty for a plain directory.
+    pub layers: &'a [PathBuf],
+}
+
+impl SourceTree<'_> {
+    /// What identifies `item`'s file among hard links: its inode, and for an overlay view
+    /// the layer that provides it.
+    pub fn link_key(&self, item: &Item) -> (u64, u64) {
+        let Ok(rel) = item.host.strip_prefix(self.root) else {
+            return (item.meta.dev(), item.meta.ino());
+        };
+        if self.layers.is_empty() {
+            return (item.meta.dev(), item.meta.ino());
+        }
+        self.layers
+            .iter()
+            .enumerate()
+            .find_map(|(i, layer)| {
+                let meta = fs::symlink_metadata(layer.join(rel)).ok()?;
+                Some((i as u64, meta.ino()))
+            })
+            .unwrap_or((u64::MAX, item.meta.ino()))
+    }
 }
 
 /// One selected entry.

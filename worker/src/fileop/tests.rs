@@ -62,6 +62,7 @@ fn copy_into(
         root: ctx,
         ignore: Some(&ignore),
         is_context: true,
+        layers: &[],
     };
     let dest = tempfile::tempdir().unwrap();
     copy(&tree, action, dest.path(), None, &std::env::temp_dir())?;
@@ -137,6 +138,7 @@ fn file_into_existing_directory_chown_chmod_and_exclude() {
         root: ctx.path(),
         ignore: None,
         is_context: true,
+        layers: &[],
     };
     let mut a = action("a.txt", "/existing");
     a.chown = Some(ChownOpt {
@@ -181,6 +183,7 @@ fn symlinks_never_escape() {
         root: ctx.path(),
         ignore: None,
         is_context: true,
+        layers: &[],
     };
     copy(
         &tree,
@@ -200,6 +203,7 @@ fn checksum_covers_only_the_selection() {
         root: ctx.path(),
         ignore: None,
         is_context: true,
+        layers: &[],
     };
     let digests = ChecksumCache::open(ctx.path().join("checksums.redb"));
     let txt = action("*.txt", "/");
