@@ -841,7 +841,8 @@ fn add_downloads_urls_and_checks_their_checksum() {
 fn prune_keeps_named_images_and_their_cache() {
     let setup = app_setup(Runtime::Embedded);
     setup.build_ok(&["-t", "app:1"]);
-    // An untagged build leaves cache that no named image uses.
+    // A build whose only output is a directory leaves cache that no image uses (an
+    // untagged build without outputs would stay as a <none> image).
     let other = Setup::new(
         Runtime::Embedded,
         "FROM busybox:1\nRUN echo scratch > /tmp/x\n",
@@ -851,7 +852,9 @@ fn prune_keeps_named_images_and_their_cache() {
         let out = run(kiln().arg("--root").arg(setup.root.path()).args(args), true);
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    kiln_at(&["build", "--progress", "quiet", &untagged]);
+    let exported = tempfile::tempdir().unwrap();
+    let output = format!("type=local,dest={}", exported.path().display());
+    kiln_at(&["build", "--progress", "quiet", "-o", &output, &untagged]);
 
     let usage = kiln_at(&["du"]);
     assert!(usage.contains("build cache blobs"), "{usage}");
