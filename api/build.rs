@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "filesync.proto",
         "health.proto",
         "ops.proto",
+        "secrets.proto",
         "wire.proto",
         "worker.proto",
     ];

@@ -23,6 +23,11 @@ pub mod generated {
                     tonic::include_proto!("moby.buildkit.v1.types");
                 }
             }
+            pub mod secrets {
+                pub mod v1 {
+                    tonic::include_proto!("moby.buildkit.secrets.v1");
+                }
+            }
         }
         pub mod filesync {
             pub mod v1 {
@@ -51,6 +56,8 @@ pub mod generated {
 pub use generated::fsutil::types as fsutil;
 /// `grpc.health.v1`: the health service.
 pub use generated::grpc::health::v1 as health;
+/// `moby.buildkit.secrets.v1`: secrets a client's session hands the daemon.
+pub use generated::moby::buildkit::secrets::v1 as secrets;
 /// `moby.buildkit.v1`: the Control service.
 pub use generated::moby::buildkit::v1 as control;
 /// `moby.buildkit.v1.types`: worker records.

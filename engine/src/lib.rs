@@ -27,6 +27,7 @@ use kiln_registry::{RegistryClient, RegistryOptions};
 use kiln_solver::{CacheIndex, Platform, SolveOptions, solve};
 use kiln_worker::exec::ExternalRuntime;
 use kiln_worker::layer::{LayerCompression, WriteOptions, recompress_all};
+pub use kiln_worker::secrets::{LocalSecrets, MAX_SECRET_SIZE, SecretSource, SecretStore};
 use kiln_worker::snapshot::{Snapshot, Snapshotter};
 pub use kiln_worker::{LocalDirectories, LocalSources};
 use kiln_worker::{Worker, WorkerConfig, WorkerRef, platform_wanted, resolve_image};
@@ -37,6 +38,8 @@ pub struct BuildRequest {
     pub dockerfile: Vec<u8>,
     /// The local sources: the build context (named `context`) and any named contexts.
     pub sources: Box<dyn LocalSources>,
+    /// The secrets `RUN --mount=type=secret` may use (`--secret`).
+    pub secrets: Box<dyn SecretStore>,
     /// `.dockerignore` text, if there is one.
     pub dockerignore: Option<Vec<u8>>,
     /// Frontend options (target, args, platforms, cache filters, labels).
@@ -389,6 +392,7 @@ pub fn build(
         snapshots,
         runtime: Box::new(runtime),
         sources: request.sources,
+        secrets: request.secrets,
         cache_mounts: state.cache_mounts(),
         checksums: ChecksumCache::open(state.checksums()),
         layer_options,

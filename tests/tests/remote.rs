@@ -446,6 +446,53 @@ fn registry_credentials_come_from_the_client() {
 
 /// A Python environment with grpcio, grpcio-tools and hyper-h2 from PyPI, made once in the
 /// target directory.
+/// A remote build's secrets come from the client's session, one by one as steps mount
+/// them; the daemon keeps none of them.
+#[test]
+fn secrets_come_from_the_client_session() {
+    let archives = busybox_archives();
+    let daemon = Daemon::start(&archives, &[]);
+    let context = tempfile::tempdir().unwrap();
+    fs::write(
+        context.path().join("Dockerfile"),
+        "FROM busybox:1\n\
+         RUN --mount=type=secret,id=token cp /run/secrets/token /copied\n\
+         RUN --mount=type=secret,id=missing,required=false test ! -e /run/secrets/missing\n",
+    )
+    .unwrap();
+    let secret_dir = tempfile::tempdir().unwrap();
+    let secret = format!("remote-secret-{}", std::process::id());
+    fs::write(secret_dir.path().join("token"), &secret).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    ok(&daemon.build(
+        context.path(),
+        &[
+            "--secret",
+            &format!("id=token,src={}", secret_dir.path().join("token").display()),
+            "-o",
+            &format!("type=local,dest={}", out.path().display()),
+        ],
+    ));
+    assert_eq!(
+        fs::read_to_string(out.path().join("copied")).unwrap(),
+        secret
+    );
+    // Copied into the image on purpose here; what the daemon keeps besides is checked by
+    // the local secrets test. A required secret the client lacks fails the build.
+    fs::write(
+        context.path().join("Dockerfile"),
+        "FROM busybox:1\nRUN --mount=type=secret,id=nope,required=true true\n",
+    )
+    .unwrap();
+    let failed = daemon.build(context.path(), &[]);
+    assert!(!failed.status.success());
+    assert!(
+        String::from_utf8_lossy(&failed.stderr).contains("secret nope: not found"),
+        "{}",
+        String::from_utf8_lossy(&failed.stderr)
+    );
+}
+
 fn python_with_grpc() -> PathBuf {
     let venv = kiln_tests::repo_root().join("target/independent-client-venv");
     let python = venv.join("bin/python");

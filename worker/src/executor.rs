@@ -22,6 +22,7 @@ use crate::fileop::{self, SourceTree, UpperWriter};
 use crate::http::{self, Download};
 use crate::layer::{LayerBlob, WriteOptions};
 use crate::rootfs::resolve_in_root;
+use crate::secrets::{SecretStore, StepSecret};
 use crate::snapshot::{ActiveSnapshot, Snapshot, Snapshotter};
 use crate::sources::LocalSources;
 
@@ -80,6 +81,8 @@ pub struct WorkerConfig {
     pub checksums: ChecksumCache,
     /// How layers are written.
     pub layer_options: WriteOptions,
+    /// The build's secrets, for `RUN --mount=type=secret`.
+    pub secrets: Box<dyn SecretStore>,
 }
 
 /// Executes vertices on this machine.
@@ -186,6 +189,7 @@ impl Worker {
         let root = self.config.snapshots.prepare(&base, &self.config.content)?;
         let mut views = Vec::new();
         let mut mounts = Vec::new();
+        let mut secrets = Vec::new();
         for mount in op.mounts.iter().filter(|m| !std::ptr::eq(*m, root_mount)) {
             match &mount.kind {
                 MountKind::Layer | MountKind::Bind => {
@@ -236,9 +240,37 @@ impl Worker {
                     target: mount.target.clone(),
                     size: *size,
                 }),
-                MountKind::Secret { id, required, .. } => {
-                    if *required {
-                        bail!("secret {id:?} was not provided (kiln build has no --secret yet)");
+                MountKind::Secret {
+                    id,
+                    required,
+                    env,
+                    mode,
+                    uid,
+                    gid,
+                } => {
+                    match self.config.secrets.secret(id)? {
+                        Some(data) => {
+                            if !env.is_empty() {
+                                let value = String::from_utf8(data.clone()).map_err(|_| {
+                                anyhow!("secret {id} is not UTF-8 text: it cannot be the variable {env}")
+                            })?;
+                                secrets.push(StepSecret::Env {
+                                    name: env.clone(),
+                                    value,
+                                });
+                            }
+                            if !mount.target.is_empty() {
+                                secrets.push(StepSecret::File {
+                                    target: mount.target.clone(),
+                                    data,
+                                    mode: *mode,
+                                    uid: *uid,
+                                    gid: *gid,
+                                });
+                            }
+                        }
+                        None if *required => bail!("secret {id}: not found"),
+                        None => {}
                     }
                 }
                 MountKind::Ssh { required, .. } => {
@@ -256,6 +288,7 @@ impl Worker {
             extra_env: &extra_env,
             rootfs: root.rootfs(),
             mounts,
+            secrets: &secrets,
             scratch: scratch.path(),
         };
         exec::run(

@@ -9,6 +9,7 @@ pub mod http;
 pub mod layer;
 mod parallel;
 pub mod rootfs;
+pub mod secrets;
 pub mod snapshot;
 mod sources;
 

@@ -1,5 +1,6 @@
 //! What a client serves the daemon through its session: its local directories (FileSync),
-//! a place for outputs (FileSend), registry credentials (Auth) and a health check.
+//! a place for outputs (FileSend), registry credentials (Auth), secrets (Secrets) and a
+//! health check.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -23,13 +24,17 @@ use crate::health::health_server::{Health, HealthServer};
 use crate::health::{HealthCheckRequest, HealthCheckResponse};
 use crate::raw::RawMessage;
 use crate::raw::file_send::file_send_server::{FileSend, FileSendServer};
+use crate::secrets::secrets_server::{Secrets, SecretsServer};
+use crate::secrets::{GetSecretRequest, GetSecretResponse};
 use crate::transfer::{self, Selection};
+use kiln_engine::{LocalSecrets, SecretStore as _};
 
 /// The methods a client's session serves, as its headers list them.
-pub const METHODS: [&str; 4] = [
+pub const METHODS: [&str; 5] = [
     "/moby.filesync.v1.FileSync/DiffCopy",
     "/moby.filesync.v1.FileSend/DiffCopy",
     "/moby.filesync.v1.Auth/Credentials",
+    "/moby.buildkit.secrets.v1.Secrets/GetSecret",
     "/grpc.health.v1.Health/Check",
 ];
 
@@ -222,6 +227,24 @@ impl Auth for Credentials {
     }
 }
 
+/// The build's `--secret`s, read on this machine when the daemon asks for one.
+pub struct ClientSecrets(pub LocalSecrets);
+
+#[tonic::async_trait]
+impl Secrets for ClientSecrets {
+    async fn get_secret(
+        &self,
+        request: Request<GetSecretRequest>,
+    ) -> Result<Response<GetSecretResponse>, Status> {
+        let id = request.into_inner().id;
+        match self.0.secret(&id) {
+            Ok(Some(data)) => Ok(Response::new(GetSecretResponse { data })),
+            Ok(None) => Err(Status::not_found(format!("secret {id} not found"))),
+            Err(e) => Err(Status::internal(format!("{e:#}"))),
+        }
+    }
+}
+
 /// Always serving: the daemon checks that the session is alive.
 pub struct Alive;
 
@@ -241,10 +264,12 @@ impl Health for Alive {
 pub fn router(
     directories: HashMap<String, PathBuf>,
     outputs: Arc<HashMap<usize, OutputTarget>>,
+    secrets: LocalSecrets,
 ) -> tonic::transport::server::Router {
     crate::session::server()
         .add_service(FileSyncServer::new(Directories(directories)))
         .add_service(FileSendServer::new(Outputs(outputs)))
         .add_service(AuthServer::new(Credentials))
+        .add_service(SecretsServer::new(ClientSecrets(secrets)))
         .add_service(HealthServer::new(Alive))
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
 use hyper_util::rt::TokioIo;
-use kiln_engine::BuildEvent;
+use kiln_engine::{BuildEvent, LocalSecrets};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
@@ -91,6 +91,8 @@ pub struct RemoteBuild {
     pub exporters: Vec<(Exporter, Option<OutputTarget>)>,
     /// Entitlements asked for (`--allow`).
     pub entitlements: Vec<String>,
+    /// The `--secret`s, handed to the daemon one by one as steps mount them.
+    pub secrets: LocalSecrets,
 }
 
 /// A finished remote build.
@@ -174,14 +176,8 @@ pub async fn build(
         shared_key: shared_key(&build.context),
         methods: attachables::METHODS.iter().map(|m| m.to_string()).collect(),
     };
-    let session = open_session(
-        address,
-        &mut control,
-        &headers,
-        directories,
-        Arc::new(outputs),
-    )
-    .await?;
+    let attached = attachables::router(directories, Arc::new(outputs), build.secrets.clone());
+    let session = open_session(address, &mut control, &headers, attached).await?;
 
     let mut attrs = build.frontend_attrs.clone();
     let filename = build
@@ -243,8 +239,7 @@ async fn open_session(
     address: &str,
     control: &mut ControlClient<Channel>,
     headers: &SessionHeaders,
-    directories: HashMap<String, PathBuf>,
-    outputs: Arc<HashMap<usize, OutputTarget>>,
+    attached: tonic::transport::server::Router,
 ) -> Result<tokio::task::JoinHandle<()>> {
     let (from_daemon, incoming) = mpsc::channel(64);
     let (io, outgoing) = bridge(ReceiverStream::new(incoming));
@@ -273,7 +268,7 @@ async fn open_session(
         // the connection with it, once its incoming stream ended.
         let connections =
             tokio_stream::once(Ok::<_, std::io::Error>(Tunnel(io))).chain(tokio_stream::pending());
-        let serve = attachables::router(directories, outputs).serve_with_incoming(connections);
+        let serve = attached.serve_with_incoming(connections);
         tokio::select! {
             _ = forward => {}
             _ = serve => {}

@@ -181,6 +181,44 @@ impl kiln_registry::credentials::CredentialSource for SessionCredentials {
     }
 }
 
+const GET_SECRET: &str = "/moby.buildkit.secrets.v1.Secrets/GetSecret";
+
+/// A build's secrets, asked of the client's session when a step mounts one (never kept by
+/// the daemon).
+pub struct SessionSecrets {
+    /// The runtime that serves the session.
+    pub handle: Handle,
+    /// The client.
+    pub session: Arc<Session>,
+}
+
+impl kiln_engine::SecretStore for SessionSecrets {
+    fn secret(&self, id: &str) -> Result<Option<Vec<u8>>> {
+        if !self.session.serves(GET_SECRET) {
+            return Ok(None);
+        }
+        let request = crate::secrets::GetSecretRequest {
+            id: id.to_string(),
+            annotations: HashMap::new(),
+        };
+        let answer = self.handle.block_on(
+            crate::secrets::secrets_client::SecretsClient::new(self.session.channel.clone())
+                .get_secret(request),
+        );
+        match answer {
+            Ok(answer) => {
+                let data = answer.into_inner().data;
+                if data.len() > kiln_engine::MAX_SECRET_SIZE {
+                    bail!("secret {id} is too big");
+                }
+                Ok(Some(data))
+            }
+            Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
+            Err(status) => bail!("secret {id}: the client failed: {}", status.message()),
+        }
+    }
+}
+
 /// An output that goes to the client: its exporter's index in the solve request names
 /// the client's target.
 pub struct SessionTarget {

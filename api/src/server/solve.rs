@@ -17,7 +17,7 @@ use kiln_worker::layer::LayerCompression;
 use tokio::runtime::Handle;
 
 use super::Daemon;
-use super::files::{SessionCredentials, SessionSources, SessionTarget, sync_dir};
+use super::files::{SessionCredentials, SessionSecrets, SessionSources, SessionTarget, sync_dir};
 use super::sessions::Session;
 use crate::control::{Exporter, SolveRequest};
 
@@ -277,6 +277,10 @@ pub async fn solve(
             locks: Arc::clone(&daemon.sync_locks),
             synced: Default::default(),
             log: Arc::clone(&log),
+        }),
+        secrets: Box::new(SessionSecrets {
+            handle: handle.clone(),
+            session: Arc::clone(&session),
         }),
         dockerignore,
         options,

@@ -16,7 +16,8 @@ use kiln_solver::Platform;
 use super::{Dockerfile, Failure, parse_build_args};
 use crate::progress::{Progress, ProgressMode};
 use kiln_engine::{
-    BuildError, BuildRequest, BuildResult, Entitlement, LocalDirectories, Output, build,
+    BuildError, BuildRequest, BuildResult, Entitlement, LocalDirectories, LocalSecrets, Output,
+    SecretSource, build,
 };
 
 /// Arguments of `kiln build`.
@@ -48,6 +49,10 @@ pub struct BuildArgs {
     /// Add a label to the image (`KEY=VALUE`).
     #[arg(long = "label")]
     labels: Vec<String>,
+    /// A secret RUN steps may mount: `id=ID[,src=FILE|,env=VAR][,type=file|env]`
+    /// (repeatable). With only an id, the variable ID if it is set, else the file ID.
+    #[arg(long = "secret", value_parser = parse_secret, value_name = "SPEC")]
+    secrets: Vec<(String, SecretSource)>,
     /// How to show progress.
     #[arg(long, value_enum, default_value = "auto")]
     progress: ProgressMode,
@@ -88,6 +93,40 @@ impl BuildArgs {
     pub fn is_remote(&self) -> bool {
         self.remote.is_remote()
     }
+
+    /// The `--secret`s by id.
+    pub(super) fn secrets(&self) -> LocalSecrets {
+        LocalSecrets(self.secrets.iter().cloned().collect())
+    }
+}
+
+/// A `--secret` value as buildx reads it: `id=ID[,src=FILE|,env=VAR][,type=file|env]`.
+fn parse_secret(value: &str) -> Result<(String, SecretSource), String> {
+    let (mut id, mut kind, mut src, mut env) = (None, None, None, None);
+    for field in value.split(',') {
+        let (key, val) = field
+            .split_once('=')
+            .ok_or_else(|| format!("invalid field '{field}': expected key=value"))?;
+        match key.to_ascii_lowercase().as_str() {
+            "type" if val == "file" || val == "env" => kind = Some(val.to_string()),
+            "type" => return Err(format!("unsupported secret type {val:?}")),
+            "id" => id = Some(val.to_string()),
+            "source" | "src" => src = Some(val.to_string()),
+            "env" => env = Some(val.to_string()),
+            _ => return Err(format!("unexpected key '{key}' in '{field}'")),
+        }
+    }
+    let id = id.filter(|id| !id.is_empty()).ok_or("secret missing ID")?;
+    if kind.as_deref() == Some("env") && env.is_none() {
+        env = src.take();
+    }
+    let source = match (src, env) {
+        (Some(path), _) => SecretSource::File(path.into()),
+        (None, Some(var)) => SecretSource::Env(var),
+        (None, None) if std::env::var_os(&id).is_some() => SecretSource::Env(id.clone()),
+        (None, None) => SecretSource::File(id.clone().into()),
+    };
+    Ok((id, source))
 }
 
 /// `kiln build`.
@@ -157,6 +196,7 @@ pub fn run(state: &StateDir, registry: &RegistryOptions, args: BuildArgs) -> Res
         dockerfile: dockerfile.bytes.clone(),
         // Canonical, so that the checksum cache (keyed by path) is shared by `kiln build .`
         // and `kiln build /abs/path` of the same context.
+        secrets: Box::new(args.secrets()),
         sources: Box::new(LocalDirectories(HashMap::from([(
             "context".to_string(),
             fs::canonicalize(&args.context).unwrap_or_else(|_| args.context.clone()),

@@ -119,6 +119,7 @@ pub fn build(
         frontend_attrs: attrs,
         exporters,
         entitlements: args.allow.iter().map(ToString::to_string).collect(),
+        secrets: args.secrets(),
     };
     let done = super::runtime()?
         .block_on(client::build(

@@ -125,22 +125,31 @@ pub(super) fn lower_run(
                 MountKind::Tmpfs { size: spec.size },
             ),
             MountType::Secret => {
-                let id = id.or(source_path.clone()).or_else(|| {
-                    target
-                        .as_deref()
-                        .map(|t| t.rsplit('/').next().unwrap_or(t).to_string())
-                });
+                // As dockerfile2llb's dispatchSecret: source= wins over id=, else the
+                // target's last name; an env= secret is a file only when a target is given.
+                let base_name = |p: &str| p.rsplit('/').next().unwrap_or(p).to_string();
+                let id = spec
+                    .source
+                    .as_ref()
+                    .and(source_path.clone())
+                    .or(id)
+                    .or_else(|| target.as_deref().map(base_name));
                 let Some(id) = id.filter(|i| !i.is_empty()) else {
                     return Err(Error::at(
                         "secret mount requires an id or a target (--mount=type=secret,id=NAME)",
                         loc,
                     ));
                 };
-                let target = target.unwrap_or_else(|| format!("/run/secrets/{id}"));
+                let env = st.expand_opt(spec.env.as_deref(), loc)?.unwrap_or_default();
+                let target = match target {
+                    Some(target) => target,
+                    None if env.is_empty() => format!("/run/secrets/{}", base_name(&id)),
+                    None => String::new(),
+                };
                 let kind = MountKind::Secret {
                     id,
                     required: spec.required,
-                    env: st.expand_opt(spec.env.as_deref(), loc)?.unwrap_or_default(),
+                    env,
                     mode: spec.mode.unwrap_or(0o400),
                     uid: spec.uid.unwrap_or(0),
                     gid: spec.gid.unwrap_or(0),

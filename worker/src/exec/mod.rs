@@ -13,8 +13,10 @@ use filetime::FileTime;
 use kiln_solver::{ExecOp, NetworkMode};
 
 use crate::rootfs::{exec_user, resolve_in_root};
+use crate::secrets::{MemoryDir, StepSecret};
 pub use kiln_solver::LogStream;
 pub use runtime::{EMBEDDED_RUNTIME_COMMAND, ExternalRuntime, OciRuntime};
+use std::os::unix::fs::PermissionsExt as _;
 
 /// The hostname RUN steps see (BuildKit's, which scripts sometimes expect).
 pub const SANDBOX_HOSTNAME: &str = "buildkitsandbox";
@@ -50,6 +52,8 @@ pub struct ExecRequest<'a> {
     pub rootfs: &'a Path,
     /// Other mounts, already prepared on the host.
     pub mounts: Vec<SandboxMount>,
+    /// Secrets the step mounts or sees as variables.
+    pub secrets: &'a [StepSecret],
     /// Scratch space for the bundle; deleted by the caller.
     pub scratch: &'a Path,
 }
@@ -79,6 +83,12 @@ pub fn run(
 
     let bundle = request.scratch.join("bundle");
     fs::create_dir_all(&bundle)?;
+    // Secrets, and the spec that may hold them as variables, are written to memory only.
+    let _in_memory = if request.secrets.is_empty() {
+        None
+    } else {
+        Some(MemoryDir::mount(&bundle)?)
+    };
     let hosts = bundle.join("hosts");
     fs::write(
         &hosts,
@@ -109,6 +119,7 @@ pub fn run(
         },
     ];
     mounts.extend(request.mounts.iter().cloned());
+    mounts.extend(secret_files(&bundle, request.secrets)?);
 
     let spec = spec::build(request, &user, cwd, &mounts)?;
     let created =
@@ -127,6 +138,36 @@ pub fn run(
         );
     }
     Ok(())
+}
+
+/// Writes the file secrets into `bundle/secrets` (a memory-only directory) and returns
+/// their read-only mounts.
+fn secret_files(bundle: &Path, secrets: &[StepSecret]) -> Result<Vec<SandboxMount>> {
+    let dir = bundle.join("secrets");
+    let mut mounts = Vec::new();
+    for (n, secret) in secrets.iter().enumerate() {
+        let StepSecret::File {
+            target,
+            data,
+            mode,
+            uid,
+            gid,
+        } = secret
+        else {
+            continue;
+        };
+        fs::create_dir_all(&dir)?;
+        let path = dir.join(n.to_string());
+        fs::write(&path, data)?;
+        std::os::unix::fs::chown(&path, Some(*uid), Some(*gid))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(*mode))?;
+        mounts.push(SandboxMount::Bind {
+            target: target.clone(),
+            source: path,
+            readonly: true,
+        });
+    }
+    Ok(mounts)
 }
 
 /// Mount points that did not exist in the root filesystem and were created

@@ -13,6 +13,7 @@ use std::collections::HashSet;
 
 use super::{ExecRequest, SANDBOX_HOSTNAME, SandboxMount};
 use crate::rootfs::ExecUser;
+use crate::secrets::StepSecret;
 
 /// `PATH` when the image and the step set none (Docker's default).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -43,7 +44,17 @@ pub fn build(
     mounts: &[SandboxMount],
 ) -> Result<Spec> {
     let op = request.op;
-    let mut env: Vec<String> = op.env.iter().chain(request.extra_env).cloned().collect();
+    let secret_env = request.secrets.iter().filter_map(|secret| match secret {
+        StepSecret::Env { name, value } => Some(format!("{name}={value}")),
+        StepSecret::File { .. } => None,
+    });
+    let mut env: Vec<String> = op
+        .env
+        .iter()
+        .chain(request.extra_env)
+        .cloned()
+        .chain(secret_env)
+        .collect();
     if !env.iter().any(|e| e.starts_with("PATH=")) {
         env.insert(0, format!("PATH={DEFAULT_PATH}"));
     }

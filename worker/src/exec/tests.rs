@@ -81,6 +81,7 @@ fn run_op(fixture: &Fixture, op: &ExecOp) -> (String, anyhow::Result<Snapshot>) 
         extra_env: &[],
         rootfs: active.rootfs(),
         mounts: Vec::new(),
+        secrets: &[],
         scratch: scratch.path(),
     };
     let result = run(
