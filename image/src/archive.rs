@@ -78,7 +78,14 @@ pub fn import_archive(
         }
     }
     if let Some(index) = metadata.get("index.json") {
-        import_oci(index)
+        let images = import_oci(index)?;
+        for image in &images {
+            let digest: Digest = image.target.digest().to_string().parse().map_err(|_| {
+                ArchiveError::Format(format!("index.json: bad digest {}", image.target.digest()))
+            })?;
+            check_complete(store, &digest, 0)?;
+        }
+        Ok(images)
     } else if let Some(manifest) = metadata.get("manifest.json") {
         import_docker(manifest, &metadata, &files, store)
     } else {
@@ -112,6 +119,46 @@ fn import_oci(index: &[u8]) -> Result<Vec<ImportedImage>, ArchiveError> {
         });
     }
     Ok(out)
+}
+
+/// Fails unless the store holds the manifest or index `digest` and every blob it reaches
+/// (an archive that names what it lacks is not an image).
+fn check_complete(store: &ContentStore, digest: &Digest, depth: usize) -> Result<(), ArchiveError> {
+    let missing = || {
+        ArchiveError::Format(format!(
+            "it names the blob {digest}, which it does not hold"
+        ))
+    };
+    if depth > 8 {
+        return Err(ArchiveError::Format("indexes nested too deep".into()));
+    }
+    let bytes = store.read(digest).map_err(|_| missing())?;
+    let document: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| ArchiveError::Format(format!("blob {digest}: {e}")))?;
+    let digest_of = |descriptor: &serde_json::Value| -> Result<Digest, ArchiveError> {
+        descriptor["digest"]
+            .as_str()
+            .and_then(|d| d.parse().ok())
+            .ok_or_else(|| {
+                ArchiveError::Format(format!("blob {digest}: a descriptor without a digest"))
+            })
+    };
+    if let Some(manifests) = document["manifests"].as_array() {
+        for manifest in manifests {
+            check_complete(store, &digest_of(manifest)?, depth + 1)?;
+        }
+        return Ok(());
+    }
+    let layers = document["layers"].as_array().cloned().unwrap_or_default();
+    for descriptor in std::iter::once(&document["config"]).chain(&layers) {
+        let blob = digest_of(descriptor)?;
+        if !store.contains(&blob) {
+            return Err(ArchiveError::Format(format!(
+                "it names the blob {blob}, which it does not hold"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// One entry of a `docker save` `manifest.json`.

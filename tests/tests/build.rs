@@ -1095,6 +1095,36 @@ fn source_date_epoch_makes_builds_bit_identical() {
         std::thread::sleep(std::time::Duration::from_millis(1100));
     }
     assert_eq!(digests[0], digests[1]);
+
+    // The epoch is part of what steps make: layers cached without it are not reused with
+    // it, nor with another epoch, and the reverse.
+    let build = |epoch: Option<&str>| {
+        let mut command = setup.command();
+        command.args(["--progress", "plain"]);
+        match epoch {
+            Some(epoch) => command.env("SOURCE_DATE_EPOCH", epoch),
+            None => command.env_remove("SOURCE_DATE_EPOCH"),
+        };
+        let out = run(command.arg(setup.context.path()), true);
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let steps = |progress: &str| cached_steps(progress);
+    let all_cached = steps(&build(Some("1700000000")));
+    assert_eq!(
+        steps(&build(None)),
+        1,
+        "only FROM is the same without the epoch"
+    );
+    assert_eq!(
+        steps(&build(Some("1600000000"))),
+        1,
+        "nor with another epoch"
+    );
+    assert_eq!(
+        steps(&build(None)),
+        all_cached,
+        "the epoch-less layers stay cached"
+    );
 }
 
 fn env_arg_and_heredocs_reach_the_image(runtime: Runtime) {

@@ -167,6 +167,34 @@ fn corrupt_or_truncated_archives_fail_cleanly() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("content digest mismatch"), "{err}");
 
+    // An index that names a manifest the archive does not hold is not "Loaded".
+    fs::remove_file(layout.join("blobs/sha256").join("a".repeat(64))).unwrap();
+    fs::write(
+        layout.join("index.json"),
+        format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:{}","size":10,"annotations":{{"io.containerd.image.name":"docker.io/library/ghost:1"}}}}]}}"#,
+            "b".repeat(64)
+        ),
+    )
+    .unwrap();
+    let hollow = work.path().join("hollow.tar");
+    run(
+        Command::new("tar")
+            .arg("-C")
+            .arg(&layout)
+            .arg("-cf")
+            .arg(&hollow)
+            .arg("."),
+        true,
+    );
+    let out = run(
+        kiln_at(root.path()).args(["load", "-i"]).arg(&hollow),
+        false,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("which it does not hold"), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("Loaded"));
+
     // The real archive cut in half.
     let bytes = fs::read(&archives.docker).unwrap();
     let cut = work.path().join("cut.tar");

@@ -399,12 +399,11 @@ impl Worker {
         }
         Ok(())
     }
-}
 
-impl Executor for Worker {
-    type Output = WorkerRef;
-
-    fn cache_extra(&self, vertex: &Vertex, inputs: &[WorkerRef]) -> Result<Option<String>> {
+    /// What of a vertex's inputs' content enters its cache key: the manifest an image
+    /// resolves to, a download's digest, the checksum of the local files a step copies or
+    /// mounts.
+    fn content_extra(&self, vertex: &Vertex, inputs: &[WorkerRef]) -> Result<Option<String>> {
         match &vertex.op {
             Op::Source(SourceOp::Image {
                 reference,
@@ -461,6 +460,24 @@ impl Executor for Worker {
             }
             _ => Ok(None),
         }
+    }
+}
+
+impl Executor for Worker {
+    type Output = WorkerRef;
+
+    fn cache_extra(&self, vertex: &Vertex, inputs: &[WorkerRef]) -> Result<Option<String>> {
+        let content = self.content_extra(vertex, inputs)?;
+        // SOURCE_DATE_EPOCH clamps the times in the layers steps write: it is part of what
+        // they make, so a layer made without it is not one made with it.
+        let epoch = match (&vertex.op, self.config.layer_options.source_date_epoch) {
+            (Op::Exec(_) | Op::File(_), Some(epoch)) => Some(format!("source-date-epoch={epoch}")),
+            _ => None,
+        };
+        Ok(match (content, epoch) {
+            (Some(content), Some(epoch)) => Some(format!("{content};{epoch}")),
+            (content, epoch) => content.or(epoch),
+        })
     }
 
     fn cacheable(&self, vertex: &Vertex) -> bool {

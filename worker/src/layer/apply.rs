@@ -171,6 +171,10 @@ fn apply_entry<R: Read>(
     if whiteouts == Whiteouts::Convert
         && let Some(hidden) = base.strip_prefix(WHITEOUT_PREFIX)
     {
+        if matches!(hidden, "" | "." | "..") {
+            // `.wh..` would remove the directory itself, `.wh...` the one above.
+            bail!("invalid whiteout name {base:?}");
+        }
         let target = parent.join(hidden);
         remove_existing(&target)?;
         mknodat(

@@ -312,6 +312,8 @@ fn hostile_tars_cannot_write_outside_the_layer() {
             ("out", EntryType::Symlink, ".."),
             ("out/.wh.layer-sibling", EntryType::Regular, ""),
         ],
+        vec![(".wh...", EntryType::Regular, "")],
+        vec![("d/.wh..", EntryType::Regular, "")],
     ];
     for case in cases {
         let (result, sandbox) = apply_hostile(&case);
