@@ -58,6 +58,8 @@ pub enum Destination {
     Path(PathBuf),
     /// The client of a remote build, reached through its session.
     Client(Arc<dyn ClientTarget>),
+    /// This process's standard output (`dest=-`), for archives only.
+    Stdout,
 }
 
 /// An output's destination on a remote build's client.
@@ -75,6 +77,7 @@ impl std::fmt::Debug for Destination {
         match self {
             Destination::Path(path) => f.debug_tuple("Path").field(path).finish(),
             Destination::Client(_) => f.write_str("Client"),
+            Destination::Stdout => f.write_str("Stdout"),
         }
     }
 }
@@ -84,6 +87,7 @@ impl PartialEq for Destination {
         match (self, other) {
             (Destination::Path(a), Destination::Path(b)) => a == b,
             (Destination::Client(a), Destination::Client(b)) => Arc::ptr_eq(a, b),
+            (Destination::Stdout, Destination::Stdout) => true,
             _ => false,
         }
     }
@@ -105,6 +109,7 @@ impl Output {
         match &self.dest {
             _ if self.kind == OutputKind::Image => format!("image {}", self.names.join(",")),
             Some(Destination::Path(path)) => path.display().to_string(),
+            Some(Destination::Stdout) => "standard output".to_string(),
             Some(Destination::Client(_)) | None => format!("{:?} output", self.kind),
         }
     }
@@ -123,7 +128,8 @@ impl std::str::FromStr for Output {
 
     /// Parses buildx's syntax: `type=oci,dest=out.tar[,compression=zstd]`,
     /// `type=image,name=REF[,push=true][,oci-mediatypes=false]`, `type=registry,name=REF`,
-    /// or a bare path for `type=local`.
+    /// or a bare path for `type=local`. `dest=-` is standard output, and a bare `-` is
+    /// `type=tar,dest=-`.
     fn from_str(spec: &str) -> Result<Self, String> {
         let mut output = Output {
             kind: OutputKind::Local,
@@ -133,6 +139,11 @@ impl std::str::FromStr for Output {
             names: Vec::new(),
             push: false,
         };
+        if spec == "-" {
+            output.kind = OutputKind::Tar;
+            output.dest = Some(Destination::Stdout);
+            return Ok(output);
+        }
         if !spec.contains('=') {
             output.dest = Some(Destination::Path(PathBuf::from(spec)));
             return Ok(output);
@@ -185,7 +196,16 @@ impl std::str::FromStr for Output {
             }
         } else {
             let dest = dest.ok_or_else(|| format!("output {spec:?} needs dest=PATH"))?;
-            output.dest = Some(Destination::Path(dest));
+            output.dest = Some(if dest == Path::new("-") {
+                if output.kind == OutputKind::Local {
+                    return Err(format!(
+                        "dest cannot be stdout for local exporter ({spec:?})"
+                    ));
+                }
+                Destination::Stdout
+            } else {
+                Destination::Path(dest)
+            });
         }
         if !output.is_image()
             && (output.compression.is_some() || output.format != ManifestFormat::Oci)
@@ -243,12 +263,13 @@ pub fn write_output(
             match dest {
                 Destination::Path(dir) => copy_tree(&view, dir, snapshots),
                 Destination::Client(client) => client.send_directory(view.rootfs()),
+                Destination::Stdout => anyhow::bail!("a directory cannot go to standard output"),
             }
         }
     }
 }
 
-/// Runs `write` on the archive's file, or on a stream to the client.
+/// Runs `write` on the archive's file, on standard output, or on a stream to the client.
 fn with_archive(
     dest: &Destination,
     write: &mut dyn FnMut(&mut dyn Write) -> Result<()>,
@@ -263,6 +284,11 @@ fn with_archive(
                 .with_context(|| format!("cannot write {}", path.display()))
         }
         Destination::Client(client) => client.send_archive(write),
+        Destination::Stdout => {
+            let mut out = BufWriter::new(std::io::stdout().lock());
+            write(&mut out)?;
+            out.flush().context("cannot write to standard output")
+        }
     }
 }
 
@@ -454,5 +480,20 @@ mod tests {
                 .contains("unsupported output type")
         );
         assert!("type=oci".parse::<Output>().unwrap_err().contains("dest"));
+        let stdout = |kind| Output {
+            dest: Some(Destination::Stdout),
+            ..output(kind, "", None)
+        };
+        assert_eq!("-".parse::<Output>(), Ok(stdout(OutputKind::Tar)));
+        assert_eq!(
+            "type=docker,dest=-".parse::<Output>(),
+            Ok(stdout(OutputKind::Docker))
+        );
+        assert!(
+            "type=local,dest=-"
+                .parse::<Output>()
+                .unwrap_err()
+                .contains("stdout")
+        );
     }
 }

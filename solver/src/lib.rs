@@ -11,8 +11,9 @@ mod scheduler;
 
 pub use dag::{DagError, Definition, DefinitionBuilder, Vertex, VertexMeta};
 pub use op::{
-    ChownOpt, CopyAction, ExecOp, FileAction, FileOp, MergeOp, MkdirAction, MkfileAction, Mount,
-    MountKind, NetworkMode, Op, SecurityMode, Sharing, SourceOp, SymlinkAction,
+    ChownOpt, CopyAction, ExecOp, ExtraHost, FileAction, FileOp, MergeOp, MkdirAction,
+    MkfileAction, Mount, MountKind, NetworkMode, Op, SecurityMode, Sharing, SourceOp,
+    SymlinkAction, ULIMIT_NAMES, Ulimit,
 };
 pub use platform::{Platform, PlatformError};
 pub use scheduler::{

@@ -78,6 +78,137 @@ pub struct ExecOp {
     pub mounts: Vec<Mount>,
     /// The platform the process runs as.
     pub platform: Platform,
+    /// Resource limits of the process (`--ulimit`); empty inherits the builder's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ulimits: Vec<Ulimit>,
+    /// Lines added to the sandbox's `/etc/hosts` (`--add-host`), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_hosts: Vec<ExtraHost>,
+}
+
+/// Docker's `--ulimit` names (docker/go-units), each `RLIMIT_` + its upper case.
+pub const ULIMIT_NAMES: [&str; 15] = [
+    "core",
+    "cpu",
+    "data",
+    "fsize",
+    "locks",
+    "memlock",
+    "msgqueue",
+    "nice",
+    "nofile",
+    "nproc",
+    "rss",
+    "rtprio",
+    "rttime",
+    "sigpending",
+    "stack",
+];
+
+/// A resource limit of an exec's process (BuildKit's `pb.Ulimit`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ulimit {
+    /// One of [`ULIMIT_NAMES`].
+    pub name: String,
+    /// Soft limit; -1 for unlimited.
+    pub soft: i64,
+    /// Hard limit; -1 for unlimited.
+    pub hard: i64,
+}
+
+impl std::str::FromStr for Ulimit {
+    type Err = String;
+
+    /// Docker's `NAME=SOFT[:HARD]` (go-units `ParseUlimit`): the hard limit defaults to the
+    /// soft one, -1 is unlimited, and the soft limit may not exceed the hard one.
+    fn from_str(value: &str) -> Result<Self, String> {
+        let (name, limits) = value
+            .split_once('=')
+            .ok_or_else(|| format!("invalid ulimit argument: {value}"))?;
+        if !ULIMIT_NAMES.contains(&name) {
+            return Err(format!(
+                "invalid ulimit type: {name} (one of {})",
+                ULIMIT_NAMES.join(", ")
+            ));
+        }
+        let limit = |text: &str| match text.parse::<i64>() {
+            Ok(n) if n >= -1 => Ok(n),
+            _ => Err(format!("invalid ulimit value {text:?} in {value}")),
+        };
+        let (soft, hard) = match limits.split(':').collect::<Vec<_>>()[..] {
+            [soft] => (limit(soft)?, limit(soft)?),
+            [soft, hard] => (limit(soft)?, limit(hard)?),
+            _ => {
+                return Err(format!(
+                    "too many limit value arguments - {limits}, can only have up to two, `soft[:hard]`"
+                ));
+            }
+        };
+        // -1 is unlimited: above every other limit.
+        if hard != -1 && (soft == -1 || soft > hard) {
+            return Err(format!(
+                "ulimit soft limit must be less than or equal to hard limit: {soft} > {hard}"
+            ));
+        }
+        Ok(Ulimit {
+            name: name.to_string(),
+            soft,
+            hard,
+        })
+    }
+}
+
+impl std::fmt::Display for Ulimit {
+    /// Docker's `name=soft:hard`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}={}:{}", self.name, self.soft, self.hard)
+    }
+}
+
+/// An `/etc/hosts` entry of an exec (BuildKit's `pb.HostIP`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExtraHost {
+    /// The host name, lower case.
+    pub host: String,
+    /// Its address.
+    pub ip: std::net::IpAddr,
+}
+
+impl std::str::FromStr for ExtraHost {
+    type Err = String;
+
+    /// buildx's `--add-host`: `NAME=IP` or `NAME:IP`, the address optionally in brackets
+    /// (`NAME:[::1]`); the name is lower-cased as BuildKit's Dockerfile frontend does.
+    fn from_str(value: &str) -> Result<Self, String> {
+        let (host, ip) = value
+            .split_once('=')
+            .or_else(|| value.split_once(':'))
+            .filter(|(host, ip)| !host.is_empty() && !ip.is_empty())
+            .ok_or_else(|| format!("invalid host {value}: expected NAME=IP or NAME:IP"))?;
+        if ip == "host-gateway" {
+            return Err(format!(
+                "invalid host {value}: kiln has no host-gateway address, give the IP"
+            ));
+        }
+        let bare = ip
+            .strip_prefix('[')
+            .and_then(|ip| ip.strip_suffix(']'))
+            .unwrap_or(ip);
+        let ip = bare
+            .parse::<std::net::IpAddr>()
+            .map_err(|_| format!("invalid host {value}: {ip:?} is not an IP address"))?;
+        Ok(ExtraHost {
+            host: host.to_ascii_lowercase(),
+            ip: ip.to_canonical(),
+        })
+    }
+}
+
+impl std::fmt::Display for ExtraHost {
+    /// BuildKit's `add-hosts` form, `name=ip`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}={}", self.host, self.ip)
+    }
 }
 
 /// Network modes of `RUN --network`.
@@ -341,5 +472,94 @@ impl Op {
             }
             Op::Merge(m) => format!("merge of {} inputs", m.inputs.len()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ulimit(value: &str) -> Result<Ulimit, String> {
+        value.parse()
+    }
+
+    fn host(value: &str) -> Result<ExtraHost, String> {
+        value.parse()
+    }
+
+    #[test]
+    fn ulimits_parse_as_docker_does() {
+        let nofile = ulimit("nofile=1024:2048").unwrap();
+        assert_eq!(
+            (nofile.name.as_str(), nofile.soft, nofile.hard),
+            ("nofile", 1024, 2048)
+        );
+        assert_eq!(nofile.to_string(), "nofile=1024:2048");
+        // The hard limit defaults to the soft one; -1 is unlimited.
+        assert_eq!(ulimit("core=0").unwrap().hard, 0);
+        assert_eq!(ulimit("memlock=-1:-1").unwrap().soft, -1);
+        assert_eq!(ulimit("stack=8192:-1").unwrap().hard, -1);
+    }
+
+    #[test]
+    fn bad_ulimits_are_named() {
+        let unknown = ulimit("files=10").unwrap_err();
+        assert!(unknown.contains("invalid ulimit type: files"), "{unknown}");
+        let inverted = ulimit("nofile=2048:1024").unwrap_err();
+        assert!(inverted.contains("2048 > 1024"), "{inverted}");
+        assert!(ulimit("nofile=-1:1024").is_err());
+        assert!(ulimit("nofile").is_err());
+        assert!(ulimit("nofile=lots").is_err());
+        assert!(ulimit("nofile=-2").is_err());
+        assert!(ulimit("nofile=1:2:3").is_err());
+    }
+
+    #[test]
+    fn hosts_parse_as_buildx_does() {
+        let equals = host("Db.Local=10.0.0.5").unwrap();
+        assert_eq!(equals.to_string(), "db.local=10.0.0.5");
+        assert_eq!(host("db.local:10.0.0.5").unwrap(), equals);
+        assert_eq!(host("v6:::1").unwrap().to_string(), "v6=::1");
+        assert_eq!(host("v6=[fe80::1]").unwrap().to_string(), "v6=fe80::1");
+        assert_eq!(
+            host("v6=2001:db8::0001").unwrap().to_string(),
+            "v6=2001:db8::1"
+        );
+        // Go prints an IPv4-mapped address as IPv4.
+        assert_eq!(host("m=::ffff:1.2.3.4").unwrap().to_string(), "m=1.2.3.4");
+    }
+
+    #[test]
+    fn bad_hosts_are_errors() {
+        for bad in [
+            "db",
+            "=10.0.0.5",
+            "db=",
+            "db=10.0.0",
+            "db=300.1.1.1",
+            "db=host-gateway",
+            "db=example.com",
+        ] {
+            assert!(host(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn execs_without_the_new_fields_encode_as_before() {
+        let op = ExecOp {
+            args: vec!["true".into()],
+            env: Vec::new(),
+            cwd: "/".into(),
+            user: String::new(),
+            network: NetworkMode::Default,
+            security: SecurityMode::Sandbox,
+            mounts: Vec::new(),
+            platform: Platform::host(),
+            ulimits: Vec::new(),
+            extra_hosts: Vec::new(),
+        };
+        let json = serde_json::to_value(&op).unwrap();
+        assert!(json.get("ulimits").is_none() && json.get("extra_hosts").is_none());
+        assert_eq!(serde_json::from_value::<ExecOp>(json).unwrap(), op);
     }
 }

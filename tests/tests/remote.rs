@@ -493,6 +493,69 @@ fn secrets_come_from_the_client_session() {
     );
 }
 
+/// `--shm-size`, `--ulimit` and `--add-host` reach the daemon as BuildKit's frontend
+/// attributes (`shm-size`, `ulimit`, `add-hosts`) and its RUN steps see them.
+#[test]
+fn run_options_travel_as_frontend_attributes() {
+    let archives = busybox_archives();
+    let daemon = Daemon::start(&archives, &[]);
+    let context = tempfile::tempdir().unwrap();
+    fs::write(
+        context.path().join("Dockerfile"),
+        "FROM busybox:1\n\
+         RUN { df -k /dev/shm | tail -n 1; ulimit -Sn; ulimit -Hn; tail -n 1 /etc/hosts; } > /seen\n",
+    )
+    .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    ok(&daemon.build(
+        context.path(),
+        &[
+            "--shm-size",
+            "96m",
+            "--ulimit",
+            "nofile=321:654",
+            "--add-host",
+            "Db:[fd00::5]",
+            "-o",
+            &format!("type=local,dest={}", out.path().display()),
+        ],
+    ));
+    let seen = fs::read_to_string(out.path().join("seen")).unwrap();
+    let lines: Vec<&str> = seen.lines().collect();
+    assert_eq!(lines[0].split_whitespace().nth(1), Some("98304"), "{seen}");
+    assert_eq!(lines[1..], ["321", "654", "fd00::5\tdb"], "{seen}");
+}
+
+/// `--build-context NAME=DIR` on a remote builder: the directory travels in the session
+/// like the main context.
+#[test]
+fn named_directories_travel_with_the_session() {
+    let archives = busybox_archives();
+    let daemon = Daemon::start(&archives, &[]);
+    let context = tempfile::tempdir().unwrap();
+    fs::write(
+        context.path().join("Dockerfile"),
+        "FROM busybox:1\nCOPY --from=docs /guide.md /guide.md\n",
+    )
+    .unwrap();
+    let docs = tempfile::tempdir().unwrap();
+    fs::write(docs.path().join("guide.md"), "from afar\n").unwrap();
+    let out = tempfile::tempdir().unwrap();
+    ok(&daemon.build(
+        context.path(),
+        &[
+            "--build-context",
+            &format!("docs={}", docs.path().display()),
+            "-o",
+            &format!("type=local,dest={}", out.path().display()),
+        ],
+    ));
+    assert_eq!(
+        fs::read_to_string(out.path().join("guide.md")).unwrap(),
+        "from afar\n"
+    );
+}
+
 fn python_with_grpc() -> PathBuf {
     let venv = kiln_tests::repo_root().join("target/independent-client-venv");
     let python = venv.join("bin/python");

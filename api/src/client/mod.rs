@@ -83,6 +83,8 @@ pub async fn connect(address: &str, tls: Option<&ClientTls>) -> Result<Channel> 
 pub struct RemoteBuild {
     /// The build context directory.
     pub context: PathBuf,
+    /// The directories of `--build-context`s, by name.
+    pub named_directories: Vec<(String, PathBuf)>,
     /// The Dockerfile.
     pub dockerfile: PathBuf,
     /// BuildKit's frontend attributes (`build-arg:K`, `target`, `label:K`, …).
@@ -160,10 +162,11 @@ pub async fn build(
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."))
         .to_path_buf();
-    let directories = HashMap::from([
+    let mut directories = HashMap::from([
         ("context".to_string(), build.context.clone()),
         ("dockerfile".to_string(), dockerfile_dir),
     ]);
+    directories.extend(build.named_directories.iter().cloned());
     let outputs: HashMap<usize, OutputTarget> = build
         .exporters
         .iter()

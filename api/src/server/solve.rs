@@ -11,7 +11,7 @@ use kiln_engine::{
     BuildError, BuildRequest, BuildResult, Destination, Entitlement, ManifestFormat, Output,
     OutputKind,
 };
-use kiln_frontend::lower::BuildOptions;
+use kiln_frontend::lower::{BuildOptions, NamedContext, RunOptions};
 use kiln_solver::Platform;
 use kiln_worker::layer::LayerCompression;
 use tokio::runtime::Handle;
@@ -93,10 +93,12 @@ async fn read_dockerfile(
 }
 
 /// The frontend attributes as build options: `target`, `platform`, `build-arg:K`,
-/// `label:K`, `no-cache` (empty: every step; else stage names).
+/// `label:K`, `no-cache` (empty: every step; else stage names), and `shm-size`, `ulimit`
+/// and `add-hosts` for RUN steps.
 fn build_options(attrs: &HashMap<String, String>) -> Result<BuildOptions> {
     let mut options = BuildOptions {
         target: attrs.get("target").filter(|t| !t.is_empty()).cloned(),
+        run: RunOptions::from_attrs(attrs).map_err(|e| anyhow!(e))?,
         ..BuildOptions::default()
     };
     for (key, value) in attrs {
@@ -104,6 +106,10 @@ fn build_options(attrs: &HashMap<String, String>) -> Result<BuildOptions> {
             options.build_args.insert(arg.to_string(), value.clone());
         } else if let Some(label) = key.strip_prefix("label:") {
             options.labels.insert(label.to_string(), value.clone());
+        } else if let Some(name) = key.strip_prefix("context:") {
+            options
+                .named_contexts
+                .insert(name.to_string(), named_context(name, value)?);
         }
     }
     if let Some(platforms) = attrs.get("platform").filter(|p| !p.is_empty()) {
@@ -122,6 +128,23 @@ fn build_options(attrs: &HashMap<String, String>) -> Result<BuildOptions> {
         }
     }
     Ok(options)
+}
+
+/// A `context:NAME` attribute's value as a build context: `local:SOURCE` (a directory of
+/// the client's session), `docker-image://REF` or `target:STAGE`.
+fn named_context(name: &str, value: &str) -> Result<NamedContext> {
+    if let Some(source) = value.strip_prefix("local:") {
+        Ok(NamedContext::Local {
+            source: source.to_string(),
+            excludes: Vec::new(),
+        })
+    } else if let Some(reference) = value.strip_prefix("docker-image://") {
+        Ok(NamedContext::Image(reference.to_string()))
+    } else if let Some(stage) = value.strip_prefix("target:") {
+        Ok(NamedContext::Stage(stage.to_string()))
+    } else {
+        bail!("build context {name}: kiln does not read {value:?} build contexts yet")
+    }
 }
 
 /// The request's exporters: `Exporters`, or the deprecated single one.

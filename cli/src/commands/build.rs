@@ -1,23 +1,25 @@
 //! `kiln build`: build an image from a Dockerfile and a context.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fs;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Args;
 use kiln_cache::StateDir;
-use kiln_frontend::lower::BuildOptions;
+use kiln_frontend::lower::{BuildOptions, NamedContext, RunOptions, parse_size};
 use kiln_image::Reference;
 use kiln_registry::RegistryOptions;
-use kiln_solver::Platform;
+use kiln_solver::{ExtraHost, Platform, Ulimit};
 
+use super::docker_load::DockerLoad;
 use super::{Dockerfile, Failure, parse_build_args};
 use crate::progress::{Progress, ProgressMode};
 use kiln_engine::{
-    BuildError, BuildRequest, BuildResult, Entitlement, LocalDirectories, LocalSecrets, Output,
-    SecretSource, build,
+    BuildError, BuildRequest, BuildResult, Destination, Entitlement, LocalDirectories,
+    LocalSecrets, Output, SecretSource, build,
 };
 
 /// Arguments of `kiln build`.
@@ -49,13 +51,20 @@ pub struct BuildArgs {
     /// Add a label to the image (`KEY=VALUE`).
     #[arg(long = "label")]
     labels: Vec<String>,
+    /// Another build context (repeatable): `NAME=DIR`, `NAME=docker-image://REF` or
+    /// `NAME=target:STAGE`; `FROM NAME` and `COPY --from=NAME` read it.
+    #[arg(long = "build-context", value_name = "NAME=VALUE")]
+    build_contexts: Vec<String>,
     /// A secret RUN steps may mount: `id=ID[,src=FILE|,env=VAR][,type=file|env]`
     /// (repeatable). With only an id, the variable ID if it is set, else the file ID.
     #[arg(long = "secret", value_parser = parse_secret, value_name = "SPEC")]
     secrets: Vec<(String, SecretSource)>,
-    /// How to show progress.
-    #[arg(long, value_enum, default_value = "auto")]
+    /// How to show progress (`none` shows nothing; `quiet` also prints the image ID).
+    #[arg(long, value_enum, default_value = "auto", env = "BUILDKIT_PROGRESS")]
     progress: ProgressMode,
+    /// Show nothing but errors, and print the image ID on success (`--progress=quiet`).
+    #[arg(short = 'q', long)]
+    quiet: bool,
     /// How many steps may run at once (default: the number of CPUs).
     #[arg(long)]
     max_parallelism: Option<usize>,
@@ -64,7 +73,8 @@ pub struct BuildArgs {
     #[arg(long, value_name = "PATH")]
     oci_runtime: Option<PathBuf>,
     /// Also write the result elsewhere: `type=oci|docker|tar,dest=FILE`,
-    /// `type=local,dest=DIR`, or a directory (repeatable).
+    /// `type=local,dest=DIR`, or a directory (repeatable); `dest=-` is standard output,
+    /// and `-` alone the root filesystem tar there.
     #[arg(short = 'o', long = "output")]
     pub(super) outputs: Vec<Output>,
     /// Write the image ID to this file.
@@ -80,12 +90,82 @@ pub struct BuildArgs {
     /// `security.insecure` (RUN --security=insecure).
     #[arg(long = "allow", value_delimiter = ',')]
     pub(super) allow: Vec<Entitlement>,
+    /// Size of RUN steps' /dev/shm, e.g. `128m`, `1g` or bytes [default: 64m].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    shm_size: Option<u64>,
+    /// A resource limit of RUN steps' processes (repeatable): `NAME=SOFT[:HARD]` with
+    /// docker's names (nofile, nproc, core, memlock, stack, …); -1 is unlimited.
+    #[arg(long = "ulimit", value_name = "NAME=SOFT[:HARD]")]
+    ulimits: Vec<Ulimit>,
+    /// A line in RUN steps' /etc/hosts (repeatable): `NAME:IP` or `NAME=IP`.
+    #[arg(long = "add-host", value_name = "NAME:IP")]
+    add_hosts: Vec<ExtraHost>,
     /// Build on a remote builder instead of in this process.
     #[command(flatten)]
     pub(super) remote: super::remote::BuilderArgs,
     /// Write the build result (digests, descriptor, names) to this file as JSON, as buildx.
     #[arg(long)]
     metadata_file: Option<PathBuf>,
+    /// Also load the image into the docker daemon at $DOCKER_HOST or /var/run/docker.sock.
+    #[arg(long)]
+    load: bool,
+    /// Provenance attestation (`false`, `true`, `mode=min|max,…`); kiln makes none yet.
+    #[arg(long, value_name = "VALUE")]
+    provenance: Option<String>,
+    /// SBOM attestation (`false`, `true`, `generator=…`); kiln makes none yet.
+    #[arg(long, value_name = "VALUE")]
+    sbom: Option<String>,
+    /// Flags of the legacy builder that buildx accepts and ignores.
+    #[command(flatten)]
+    legacy: LegacyFlags,
+}
+
+/// `docker build` flags of the legacy builder that buildx accepts, hidden, and ignores. Like
+/// pflag's booleans, the boolean ones take an optional `=true|false`.
+#[derive(Args)]
+struct LegacyFlags {
+    /// Remove intermediate containers (kiln always does).
+    #[arg(long = "rm", hide = true, overrides_with = "_rm")]
+    #[arg(num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    _rm: Option<bool>,
+    /// Always remove intermediate containers (kiln always does).
+    #[arg(long = "force-rm", hide = true, overrides_with = "_force_rm")]
+    #[arg(num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    _force_rm: Option<bool>,
+    /// Compress the build context (a local build sends it nowhere).
+    #[arg(long = "compress", hide = true, overrides_with = "_compress")]
+    #[arg(num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    _compress: Option<bool>,
+    /// Squash the new layers into one (removed with BuildKit).
+    #[arg(long, hide = true, overrides_with = "squash")]
+    #[arg(num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    squash: Option<bool>,
+    /// Container isolation technology (deprecated with BuildKit).
+    #[arg(long, hide = true, value_name = "VALUE", overrides_with = "isolation")]
+    isolation: Option<String>,
+    /// Security options (deprecated with BuildKit).
+    #[arg(long = "security-opt", hide = true, value_delimiter = ',')]
+    security_opt: Vec<String>,
+}
+
+impl LegacyFlags {
+    /// The warnings buildx prints for the legacy flags that were given.
+    fn warnings(&self) -> Vec<&'static str> {
+        [
+            (self.isolation.is_some(), "isolation flag is deprecated with BuildKit."),
+            (
+                !self.security_opt.is_empty(),
+                "security-opt flag is deprecated. \"RUN --security=insecure\" should be used with BuildKit.",
+            ),
+            (
+                self.squash.is_some(),
+                "experimental flag squash is removed with BuildKit. You should squash inside build using a multi-stage Dockerfile for efficiency.",
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(given, warning)| given.then_some(warning))
+        .collect()
+    }
 }
 
 impl BuildArgs {
@@ -94,10 +174,119 @@ impl BuildArgs {
         self.remote.is_remote()
     }
 
+    /// `--shm-size`, `--ulimit` and `--add-host`.
+    fn run_options(&self) -> RunOptions {
+        let mut options = RunOptions {
+            shm_size: self.shm_size.unwrap_or(0),
+            extra_hosts: self.add_hosts.clone(),
+            ..RunOptions::default()
+        };
+        for ulimit in &self.ulimits {
+            options.set_ulimit(ulimit.clone());
+        }
+        options
+    }
+
+    /// The `--build-context`s: what each name stands for, and the local directories among
+    /// them (named as the contexts).
+    pub(super) fn build_contexts(&self) -> Result<NamedContexts, Failure> {
+        let mut named = NamedContexts::default();
+        for raw in &self.build_contexts {
+            let (name, value) = raw.split_once('=').ok_or_else(|| {
+                Failure::msg(format!(
+                    "invalid build context {raw:?}: expected NAME=VALUE"
+                ))
+            })?;
+            let context = if let Some(reference) = value.strip_prefix("docker-image://") {
+                NamedContext::Image(reference.to_string())
+            } else if let Some(stage) = value.strip_prefix("target:") {
+                NamedContext::Stage(stage.to_string())
+            } else if value.contains("://") || value.starts_with("git@") {
+                return Err(Failure::msg(format!(
+                    "build context {name}={value}: kiln does not read this kind of build context yet (directories, docker-image:// and target: work)"
+                )));
+            } else {
+                let dir = PathBuf::from(value);
+                if !dir.is_dir() {
+                    return Err(Failure::msg(format!(
+                        "build context {name}: {value} is not a directory"
+                    )));
+                }
+                let excludes = match fs::read(dir.join(".dockerignore")) {
+                    Ok(text) => kiln_patterns::read_ignore_file(&text)
+                        .map_err(|e| Failure::msg(format!("{value}/.dockerignore: {e}")))?,
+                    Err(_) => Vec::new(),
+                };
+                named.directories.push((name.to_string(), dir));
+                NamedContext::Local {
+                    source: name.to_string(),
+                    excludes,
+                }
+            };
+            named.contexts.insert(name.to_string(), context);
+        }
+        Ok(named)
+    }
+
     /// The `--secret`s by id.
     pub(super) fn secrets(&self) -> LocalSecrets {
         LocalSecrets(self.secrets.iter().cloned().collect())
     }
+
+    /// How to show progress: `-q` is `--progress=quiet`.
+    fn progress_mode(&self) -> ProgressMode {
+        if self.quiet {
+            ProgressMode::Quiet
+        } else {
+            self.progress
+        }
+    }
+
+    /// Whether an archive goes to standard output (`-o -`, `dest=-`).
+    fn streams_to_stdout(&self) -> bool {
+        self.outputs
+            .iter()
+            .any(|output| output.dest == Some(Destination::Stdout))
+    }
+
+    /// What the command line asks for that kiln ignores, as buildx warns about it.
+    fn ignored_flag_warnings(&self) -> Vec<String> {
+        let mut warnings: Vec<String> = self
+            .legacy
+            .warnings()
+            .into_iter()
+            .map(String::from)
+            .collect();
+        let attestations: Vec<String> = [("provenance", &self.provenance), ("sbom", &self.sbom)]
+            .into_iter()
+            .filter_map(|(flag, value)| Some((flag, value.as_deref()?)))
+            .filter(|(_, value)| !disables_attestation(value))
+            .map(|(flag, value)| format!("--{flag}={value}"))
+            .collect();
+        if !attestations.is_empty() {
+            warnings.push(format!(
+                "kiln does not produce attestations yet; ignoring {}",
+                attestations.join(" ")
+            ));
+        }
+        warnings
+    }
+}
+
+/// Whether a `--provenance`/`--sbom` value turns the attestation off: a false boolean as Go
+/// reads it, or `disabled=true`.
+fn disables_attestation(value: &str) -> bool {
+    matches!(value, "0" | "f" | "F" | "false" | "FALSE" | "False")
+        || value.split(',').any(|field| field == "disabled=true")
+}
+
+/// The `--build-context`s of a build.
+#[derive(Default)]
+pub(super) struct NamedContexts {
+    /// What each name stands for.
+    pub contexts: BTreeMap<String, NamedContext>,
+    /// The local directories among them, by source name.
+    pub directories: Vec<(String, PathBuf)>,
 }
 
 /// A `--secret` value as buildx reads it: `id=ID[,src=FILE|,env=VAR][,type=file|env]`.
@@ -130,11 +319,23 @@ fn parse_secret(value: &str) -> Result<(String, SecretSource), String> {
 }
 
 /// `kiln build`.
-pub fn run(state: &StateDir, registry: &RegistryOptions, args: BuildArgs) -> Result<(), Failure> {
+pub fn run(
+    state: &StateDir,
+    registry: &RegistryOptions,
+    mut args: BuildArgs,
+) -> Result<(), Failure> {
     // Names first: a typo in -t fails now, not after the build.
     for tag in &args.tags {
         Reference::parse_normalized(tag)
             .map_err(|e| Failure::msg(format!("invalid tag {tag:?}: {e}")))?;
+    }
+    check_stdout_outputs(&args.outputs)?;
+    for warning in args.ignored_flag_warnings() {
+        eprintln!("WARNING: {warning}");
+    }
+    let docker = args.load.then(DockerLoad::connect).transpose()?;
+    if let Some(docker) = &docker {
+        args.outputs.push(docker.output(&args.tags));
     }
     match fs::metadata(&args.context) {
         Ok(meta) if meta.is_dir() => {}
@@ -161,11 +362,14 @@ pub fn run(state: &StateDir, registry: &RegistryOptions, args: BuildArgs) -> Res
         build_args: parse_build_args(&args.build_args)?,
         no_cache: args.no_cache,
         no_cache_stages: args.no_cache_filter.clone(),
+        run: args.run_options(),
         ..BuildOptions::default()
     };
     if let Some(platform) = &args.platform {
         options.target_platform = platform.parse::<Platform>().map_err(Failure::msg)?;
     }
+    let named = args.build_contexts()?;
+    options.named_contexts = named.contexts.clone();
     for label in &args.labels {
         let (key, value) = label.split_once('=').unwrap_or((label, ""));
         options.labels.insert(key.to_string(), value.to_string());
@@ -182,12 +386,19 @@ pub fn run(state: &StateDir, registry: &RegistryOptions, args: BuildArgs) -> Res
         .transpose()?;
     let platform = options.target_platform.clone();
     if let Some(builder) = &args.remote.builder {
-        let printer = Progress::stderr(args.progress);
+        let printer = Progress::stderr(args.progress_mode());
         let result = printer.show_while(|| {
-            super::remote::build(builder, &args, &options, &dockerfile_path, &printer)
+            super::remote::build(
+                builder,
+                &args,
+                &options,
+                &named.directories,
+                &dockerfile_path,
+                &printer,
+            )
         });
         return match result {
-            Ok(done) => finish(&args, &done, &platform),
+            Ok(done) => finish(&args, &done, &platform, docker.as_ref()),
             Err(message) => Err(Failure::raw(format!("ERROR: failed to solve: {message}\n"))),
         };
     }
@@ -197,10 +408,12 @@ pub fn run(state: &StateDir, registry: &RegistryOptions, args: BuildArgs) -> Res
         // Canonical, so that the checksum cache (keyed by path) is shared by `kiln build .`
         // and `kiln build /abs/path` of the same context.
         secrets: Box::new(args.secrets()),
-        sources: Box::new(LocalDirectories(HashMap::from([(
-            "context".to_string(),
-            fs::canonicalize(&args.context).unwrap_or_else(|_| args.context.clone()),
-        )]))),
+        sources: Box::new(LocalDirectories(
+            std::iter::once(("context".to_string(), args.context.clone()))
+                .chain(named.directories)
+                .map(|(name, dir)| (name, fs::canonicalize(&dir).unwrap_or(dir)))
+                .collect(),
+        )),
         options,
         tags: args.tags.clone(),
         outputs: args.outputs.clone(),
@@ -214,7 +427,7 @@ pub fn run(state: &StateDir, registry: &RegistryOptions, args: BuildArgs) -> Res
         registry: registry.clone(),
         entitlements: args.allow.iter().copied().collect(),
     };
-    let printer = Progress::stderr(args.progress);
+    let printer = Progress::stderr(args.progress_mode());
     // Ctrl-C (and SIGTERM) cancel the build: running steps are killed, their mounts and
     // scratch space removed, and nothing half-written is named.
     let cancel = Arc::new(AtomicBool::new(false));
@@ -224,7 +437,7 @@ pub fn run(state: &StateDir, registry: &RegistryOptions, args: BuildArgs) -> Res
     let result =
         printer.show_while(|| build(state, request, &|event| printer.event(event), &cancel));
     match result {
-        Ok(done) => finish(&args, &done, &platform),
+        Ok(done) => finish(&args, &done, &platform, docker.as_ref()),
         Err(BuildError::Frontend(err)) => Err(Failure::frontend(&err, &dockerfile)),
         Err(BuildError::Step {
             description,
@@ -250,13 +463,52 @@ pub fn run(state: &StateDir, registry: &RegistryOptions, args: BuildArgs) -> Res
     }
 }
 
-/// What a successful build prints and writes, local or remote.
-fn finish(args: &BuildArgs, done: &BuildResult, platform: &Platform) -> Result<(), Failure> {
-    for warning in &done.warnings {
-        eprintln!("WARNING: {warning}");
+/// Refuses what buildx refuses of archives to standard output: two of them, or one to a
+/// terminal.
+fn check_stdout_outputs(outputs: &[Output]) -> Result<(), Failure> {
+    let mut to_stdout = outputs
+        .iter()
+        .filter(|output| output.dest == Some(Destination::Stdout));
+    let Some(first) = to_stdout.next() else {
+        return Ok(());
+    };
+    if to_stdout.next().is_some() {
+        return Err(Failure::msg(
+            "multiple outputs configured to write to stdout",
+        ));
     }
-    match args.progress {
+    if std::io::stdout().is_terminal() {
+        return Err(Failure::msg(format!(
+            "dest file is required for {} exporter. refusing to write to console",
+            format!("{:?}", first.kind).to_lowercase()
+        )));
+    }
+    Ok(())
+}
+
+/// What a successful build prints and writes, local or remote; with `--load`, the image
+/// then goes to `docker`.
+fn finish(
+    args: &BuildArgs,
+    done: &BuildResult,
+    platform: &Platform,
+    docker: Option<&DockerLoad>,
+) -> Result<(), Failure> {
+    let mode = args.progress_mode();
+    // As buildx, the quiet modes and raw JSON leave the warnings out.
+    if !matches!(
+        mode,
+        ProgressMode::Quiet | ProgressMode::None | ProgressMode::Rawjson
+    ) {
+        for warning in &done.warnings {
+            eprintln!("WARNING: {warning}");
+        }
+    }
+    match mode {
+        // The ID would land in the archive on standard output.
+        ProgressMode::Quiet if args.streams_to_stdout() => {}
         ProgressMode::Quiet => println!("{}", done.config_digest),
+        ProgressMode::None | ProgressMode::Rawjson => {}
         ProgressMode::Json => eprintln!(
             "{}",
             serde_json::json!({
@@ -280,6 +532,15 @@ fn finish(args: &BuildArgs, done: &BuildResult, platform: &Platform) -> Result<(
     if let Some(path) = &args.metadata_file {
         let metadata = metadata(done, platform, &args.tags)?;
         write_file(path, &serde_json::to_vec_pretty(&metadata).expect("JSON"))?;
+    }
+    if let Some(docker) = docker {
+        let loaded = docker.load()?;
+        if matches!(
+            mode,
+            ProgressMode::Plain | ProgressMode::Tty | ProgressMode::Auto
+        ) {
+            eprintln!("{loaded}");
+        }
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 pub mod build;
 pub mod completion;
 pub mod debug;
+pub mod docker_load;
 pub mod images;
 pub mod inspect;
 pub mod lookup;

@@ -9,7 +9,7 @@ use kiln_api::client::{self, ClientTls, OutputTarget, RemoteBuild};
 use kiln_api::control::Exporter;
 use kiln_api::tls::TlsFiles;
 use kiln_engine::{BuildResult, Destination, ManifestFormat, Output, OutputKind};
-use kiln_frontend::lower::BuildOptions;
+use kiln_frontend::lower::{BuildOptions, NamedContext};
 use kiln_worker::layer::LayerCompression;
 
 use super::build::BuildArgs;
@@ -77,6 +77,7 @@ pub fn build(
     builder: &str,
     args: &BuildArgs,
     options: &BuildOptions,
+    named_directories: &[(String, PathBuf)],
     dockerfile: &Path,
     printer: &Progress,
 ) -> Result<BuildResult, String> {
@@ -98,6 +99,7 @@ pub fn build(
     if args.pull {
         attrs.insert("image-resolve-mode".into(), "pull".into());
     }
+    attrs.extend(options.run.to_attrs());
     let mut exporters: Vec<(Exporter, Option<OutputTarget>)> =
         args.outputs.iter().map(exporter_of).collect();
     if !args.tags.is_empty() {
@@ -113,8 +115,17 @@ pub fn build(
             None,
         ));
     }
+    for (name, context) in &options.named_contexts {
+        let value = match context {
+            NamedContext::Local { source, .. } => format!("local:{source}"),
+            NamedContext::Image(reference) => format!("docker-image://{reference}"),
+            NamedContext::Stage(stage) => format!("target:{stage}"),
+        };
+        attrs.insert(format!("context:{name}"), value);
+    }
     let request = RemoteBuild {
         context: args.context.clone(),
+        named_directories: named_directories.to_vec(),
         dockerfile: dockerfile.to_path_buf(),
         frontend_attrs: attrs,
         exporters,
@@ -179,6 +190,8 @@ fn exporter_of(output: &Output) -> (Exporter, Option<OutputTarget>) {
             Some(OutputTarget::Directory(path.clone()))
         }
         Some(Destination::Path(path)) => Some(OutputTarget::File(path.clone())),
+        // The session writes what it receives to this file: our standard output.
+        Some(Destination::Stdout) => Some(OutputTarget::File("/dev/stdout".into())),
         _ => None,
     };
     (

@@ -1,11 +1,13 @@
 //! Showing a build's progress events: BuildKit's live terminal display (`tty`), its
-//! line-oriented `plain` output, one JSON object per event (`json`), or nothing (`quiet`).
+//! line-oriented `plain` output, one JSON object per event (`json`), BuildKit's own JSON
+//! (`rawjson`), or nothing (`quiet`, `none`).
 //!
 //! Every mode keeps the same record of steps: numbers in the order they start, states,
 //! and the last lines of output, which error reports quote.
 
 mod json;
 mod plain;
+mod rawjson;
 mod tty;
 
 use std::collections::HashMap;
@@ -28,8 +30,12 @@ pub enum ProgressMode {
     Plain,
     /// One JSON object per event, for tools.
     Json,
-    /// Nothing but errors.
+    /// BuildKit's `SolveStatus` objects as JSON, one per line (buildx's `rawjson`).
+    Rawjson,
+    /// Nothing but errors; the image ID on standard output at the end.
     Quiet,
+    /// Nothing but errors.
+    None,
 }
 
 /// Lines of output kept per step for error reports and the live display.
@@ -176,6 +182,7 @@ impl Progress {
         let lines = match self.mode {
             ProgressMode::Plain => plain::lines(&step, kind, &new_lines),
             ProgressMode::Json => vec![json::line(&vertex, kind, &step)],
+            ProgressMode::Rawjson => vec![rawjson::line(&vertex, kind, &step)],
             _ => return,
         };
         let mut out = self.out.lock().expect("progress lock");
@@ -186,10 +193,11 @@ impl Progress {
     }
 
     /// Shows a message that belongs to no step (pulls and pushes): a line in `plain` and
-    /// `tty`, an object with `event: "message"` in `json`, nothing in `quiet`.
+    /// `tty`, an object with `event: "message"` in `json`, nothing in `rawjson` (BuildKit
+    /// sends no such thing), `quiet` and `none`.
     fn notice(&self, message: &str) {
         let line = match self.mode {
-            ProgressMode::Quiet => return,
+            ProgressMode::Quiet | ProgressMode::None | ProgressMode::Rawjson => return,
             ProgressMode::Tty => {
                 // Lines written now would be drawn over: the display shows them.
                 let mut steps = self.steps.lock().expect("progress lock");

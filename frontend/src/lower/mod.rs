@@ -16,12 +16,17 @@ use std::collections::BTreeMap;
 
 use kiln_cache::Digest;
 use kiln_image::Image;
-use kiln_solver::{Definition, DefinitionBuilder, Op, Platform, SourceOp, VertexMeta};
+use kiln_solver::{
+    CopyAction, Definition, DefinitionBuilder, FileAction, FileOp, Op, Platform, SourceOp,
+    VertexMeta,
+};
 
 use crate::error::{Error, Location, Result};
 use crate::instructions::Dockerfile;
 
 pub use args::{BUILTIN_ARGS, PROXY_ARGS};
+pub use mount::parse_size;
+pub use run::RunOptions;
 
 /// What a build asks of the frontend.
 #[derive(Clone, Debug)]
@@ -42,6 +47,26 @@ pub struct BuildOptions {
     pub no_cache_stages: Vec<String>,
     /// `--label` values added to the image config.
     pub labels: BTreeMap<String, String>,
+    /// `--shm-size`, `--ulimit` and `--add-host`: what every RUN step gets.
+    pub run: RunOptions,
+    /// `--build-context NAME=…`: what `FROM NAME` and `--from=NAME` read instead, by name.
+    pub named_contexts: BTreeMap<String, NamedContext>,
+}
+
+/// What a `--build-context` gives the stages that name it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NamedContext {
+    /// A local directory: the local source of that name, with its own `.dockerignore`.
+    Local {
+        /// The local source's name.
+        source: String,
+        /// Its `.dockerignore` patterns.
+        excludes: Vec<String>,
+    },
+    /// An image (`docker-image://REF`; `scratch` is the empty filesystem).
+    Image(String),
+    /// A stage of the Dockerfile (`target:STAGE`).
+    Stage(String),
 }
 
 impl Default for BuildOptions {
@@ -56,6 +81,8 @@ impl Default for BuildOptions {
             no_cache: false,
             no_cache_stages: Vec::new(),
             labels: BTreeMap::new(),
+            run: RunOptions::default(),
+            named_contexts: BTreeMap::new(),
         }
     }
 }
@@ -289,6 +316,10 @@ impl<'a> Lowerer<'a> {
             }
             return Ok(Source::Stage(self.stage(i)?.state));
         }
+        if let Some(context) = self.named_context(value) {
+            let (state, _, _) = self.load_named(value, context, platform, location)?;
+            return Ok(Source::Stage(state));
+        }
         if !looks_like_image_reference(value) {
             return Err(Error::at(
                 format!(
@@ -304,6 +335,83 @@ impl<'a> Lowerer<'a> {
             location,
             description,
         )))
+    }
+
+    /// The `--build-context` that `name` (as the Dockerfile writes it) refers to: matched
+    /// as written, else in its familiar form without `:latest`, as BuildKit matches it.
+    fn named_context(&self, name: &str) -> Option<NamedContext> {
+        let contexts = &self.options.named_contexts;
+        if contexts.is_empty() {
+            return None;
+        }
+        if let Some(context) = contexts.get(name) {
+            return Some(context.clone());
+        }
+        let familiar = kiln_image::Reference::parse_normalized(name)
+            .ok()?
+            .familiar();
+        contexts
+            .get(familiar.strip_suffix(":latest").unwrap_or(&familiar))
+            .cloned()
+    }
+
+    /// The filesystem, config and platform (when it names one) the named context `name`
+    /// gives.
+    fn load_named(
+        &mut self,
+        name: &str,
+        context: NamedContext,
+        platform: &Platform,
+        location: Location,
+    ) -> Result<(Option<Digest>, Image, Option<Platform>)> {
+        match context {
+            NamedContext::Local { source, excludes } => {
+                let meta = |description: String| VertexMeta {
+                    description,
+                    ..VertexMeta::default()
+                };
+                let op = Op::Source(SourceOp::Local {
+                    name: source,
+                    exclude_patterns: excludes,
+                });
+                let local = self.builder.add(
+                    op,
+                    Vec::new(),
+                    meta(format!("[context {name}] load from client")),
+                );
+                // The directory as a filesystem of its own, owned by root as the context.
+                let op = Op::File(FileOp {
+                    base: None,
+                    actions: vec![FileAction::Copy(CopyAction::new(0, "/", "/"))],
+                });
+                let state =
+                    self.builder
+                        .add(op, vec![local], meta(format!("[context {name}] copy")));
+                Ok((Some(state), stage::empty_image(), None))
+            }
+            NamedContext::Image(reference) if reference.eq_ignore_ascii_case("scratch") => {
+                Ok((None, stage::empty_image(), None))
+            }
+            NamedContext::Image(reference) => {
+                let image = self
+                    .resolver
+                    .resolve_config(&reference, platform)
+                    .map_err(|e| Error::unresolved(&reference, e, location))?;
+                let description = format!("[context {name}] {reference}");
+                let state = self.image_source(&reference, platform, location, description);
+                Ok((Some(state), image, None))
+            }
+            NamedContext::Stage(target) => {
+                let index = self.stage_named(&target).ok_or_else(|| {
+                    Error::at(
+                        format!("build context {name}: no stage is named {target:?}"),
+                        location,
+                    )
+                })?;
+                let result = self.stage(index)?;
+                Ok((result.state, result.image, Some(result.platform)))
+            }
+        }
     }
 
     /// The source vertex of an image.

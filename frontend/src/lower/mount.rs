@@ -92,7 +92,7 @@ fn parse_u32(key: &str, value: &str, radix: u32) -> Result<u32, String> {
 }
 
 /// docker/go-units `RAMInBytes`: `64m`, `1g`, `512kb`, `100` (1024-based).
-fn parse_size(value: &str) -> Result<u64, String> {
+pub fn parse_size(value: &str) -> Result<u64, String> {
     let lower = value.to_ascii_lowercase();
     let digits_end = lower
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))

@@ -1,8 +1,11 @@
 //! RUN: an exec op over the stage's filesystem, with heredocs and `--mount`s.
 
+use std::collections::HashMap;
+
 use kiln_cache::Digest;
 use kiln_solver::{
-    ExecOp, FileAction, FileOp, MkfileAction, Mount, MountKind, NetworkMode, Op, SecurityMode,
+    ExecOp, ExtraHost, FileAction, FileOp, MkfileAction, Mount, MountKind, NetworkMode, Op,
+    SecurityMode, Ulimit,
 };
 
 use super::mount::{MountType, parse_mount};
@@ -14,6 +17,72 @@ use crate::parser::{Heredoc, parse_heredoc};
 
 /// Where heredoc scripts with a shebang are mounted.
 const PIPES_DIR: &str = "/dev/pipes";
+
+/// What `--shm-size`, `--ulimit` and `--add-host` give every RUN step; part of each
+/// exec op, so of its cache key, as in BuildKit.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunOptions {
+    /// Size of `/dev/shm` in bytes; 0 keeps the runtime's default (64 MiB).
+    pub shm_size: u64,
+    /// Resource limits of the processes, one per name.
+    pub ulimits: Vec<Ulimit>,
+    /// Entries added to `/etc/hosts`, in order.
+    pub extra_hosts: Vec<ExtraHost>,
+}
+
+impl RunOptions {
+    /// Adds `ulimit`, replacing an earlier one of the same name (the last one given wins,
+    /// as in docker).
+    pub fn set_ulimit(&mut self, ulimit: Ulimit) {
+        match self.ulimits.iter_mut().find(|u| u.name == ulimit.name) {
+            Some(earlier) => *earlier = ulimit,
+            None => self.ulimits.push(ulimit),
+        }
+    }
+
+    /// The options from BuildKit's frontend attributes: `shm-size` (bytes), `ulimit`
+    /// (`name=soft:hard,…`) and `add-hosts` (`name=ip,…`).
+    pub fn from_attrs(attrs: &HashMap<String, String>) -> std::result::Result<Self, String> {
+        let list = |key: &str| {
+            attrs
+                .get(key)
+                .map(|v| v.split(',').filter(|f| !f.is_empty()).collect::<Vec<_>>())
+                .unwrap_or_default()
+        };
+        let mut options = RunOptions {
+            shm_size: match attrs.get("shm-size").filter(|v| !v.is_empty()) {
+                Some(v) => v.parse().map_err(|_| format!("invalid shm-size {v:?}"))?,
+                None => 0,
+            },
+            extra_hosts: list("add-hosts")
+                .into_iter()
+                .map(str::parse)
+                .collect::<std::result::Result<_, _>>()?,
+            ulimits: Vec::new(),
+        };
+        for ulimit in list("ulimit") {
+            options.set_ulimit(ulimit.parse()?);
+        }
+        Ok(options)
+    }
+
+    /// The options as BuildKit's frontend attributes, only those that are set.
+    pub fn to_attrs(&self) -> Vec<(String, String)> {
+        let mut attrs = Vec::new();
+        if self.shm_size > 0 {
+            attrs.push(("shm-size".into(), self.shm_size.to_string()));
+        }
+        if !self.ulimits.is_empty() {
+            let ulimits: Vec<String> = self.ulimits.iter().map(ToString::to_string).collect();
+            attrs.push(("ulimit".into(), ulimits.join(",")));
+        }
+        if !self.extra_hosts.is_empty() {
+            let hosts: Vec<String> = self.extra_hosts.iter().map(ToString::to_string).collect();
+            attrs.push(("add-hosts".into(), hosts.join(",")));
+        }
+        attrs
+    }
+}
 
 /// Collects a vertex's inputs, giving each distinct digest one index.
 #[derive(Default)]
@@ -176,6 +245,19 @@ pub(super) fn lower_run(
             kind,
         });
     }
+    let run_options = &lowerer.options.run;
+    if run_options.shm_size > 0 {
+        // BuildKit's `llb.AddMount("/dev/shm", llb.Scratch(), llb.Tmpfs(…))`.
+        mounts.push(Mount {
+            target: "/dev/shm".into(),
+            input: None,
+            source: "/".into(),
+            readonly: false,
+            kind: MountKind::Tmpfs {
+                size: run_options.shm_size,
+            },
+        });
+    }
 
     let network = match run
         .network
@@ -218,6 +300,8 @@ pub(super) fn lower_run(
         security,
         mounts,
         platform: st.platform.clone(),
+        ulimits: run_options.ulimits.clone(),
+        extra_hosts: run_options.extra_hosts.clone(),
     });
     let mut meta = st.meta(instruction);
     meta.proxy_env = lowerer.proxy_env();
@@ -306,5 +390,67 @@ fn run_command_string(args: &[String], st: &StageState) -> String {
             declared.join(" "),
             args.join(" ")
         )
+    }
+}
+
+#[cfg(test)]
+mod run_options_tests {
+    use super::*;
+
+    fn attrs(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn attributes_are_buildkits() {
+        let options = RunOptions::from_attrs(&attrs(&[
+            ("shm-size", "134217728"),
+            ("ulimit", "nofile=100:200,core=0:0,nofile=300:400"),
+            ("add-hosts", "db=10.0.0.5,V6=::1"),
+        ]))
+        .unwrap();
+        assert_eq!(options.shm_size, 128 << 20);
+        // The last limit of a name wins, at the first one's place.
+        let ulimits: Vec<String> = options.ulimits.iter().map(ToString::to_string).collect();
+        assert_eq!(ulimits, ["nofile=300:400", "core=0:0"]);
+        let mut sent = options.to_attrs();
+        sent.sort();
+        assert_eq!(
+            sent,
+            [
+                ("add-hosts".to_string(), "db=10.0.0.5,v6=::1".to_string()),
+                ("shm-size".to_string(), "134217728".to_string()),
+                ("ulimit".to_string(), "nofile=300:400,core=0:0".to_string()),
+            ]
+        );
+        let round: HashMap<String, String> = sent.into_iter().collect();
+        assert_eq!(RunOptions::from_attrs(&round).unwrap(), options);
+    }
+
+    #[test]
+    fn nothing_set_is_no_attribute() {
+        assert_eq!(
+            RunOptions::from_attrs(&attrs(&[])).unwrap(),
+            RunOptions::default()
+        );
+        assert!(RunOptions::default().to_attrs().is_empty());
+    }
+
+    #[test]
+    fn bad_attributes_are_errors() {
+        for (key, value) in [
+            ("shm-size", "64m"),
+            ("ulimit", "bogus=1"),
+            ("ulimit", "nofile=2:1"),
+            ("add-hosts", "db=nowhere"),
+        ] {
+            assert!(
+                RunOptions::from_attrs(&attrs(&[(key, value)])).is_err(),
+                "{key}={value}"
+            );
+        }
     }
 }

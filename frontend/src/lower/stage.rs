@@ -173,11 +173,26 @@ pub(super) fn lower_stage(lowerer: &mut Lowerer<'_>, index: usize) -> Result<Sta
         None => None,
     };
 
-    let base = if base.eq_ignore_ascii_case("scratch") {
-        let mut image = Image::default();
-        image.config.working_dir = "/".into();
+    let own_context = stage
+        .name
+        .as_deref()
+        .and_then(|name| Some((name, lowerer.named_context(name)?)));
+    let base = if let Some((name, context)) = own_context {
+        // A --build-context named like the stage replaces it, instructions and all.
         let platform = explicit_platform.unwrap_or_else(|| lowerer.options.target_platform.clone());
-        Base::fresh(image, platform)
+        let (state, image, named_platform) =
+            lowerer.load_named(name, context, &platform, location)?;
+        let env = image_env(&image);
+        return Ok(StageResult {
+            state,
+            image,
+            platform: named_platform.unwrap_or(platform),
+            env,
+            build_args: Vec::new(),
+        });
+    } else if base.eq_ignore_ascii_case("scratch") {
+        let platform = explicit_platform.unwrap_or_else(|| lowerer.options.target_platform.clone());
+        Base::fresh(empty_image(), platform)
     } else if let Some(j) = lowerer.stage_named(&base).filter(|&j| j < index) {
         let parent = lowerer.stage(j)?;
         Base {
@@ -188,6 +203,13 @@ pub(super) fn lower_stage(lowerer: &mut Lowerer<'_>, index: usize) -> Result<Sta
             build_args: parent.build_args,
             image_reference: None,
         }
+    } else if let Some(context) = lowerer.named_context(&base) {
+        let platform = explicit_platform.unwrap_or_else(|| lowerer.options.target_platform.clone());
+        let (state, image, named_platform) =
+            lowerer.load_named(&base, context, &platform, location)?;
+        let mut named = Base::fresh(image, named_platform.unwrap_or(platform));
+        named.state = state;
+        named
     } else {
         if !looks_like_image_reference(&base) {
             return Err(Error::at(
@@ -221,17 +243,7 @@ pub(super) fn lower_stage(lowerer: &mut Lowerer<'_>, index: usize) -> Result<Sta
     if !image.config.env.iter().any(|e| e.starts_with("PATH=")) {
         image.config.env.push(format!("PATH={DEFAULT_PATH}"));
     }
-    let env = env.unwrap_or_else(|| {
-        image
-            .config
-            .env
-            .iter()
-            .map(|e| match e.split_once('=') {
-                Some((k, v)) => (k.to_string(), v.to_string()),
-                None => (e.clone(), String::new()),
-            })
-            .collect()
-    });
+    let env = env.unwrap_or_else(|| image_env(&image));
     let options = lowerer.options;
     let ignore_cache = options.no_cache
         || stage.name.as_ref().is_some_and(|n| {
@@ -286,6 +298,28 @@ pub(super) fn lower_stage(lowerer: &mut Lowerer<'_>, index: usize) -> Result<Sta
         env: st.env,
         build_args: st.build_args,
     })
+}
+
+/// BuildKit's empty image (`FROM scratch`, a local build context): WorkingDir `/` and the
+/// default `PATH`.
+pub(super) fn empty_image() -> Image {
+    let mut image = Image::default();
+    image.config.working_dir = "/".into();
+    image.config.env.push(format!("PATH={DEFAULT_PATH}"));
+    image
+}
+
+/// A config's Env as the pairs expansion uses.
+fn image_env(image: &Image) -> Vec<(String, String)> {
+    image
+        .config
+        .env
+        .iter()
+        .map(|e| match e.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (e.clone(), String::new()),
+        })
+        .collect()
 }
 
 /// What a stage starts from.

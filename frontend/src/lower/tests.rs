@@ -56,6 +56,33 @@ fn root(l: &Lowered) -> &Vertex {
     l.definition.vertex(&l.definition.root().unwrap()).unwrap()
 }
 
+#[test]
+fn run_options_reach_every_exec_and_its_digest() {
+    let src = "FROM busybox\nRUN --mount=type=tmpfs,target=/t true\nRUN false\n";
+    let plain = lower_src(src);
+    let mut with = options();
+    with.run = RunOptions {
+        shm_size: 128 << 20,
+        ulimits: vec!["nofile=100:200".parse().unwrap()],
+        extra_hosts: vec!["db=10.0.0.5".parse().unwrap()],
+    };
+    let l = try_lower_with(src, &with, &EmptyConfigs).unwrap();
+    for exec in execs(&l) {
+        let shm = exec.mounts.last().unwrap();
+        assert_eq!(
+            (shm.target.as_str(), &shm.kind, shm.input),
+            ("/dev/shm", &MountKind::Tmpfs { size: 128 << 20 }, None)
+        );
+        assert_eq!(exec.ulimits, with.run.ulimits);
+        assert_eq!(exec.extra_hosts, with.run.extra_hosts);
+    }
+    assert_ne!(root(&l).digest(), root(&plain).digest());
+    for exec in execs(&plain) {
+        assert!(exec.mounts.iter().all(|m| m.target != "/dev/shm"));
+        assert!(exec.ulimits.is_empty() && exec.extra_hosts.is_empty());
+    }
+}
+
 const MULTI: &str = "\
 FROM busybox AS base
 RUN echo shared
@@ -586,4 +613,69 @@ fn step_labels_count_as_buildkit_counts() {
             "{expected} not in {descriptions:#?}"
         );
     }
+}
+
+#[test]
+fn named_contexts_stand_in_for_images_and_stages() {
+    let mut o = options();
+    o.named_contexts.insert(
+        "alpine".into(),
+        NamedContext::Local {
+            source: "alpine".into(),
+            excludes: vec!["*.tmp".into()],
+        },
+    );
+    o.named_contexts
+        .insert("base".into(), NamedContext::Image("busybox:1".into()));
+    o.named_contexts
+        .insert("tools".into(), NamedContext::Stage("builder".into()));
+    let l = try_lower_with(
+        "FROM busybox AS builder\nRUN make\n\
+         FROM base AS base\nRUN never\n\
+         FROM alpine:latest\nCOPY --from=tools /out /out\nCOPY --from=base /etc/x /x\n",
+        &o,
+        &EmptyConfigs,
+    )
+    .unwrap();
+    let descriptions: Vec<String> = l
+        .definition
+        .topological_order()
+        .iter()
+        .map(|d| l.definition.meta(d).unwrap().description.clone())
+        .collect();
+    assert!(
+        descriptions.contains(&"[context alpine:latest] load from client".to_string()),
+        "{descriptions:#?}"
+    );
+    assert!(
+        descriptions.contains(&"[context base] busybox:1".to_string()),
+        "{descriptions:#?}"
+    );
+    assert!(
+        descriptions.iter().any(|d| d.ends_with("RUN make")),
+        "the stage a context names is built"
+    );
+    assert!(
+        !descriptions.iter().any(|d| d.ends_with("RUN never")),
+        "a stage a context replaces is not"
+    );
+    assert_eq!(l.image.config.working_dir, "/");
+    let locals: Vec<&Vertex> = l
+        .definition
+        .topological_order()
+        .iter()
+        .map(|d| l.definition.vertex(d).unwrap())
+        .filter(|v| matches!(&v.op, Op::Source(SourceOp::Local { .. })))
+        .collect();
+    let Op::Source(SourceOp::Local {
+        name,
+        exclude_patterns,
+    }) = &locals[0].op
+    else {
+        unreachable!()
+    };
+    assert_eq!(
+        (name.as_str(), exclude_patterns.as_slice()),
+        ("alpine", &["*.tmp".to_string()][..])
+    );
 }

@@ -90,12 +90,14 @@ pub fn run(
         Some(MemoryDir::mount(&bundle)?)
     };
     let hosts = bundle.join("hosts");
-    fs::write(
-        &hosts,
-        format!(
-            "127.0.0.1\tlocalhost {SANDBOX_HOSTNAME}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-        ),
-    )?;
+    let mut hosts_text = format!(
+        "127.0.0.1\tlocalhost {SANDBOX_HOSTNAME}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+    );
+    // `--add-host` entries after the defaults, as BuildKit writes them.
+    for extra in &op.extra_hosts {
+        hosts_text.push_str(&format!("{}\t{}\n", extra.ip, extra.host));
+    }
+    fs::write(&hosts, hosts_text)?;
     let resolv = bundle.join("resolv.conf");
     let host_resolv = fs::read("/etc/resolv.conf").unwrap_or_default();
     fs::write(

@@ -1,13 +1,14 @@
 //! The OCI runtime spec of a RUN step, with Docker's defaults rather than
 //! the runtime-spec's.
 
-use anyhow::Result;
-use kiln_solver::{NetworkMode, SecurityMode};
+use anyhow::{Result, anyhow};
+use kiln_solver::{NetworkMode, SecurityMode, Ulimit};
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxDeviceCgroup,
     LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxNamespaceBuilder, LinuxNamespaceType,
-    LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
-    get_default_maskedpaths, get_default_mounts, get_default_readonly_paths,
+    LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimit, PosixRlimitBuilder, PosixRlimitType,
+    ProcessBuilder, RootBuilder, Spec, UserBuilder, get_default_maskedpaths, get_default_mounts,
+    get_default_readonly_paths,
 };
 use std::collections::HashSet;
 
@@ -62,7 +63,7 @@ pub fn build(
         SecurityMode::Sandbox => DEFAULT_CAPABILITIES.into_iter().collect(),
         SecurityMode::Insecure => all_capabilities(),
     };
-    let process = ProcessBuilder::default()
+    let mut process = ProcessBuilder::default()
         .terminal(false)
         .args(op.args.clone())
         .env(env)
@@ -83,6 +84,10 @@ pub fn build(
         )
         .no_new_privileges(false)
         .build()?;
+    if !op.ulimits.is_empty() {
+        // As BuildKit, the step's limits replace the default ones.
+        process.set_rlimits(Some(rlimits(&op.ulimits)?));
+    }
 
     let mut namespaces = vec![
         LinuxNamespaceType::Pid,
@@ -160,7 +165,7 @@ pub fn build(
                 .readonly(false)
                 .build()?,
         ))
-        .set_mounts(Some(all_mounts))
+        .set_mounts(Some(dedup_mounts(all_mounts)))
         .set_linux(Some(linux));
     Ok(spec)
 }
@@ -208,6 +213,40 @@ fn device_rules(security: SecurityMode) -> Result<Vec<LinuxDeviceCgroup>> {
         char_device(136, None)?,     // /dev/pts/*
         char_device(10, Some(200))?, // /dev/net/tun
     ])
+}
+
+/// `--ulimit`s as the spec's rlimits: `RLIMIT_` + the name in upper case, -1 (unlimited)
+/// as `RLIM_INFINITY` (all bits set), as BuildKit converts them.
+fn rlimits(ulimits: &[Ulimit]) -> Result<Vec<PosixRlimit>> {
+    ulimits
+        .iter()
+        .map(|ulimit| {
+            let typ = format!("RLIMIT_{}", ulimit.name.to_ascii_uppercase())
+                .parse::<PosixRlimitType>()
+                .map_err(|_| anyhow!("unknown ulimit {:?}", ulimit.name))?;
+            Ok(PosixRlimitBuilder::default()
+                .typ(typ)
+                .soft(ulimit.soft as u64)
+                .hard(ulimit.hard as u64)
+                .build()?)
+        })
+        .collect()
+}
+
+/// The mounts with each destination once: a later mount replaces an earlier one at its
+/// place (BuildKit's `dedupMounts`), so that a step's `/dev/shm` replaces the default one.
+fn dedup_mounts(mounts: Vec<Mount>) -> Vec<Mount> {
+    let mut deduped: Vec<Mount> = Vec::with_capacity(mounts.len());
+    for mount in mounts {
+        match deduped
+            .iter_mut()
+            .find(|m| m.destination() == mount.destination())
+        {
+            Some(earlier) => *earlier = mount,
+            None => deduped.push(mount),
+        }
+    }
+    deduped
 }
 
 fn bind(target: &str, source: &str, readonly: bool) -> Result<Mount> {

@@ -61,6 +61,8 @@ fn exec_op(script: &str) -> ExecOp {
         security: SecurityMode::Sandbox,
         mounts: Vec::new(),
         platform: Platform::host(),
+        ulimits: Vec::new(),
+        extra_hosts: Vec::new(),
     }
 }
 
