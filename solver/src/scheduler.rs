@@ -100,6 +100,10 @@ pub struct SolveOptions {
     pub max_parallelism: usize,
 }
 
+/// Stack of the threads that run steps: copying or unpacking a tree a thousand
+/// directories deep recurses that deep (the pages are only used as deep as it goes).
+const STEP_STACK: usize = 256 << 20;
+
 /// A failed solve: the vertex that failed first, and why.
 #[derive(Debug)]
 pub struct SolveError {
@@ -159,7 +163,10 @@ pub fn solve<E: Executor>(
     let workers = options.max_parallelism.clamp(1, total.max(1));
     std::thread::scope(|scope| {
         for _ in 0..workers {
-            scope.spawn(|| {
+            let thread = std::thread::Builder::new()
+                .name("step".into())
+                .stack_size(STEP_STACK);
+            let spawned = thread.spawn_scoped(scope, || {
                 loop {
                     let (digest, inputs) = {
                         let mut shared = state.lock().expect("scheduler lock");
@@ -232,6 +239,14 @@ pub fn solve<E: Executor>(
                     wake.notify_all();
                 }
             });
+            if let Err(e) = spawned {
+                let mut shared = state.lock().expect("scheduler lock");
+                shared.failure.get_or_insert(SolveError {
+                    vertex: None,
+                    error: anyhow::anyhow!("cannot start a thread for steps: {e}"),
+                });
+                wake.notify_all();
+            }
         }
     });
     let mut shared = state.into_inner().expect("scheduler lock");

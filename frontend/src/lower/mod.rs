@@ -89,7 +89,7 @@ impl Default for BuildOptions {
 
 /// Looks up base images' configs while lowering (`FROM` needs a base's Env, WorkingDir, User,
 /// Shell and ONBUILD triggers to lower what follows).
-pub trait ImageResolver {
+pub trait ImageResolver: Sync {
     /// The config of `reference` for `platform`, or an error that names the cause.
     fn resolve_config(&self, reference: &str, platform: &Platform) -> Result<Image, String>;
 }
@@ -117,8 +117,33 @@ pub struct Lowered {
     pub warnings: Vec<String>,
 }
 
+/// Stack for lowering: a stage is lowered after the stages it builds on, recursively, so
+/// thousands of chained stages need more than a thread's default (pages are only used
+/// as deep as the Dockerfile goes).
+const LOWERING_STACK: usize = 512 << 20;
+
 /// Lowers `dockerfile` for one target platform.
 pub fn lower(
+    dockerfile: &Dockerfile,
+    options: &BuildOptions,
+    resolver: &dyn ImageResolver,
+) -> Result<Lowered> {
+    std::thread::scope(|scope| {
+        let lowering = std::thread::Builder::new()
+            .name("lowering".into())
+            .stack_size(LOWERING_STACK)
+            .spawn_scoped(scope, || lower_here(dockerfile, options, resolver));
+        match lowering {
+            Ok(thread) => thread
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            Err(_) => lower_here(dockerfile, options, resolver),
+        }
+    })
+}
+
+/// [`lower`] on the calling thread's stack.
+fn lower_here(
     dockerfile: &Dockerfile,
     options: &BuildOptions,
     resolver: &dyn ImageResolver,

@@ -679,3 +679,20 @@ fn named_contexts_stand_in_for_images_and_stages() {
         ("alpine", &["*.tmp".to_string()][..])
     );
 }
+
+#[test]
+fn deep_dockerfiles_are_lowered_or_refused_without_overflowing() {
+    let mut chain = String::from("FROM scratch AS s0\nCOPY a /a\n");
+    for i in 1..3000 {
+        chain.push_str(&format!("FROM s{} AS s{i}\n", i - 1));
+    }
+    let l = lower_src(&chain);
+    assert!(l.definition.root().is_some());
+
+    let nested = format!("FROM scratch\n{}RUN x\n", "ONBUILD ".repeat(10_000));
+    assert!(
+        lower_err(&nested).contains("Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed"),
+        "{}",
+        lower_err(&nested)
+    );
+}

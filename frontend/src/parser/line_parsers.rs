@@ -337,6 +337,13 @@ pub(super) fn node_from_line(line: &str, escape: char, comments: Vec<String>) ->
             }
         }
         "onbuild" => {
+            let trigger = rest.split_whitespace().next().unwrap_or("");
+            if trigger.eq_ignore_ascii_case("onbuild") {
+                // BuildKit refuses it too; refusing here also bounds the recursion.
+                return Err(Error::new(
+                    "Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed",
+                ));
+            }
             if !rest.is_empty() {
                 node.nested = Some(Box::new(node_from_line(&rest, escape, Vec::new())?));
             }

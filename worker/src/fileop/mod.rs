@@ -5,7 +5,7 @@ mod chmod;
 mod direct;
 mod select;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt, lchown, symlink};
@@ -69,16 +69,21 @@ pub fn copy(
     let mut first_links: HashMap<(u64, u64), PathBuf> = HashMap::new();
     let mut further_links: Vec<(PathBuf, PathBuf, &Item)> = Vec::new();
     let mut dir_times = Vec::new();
-    // Destination directories known to exist: items come parents first, so
-    // most parents were just copied and need no `mkdir -p` walk.
-    let mut present: HashSet<&str> = HashSet::new();
+    // Destination directories known to exist, with their host paths when this copy made
+    // or entered them: items come parents first, so most parents were just copied and
+    // need neither a `mkdir -p` walk nor a resolution from the root (which a tree a
+    // thousand directories deep would pay a thousand times per entry).
+    let mut present: HashMap<&str, Option<PathBuf>> = HashMap::new();
     for item in &items {
-        let parent = item
+        let (parent, name) = item
             .dest
             .rsplit_once('/')
-            .map_or("/", |(p, _)| if p.is_empty() { "/" } else { p });
-        if present.insert(parent) {
+            .map_or(("/", item.dest.as_str()), |(p, n)| {
+                (if p.is_empty() { "/" } else { p }, n)
+            });
+        if !present.contains_key(parent) {
             mkdir_all(root, parent, dir_mode, parent_owner)?;
+            present.insert(parent, None);
         }
         let kind = item.meta.file_type();
         if action.unpack_archives && item.is_source && kind.is_file() && is_tar_archive(&item.host)
@@ -86,11 +91,21 @@ pub fn copy(
             extract_into(item, action, root, scratch)?;
             continue;
         }
-        let target = resolve_in_root(root, &item.dest, kind.is_dir())?;
+        let known = present
+            .get(parent)
+            .and_then(Option::as_ref)
+            .map(|host| host.join(name))
+            .filter(|candidate| {
+                !kind.is_dir() || !fs::symlink_metadata(candidate).is_ok_and(|m| m.is_symlink())
+            });
+        let target = match known {
+            Some(target) => target,
+            None => resolve_in_root(root, &item.dest, kind.is_dir())?,
+        };
         files.remove(&target);
         let context = || format!("cannot copy {} to {}", item.rel, item.dest);
         if kind.is_dir() {
-            present.insert(&item.dest);
+            present.insert(&item.dest, Some(target.clone()));
             match fs::symlink_metadata(&target) {
                 Ok(existing) if existing.is_dir() => {}
                 Ok(_) => {

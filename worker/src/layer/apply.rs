@@ -125,6 +125,7 @@ fn unpack(stream: impl Read, dest: &Path, whiteouts: Whiteouts) -> Result<ApplyS
     let mut archive = tar::Archive::new(stream);
     let mut stats = ApplyStats::default();
     let mut dir_times = Vec::new();
+    let mut parents = Parents::default();
     for entry in archive.entries().context("cannot read the tar")? {
         let mut entry = entry.context("corrupt tar")?;
         if entry.header().entry_type() == EntryType::XGlobalHeader {
@@ -133,8 +134,15 @@ fn unpack(stream: impl Read, dest: &Path, whiteouts: Whiteouts) -> Result<ApplyS
         }
         let raw_path = entry.path_bytes().into_owned();
         let shown = String::from_utf8_lossy(&raw_path).into_owned();
-        let applied = apply_entry(&mut entry, &raw_path, dest, whiteouts, &mut dir_times)
-            .with_context(|| format!("tar entry {shown:?}"))?;
+        let applied = apply_entry(
+            &mut entry,
+            &raw_path,
+            dest,
+            whiteouts,
+            &mut parents,
+            &mut dir_times,
+        )
+        .with_context(|| format!("tar entry {shown:?}"))?;
         stats.entries += 1;
         stats.bytes += applied;
     }
@@ -152,6 +160,7 @@ fn apply_entry<R: Read>(
     raw_path: &[u8],
     dest: &Path,
     whiteouts: Whiteouts,
+    known_parents: &mut Parents,
     dir_times: &mut Vec<(PathBuf, FileTime)>,
 ) -> Result<u64> {
     let components = sanitize(raw_path)?;
@@ -159,10 +168,16 @@ fn apply_entry<R: Read>(
         // The root itself ("./"): nothing to create.
         return Ok(0);
     };
-    let parent = match whiteouts {
-        Whiteouts::Convert => ensure_parents(dest, parents)?,
-        Whiteouts::Keep => ensure_parents_through_links(dest, parents)?,
-    };
+    let parent = known_parents.enter(dest, parents, whiteouts)?;
+    // Whatever this entry replaces or removes is no longer a known parent.
+    match base.strip_prefix(WHITEOUT_PREFIX) {
+        Some(hidden) if whiteouts == Whiteouts::Convert => {
+            let mut removed = parents.to_vec();
+            removed.push(hidden.to_string());
+            known_parents.invalidate(&removed);
+        }
+        _ => known_parents.invalidate(&components),
+    }
     if whiteouts == Whiteouts::Convert && base.as_str() == OPAQUE_MARKER {
         xattr::set(&parent, OVERLAY_OPAQUE_XATTR, b"y")
             .context("cannot mark the directory opaque")?;
@@ -320,54 +335,84 @@ fn sanitize(raw: &[u8]) -> Result<Vec<String>> {
     Ok(components)
 }
 
-/// Makes sure every parent directory exists as a real directory (never a
-/// symlink) and returns the innermost one. Missing parents are created 0755.
-fn ensure_parents(dest: &Path, parents: &[String]) -> Result<PathBuf> {
-    let mut dir = dest.to_path_buf();
-    for part in parents {
-        dir.push(part);
-        match fs::symlink_metadata(&dir) {
-            Ok(meta) if meta.is_dir() => {}
-            Ok(meta) if meta.file_type().is_symlink() => {
-                bail!(
-                    "parent {} is a symlink; refusing to write through it",
-                    display_in(dest, &dir)
-                )
-            }
-            Ok(_) => bail!("parent {} is not a directory", display_in(dest, &dir)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir(&dir)?;
-                fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))?;
-            }
-            Err(e) => return Err(e).with_context(|| format!("cannot stat {}", dir.display())),
-        }
-    }
-    Ok(dir)
+/// The parent directories of the entries unpacked so far, with their host paths: tars
+/// list parents before children, so an entry's parents are mostly the previous entry's,
+/// and are not walked again (a tree a thousand directories deep would otherwise cost a
+/// thousand path walks per entry).
+#[derive(Default)]
+struct Parents {
+    /// Components of the last parent directory entered, relative to the destination.
+    components: Vec<String>,
+    /// The host path of each prefix of `components`.
+    hosts: Vec<PathBuf>,
 }
 
-/// For archives that ADD extracts: parents may be symlinks the archive made (`dir -> x`
-/// then `dir/file`), followed as a chroot into `dest` would follow them (never out of
-/// `dest`), as Docker's extraction does. Missing parents are created 0755.
-fn ensure_parents_through_links(dest: &Path, parents: &[String]) -> Result<PathBuf> {
-    let mut rel = String::new();
-    for part in parents {
-        rel.push('/');
-        rel.push_str(part);
-        let dir = resolve_in_root(dest, &rel, true)?;
-        match fs::symlink_metadata(&dir) {
-            Ok(meta) if meta.is_dir() => {}
-            Ok(_) => bail!("parent {rel} is not a directory"),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir(&dir)?;
-                fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))?;
-            }
-            Err(e) => return Err(e).with_context(|| format!("cannot stat {}", dir.display())),
+impl Parents {
+    /// Makes sure every parent directory exists as a directory and returns the innermost
+    /// one; missing parents are created 0755. With `Whiteouts::Convert` (layers) a
+    /// symlink parent is refused; with `Keep` (archives ADD extracts), a symlink the
+    /// archive made (`dir -> x` then `dir/file`) is followed as a chroot into `dest`
+    /// would follow it (never out of `dest`), as Docker's extraction does.
+    fn enter(&mut self, dest: &Path, parents: &[String], whiteouts: Whiteouts) -> Result<PathBuf> {
+        let known = self
+            .components
+            .iter()
+            .zip(parents)
+            .take_while(|(a, b)| a == b)
+            .count();
+        self.components.truncate(known);
+        self.hosts.truncate(known);
+        for part in &parents[known..] {
+            let dir = self.hosts.last().map_or(dest, PathBuf::as_path);
+            let entered = enter_parent(dest, dir, part, whiteouts)?;
+            self.components.push(part.clone());
+            self.hosts.push(entered);
+        }
+        Ok(self
+            .hosts
+            .last()
+            .cloned()
+            .unwrap_or_else(|| dest.to_path_buf()))
+    }
+
+    /// Forgets what an entry at `components` may have replaced or removed.
+    fn invalidate(&mut self, components: &[String]) {
+        if self.components.starts_with(components) {
+            let keep = components.len().saturating_sub(1);
+            self.components.truncate(keep);
+            self.hosts.truncate(keep);
         }
     }
-    resolve_in_root(dest, &rel, true)
 }
 
-/// Like [`ensure_parents`] but creates nothing: every component must be an
+/// Enters `part` of the directory `dir` (see [`Parents::enter`]).
+fn enter_parent(dest: &Path, dir: &Path, part: &str, whiteouts: Whiteouts) -> Result<PathBuf> {
+    let candidate = dir.join(part);
+    match fs::symlink_metadata(&candidate) {
+        Ok(meta) if meta.is_dir() => Ok(candidate),
+        Ok(meta) if meta.file_type().is_symlink() && whiteouts == Whiteouts::Keep => {
+            let inside = candidate.strip_prefix(dest).unwrap_or(&candidate);
+            let resolved = resolve_in_root(dest, &inside.to_string_lossy(), true)?;
+            if !resolved.is_dir() {
+                fs::create_dir_all(&resolved)?;
+            }
+            Ok(resolved)
+        }
+        Ok(meta) if meta.file_type().is_symlink() => bail!(
+            "parent {} is a symlink; refusing to write through it",
+            display_in(dest, &candidate)
+        ),
+        Ok(_) => bail!("parent {} is not a directory", display_in(dest, &candidate)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::create_dir(&candidate)?;
+            fs::set_permissions(&candidate, fs::Permissions::from_mode(0o755))?;
+            Ok(candidate)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot stat {}", candidate.display())),
+    }
+}
+
+/// Like [`Parents::enter`] for layers, but creates nothing: every component must be an
 /// existing real directory.
 fn ensure_existing_dir(dest: &Path, parents: &[String]) -> Result<PathBuf> {
     let mut dir = dest.to_path_buf();
