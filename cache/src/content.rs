@@ -13,6 +13,40 @@ use sha2::{Digest as _, Sha256};
 
 use crate::Digest;
 
+/// [`ContentError::Damaged`] for the error a [`VerifiedBlob`] gives, else an I/O error.
+fn damaged_or(digest: &Digest, err: io::Error, path: &Path) -> ContentError {
+    if err.kind() == io::ErrorKind::InvalidData {
+        ContentError::Damaged(*digest)
+    } else {
+        io_err("cannot read", path)(err)
+    }
+}
+
+/// A blob being read from the store, hashed as it goes: at its end, a blob whose bytes
+/// are not its digest's gives an `InvalidData` error instead of the end of the content.
+pub struct VerifiedBlob {
+    file: File,
+    hasher: Sha256,
+    expected: Digest,
+}
+
+impl Read for VerifiedBlob {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            let actual = Digest::from_bytes(self.hasher.clone().finalize().into());
+            if actual != self.expected {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    ContentError::Damaged(self.expected).to_string(),
+                ));
+            }
+        }
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
 /// Errors of the content store.
 #[derive(Debug, thiserror::Error)]
 pub enum ContentError {
@@ -37,6 +71,11 @@ pub enum ContentError {
     /// The store holds no blob with this digest.
     #[error("blob {0} is not in the content store")]
     NotFound(Digest),
+    /// A stored blob's bytes no longer have its digest (disk damage, or an edit).
+    #[error(
+        "blob {0} is damaged: its content no longer has its digest (`kiln check --repair` removes it)"
+    )]
+    Damaged(Digest),
 }
 
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ContentError + 'a {
@@ -94,14 +133,32 @@ impl ContentStore {
         })
     }
 
-    /// Reads a whole blob (for small ones: configs, manifests).
+    /// Opens the blob for reading, checked against its digest as it is read: reading a
+    /// damaged blob to its end is an error instead of content.
+    pub fn open_verified(&self, digest: &Digest) -> Result<VerifiedBlob, ContentError> {
+        Ok(VerifiedBlob {
+            file: self.open_blob(digest)?,
+            hasher: Sha256::new(),
+            expected: *digest,
+        })
+    }
+
+    /// Reads a whole blob (for small ones: configs, manifests), checked against its digest.
     pub fn read(&self, digest: &Digest) -> Result<Vec<u8>, ContentError> {
         let mut data = Vec::new();
         let path = self.blob_path(digest);
-        self.open_blob(digest)?
+        self.open_verified(digest)?
             .read_to_end(&mut data)
-            .map_err(io_err("cannot read", &path))?;
+            .map_err(|e| damaged_or(digest, e, &path))?;
         Ok(data)
+    }
+
+    /// Reads the blob through and fails unless it still has its digest.
+    pub fn verify(&self, digest: &Digest) -> Result<(), ContentError> {
+        let path = self.blob_path(digest);
+        io::copy(&mut self.open_verified(digest)?, &mut io::sink())
+            .map(|_| ())
+            .map_err(|e| damaged_or(digest, e, &path))
     }
 
     /// Stores `data` and returns its digest.

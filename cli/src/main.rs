@@ -55,6 +55,8 @@ enum Command {
     Du(commands::store::DuArgs),
     /// Remove build cache (what no named image uses; everything with --all).
     Prune(commands::store::PruneArgs),
+    /// Re-read every stored blob against its digest (and repair the store).
+    Check(commands::store::CheckArgs),
     /// Run kiln as a remote builder that BuildKit's clients and `kiln build --builder` use.
     Serve(Box<commands::serve::ServeArgs>),
     /// Print a shell completion script for kiln.
@@ -79,6 +81,7 @@ impl Command {
             | Command::Tag(_)
             | Command::Save(_)
             | Command::Inspect(_)
+            | Command::Check(_)
             | Command::Serve(_) => true,
             Command::Debug(_)
             | Command::Login(_)
@@ -112,6 +115,7 @@ fn main() -> ExitCode {
             | Command::Tag(_)
             | Command::Save(_)
             | Command::Inspect(_)
+            | Command::Check(_)
     ) {
         commands::reap(&state);
     }
@@ -131,6 +135,7 @@ fn main() -> ExitCode {
         Command::Completion(args) => commands::completion::run(Cli::command(), args),
         Command::Du(args) => commands::store::du(&state, args),
         Command::Prune(args) => commands::store::prune(&state, args),
+        Command::Check(args) => commands::store::check(&state, args),
         Command::Serve(args) => commands::serve::run(&state, &registry, *args),
         Command::OciRuntime(args) => return commands::oci_runtime::run(args),
     };

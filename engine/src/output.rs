@@ -397,7 +397,7 @@ fn write_archive(
         append_bytes(&mut tar, "manifest.json", &serde_json::to_vec(&manifest)?)?;
     }
     for digest in blobs {
-        let mut blob = content.open_blob(&digest)?;
+        let mut blob = content.open_verified(&digest)?;
         let size = content.size(&digest)?;
         let mut header = tar::Header::new_ustar();
         header.set_size(size);

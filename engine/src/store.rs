@@ -1,5 +1,5 @@
-//! What the state directory holds and getting space back: the logic of `kiln du` and
-//! `kiln prune`, locally and through a remote builder.
+//! What the state directory holds, getting space back, and checking it: the logic of
+//! `kiln du`, `kiln prune` (locally and through a remote builder) and `kiln check`.
 //!
 //! Named images are never touched. [`prune`] removes the build cache that no named image
 //! uses (cache entries whose layers no image holds, their blobs and unpacked layers, cache
@@ -224,4 +224,82 @@ pub fn prune(state: &StateDir, all: bool) -> Result<PruneReport> {
         entries: removed_entries.map(|removed| (removed, kept_entries)),
         reclaimed,
     })
+}
+
+/// What `kiln check` found, and with `repair`, removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckReport {
+    /// Blobs read.
+    pub blobs: usize,
+    /// Blobs whose bytes are not their digest's.
+    pub damaged: Vec<Digest>,
+    /// Image names that reach a damaged or missing blob.
+    pub broken_images: Vec<String>,
+}
+
+/// Re-reads every stored blob against its digest, and checks that each image name reaches
+/// only blobs the store holds intact. With `repair`, removes the damaged blobs and the
+/// names of images that lost blobs (build or pull them again); build cache entries whose
+/// layers are gone are not used again, so the steps rerun.
+pub fn check(state: &StateDir, repair: bool) -> Result<CheckReport> {
+    let _lock = state.lock(repair)?;
+    let content = state.content()?;
+    let mut report = CheckReport::default();
+    for (digest, _) in content.list()? {
+        report.blobs += 1;
+        match content.verify(&digest) {
+            Ok(()) => {}
+            Err(kiln_cache::ContentError::Damaged(_)) => report.damaged.push(digest),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let damaged: HashSet<Digest> = report.damaged.iter().copied().collect();
+    let images = state.images()?;
+    for record in images.list()? {
+        if !image_intact(&content, &record.digest, &damaged, 0) {
+            report.broken_images.push(record.name.clone());
+        }
+    }
+    if repair {
+        for digest in &report.damaged {
+            content.remove(digest)?;
+        }
+        for name in &report.broken_images {
+            images.remove(name)?;
+        }
+    }
+    Ok(report)
+}
+
+/// Whether the manifest or index `digest` and what it reaches are stored intact; an
+/// index's manifests that are not stored are platforms never pulled, not damage.
+fn image_intact(
+    content: &ContentStore,
+    digest: &Digest,
+    damaged: &HashSet<Digest>,
+    depth: usize,
+) -> bool {
+    let intact = |d: &Digest| content.contains(d) && !damaged.contains(d);
+    if !intact(digest) || depth > 8 {
+        return false;
+    }
+    let Some(document) = content
+        .read(digest)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+    else {
+        return false;
+    };
+    let digest_of = |v: &serde_json::Value| v["digest"].as_str()?.parse::<Digest>().ok();
+    if let Some(manifests) = document["manifests"].as_array() {
+        return manifests
+            .iter()
+            .filter_map(digest_of)
+            .filter(|child| content.contains(child))
+            .all(|child| image_intact(content, &child, damaged, depth + 1));
+    }
+    let layers = document["layers"].as_array().cloned().unwrap_or_default();
+    std::iter::once(&document["config"])
+        .chain(&layers)
+        .all(|descriptor| digest_of(descriptor).is_some_and(|d| intact(&d)))
 }

@@ -211,6 +211,10 @@ pub fn upload_blob(
     let size = content
         .size(digest)
         .with_context(|| format!("{name}: blob {digest} is not in the local store"))?;
+    // Never send a blob whose bytes changed on disk under its name.
+    content
+        .verify(digest)
+        .with_context(|| format!("{name}: cannot push"))?;
     progress(&format!("pushing {} ({size} bytes)", digest.short(12)));
     let mut last_error = None;
     for _ in 0..UPLOAD_ATTEMPTS {

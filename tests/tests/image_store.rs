@@ -266,3 +266,60 @@ fn damaged_databases_are_errors_not_panics() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(root.path().join("cache.redb.damaged").exists());
 }
+
+/// Blobs are checked whenever they are read: a flipped byte in a layer or an edited config
+/// is an error, never exported or used; `kiln check` finds them and `--repair` removes
+/// them with the names of the images that needed them.
+#[test]
+fn damaged_blobs_are_refused_found_and_repaired() {
+    let archives = busybox_archives();
+    let root = tempfile::tempdir().unwrap();
+    stdout(kiln_at(root.path()).args(["load", "-i"]).arg(&archives.oci));
+    let blobs = root.path().join("content/blobs/sha256");
+    let largest = fs::read_dir(&blobs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = fs::read(&largest).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    fs::write(&largest, &bytes).unwrap();
+
+    let saved = tempfile::tempdir().unwrap();
+    let out = run(
+        kiln_at(root.path())
+            .args(["save", "-o"])
+            .arg(saved.path().join("bb.tar"))
+            .arg("busybox:1"),
+        false,
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is damaged"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = run(kiln_at(root.path()).arg("check"), false);
+    let report = String::from_utf8_lossy(&out.stdout);
+    let damaged = format!(
+        "damaged: sha256:{}",
+        largest.file_name().unwrap().to_string_lossy()
+    );
+    assert!(report.contains(&damaged), "{report}");
+    assert!(
+        report.contains("image docker.io/library/busybox:1 reaches a damaged or missing blob"),
+        "{report}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("kiln check --repair"));
+
+    let out = stdout(kiln_at(root.path()).args(["check", "--repair"]));
+    assert!(
+        out.contains("Removed 1 damaged blobs and 1 image names"),
+        "{out}"
+    );
+    assert!(!largest.exists());
+    assert!(!stdout(kiln_at(root.path()).arg("images")).contains("busybox"));
+    let out = stdout(kiln_at(root.path()).arg("check"));
+    assert!(out.contains(": 0 damaged"), "{out}");
+}

@@ -135,3 +135,43 @@ pub fn prune(state: &StateDir, args: PruneArgs) -> Result<(), Failure> {
     println!("Total reclaimed space: {}", human_size(report.reclaimed));
     Ok(())
 }
+
+/// Arguments of `kiln check`.
+#[derive(Args)]
+pub struct CheckArgs {
+    /// Remove damaged blobs and the names of images that lost blobs.
+    #[arg(long)]
+    repair: bool,
+}
+
+/// `kiln check [--repair]`: every stored blob re-read against its digest, every image
+/// checked for what it reaches. Damage left in place is a failure.
+pub fn check(state: &StateDir, args: CheckArgs) -> Result<(), Failure> {
+    let report = store::check(state, args.repair).map_err(Failure::msg)?;
+    println!(
+        "Checked {} blobs: {} damaged",
+        report.blobs,
+        report.damaged.len()
+    );
+    for digest in &report.damaged {
+        println!("damaged: {digest}");
+    }
+    for name in &report.broken_images {
+        println!("image {name} reaches a damaged or missing blob");
+    }
+    if report.damaged.is_empty() && report.broken_images.is_empty() {
+        return Ok(());
+    }
+    if args.repair {
+        println!(
+            "Removed {} damaged blobs and {} image names; build or pull those images again",
+            report.damaged.len(),
+            report.broken_images.len()
+        );
+        Ok(())
+    } else {
+        Err(Failure::msg(
+            "the store is damaged: `kiln check --repair` removes what is damaged",
+        ))
+    }
+}

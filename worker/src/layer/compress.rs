@@ -77,7 +77,7 @@ pub(crate) fn recompress(
         });
     }
     let source = content
-        .open_blob(&layer.digest)
+        .open_verified(&layer.digest)
         .with_context(|| format!("layer {} is missing", layer.digest))?;
     let mut tar = decompressed(source)?;
     let blob = content.writer().context("cannot start a layer blob")?;
