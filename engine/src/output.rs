@@ -303,7 +303,16 @@ fn copy_tree(view: &ActiveSnapshot, dest: &Path, snapshots: &Snapshotter) -> Res
         layers: view.lowers(),
     };
     let copy_all = CopyAction::new(0, "/", "/");
-    fileop::copy(&tree, &copy_all, dest, None, snapshots.scratch_root())
+    // The build is done by now: nothing cancels an export.
+    let never = std::sync::atomic::AtomicBool::new(false);
+    fileop::copy(
+        &tree,
+        &copy_all,
+        dest,
+        None,
+        snapshots.scratch_root(),
+        &never,
+    )
 }
 
 /// Writes `images` to `out` as `docker save` does: an OCI image layout in a tar, with

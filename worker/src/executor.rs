@@ -6,6 +6,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result, anyhow, bail};
 use kiln_cache::{ChecksumCache, ContentStore, ImageStore};
@@ -305,7 +306,12 @@ impl Worker {
         )?))
     }
 
-    fn run_file(&self, op: &FileOp, inputs: &[WorkerRef]) -> Result<WorkerRef> {
+    fn run_file(
+        &self,
+        op: &FileOp,
+        inputs: &[WorkerRef],
+        cancel: &AtomicBool,
+    ) -> Result<WorkerRef> {
         let base = match op.base {
             Some(i) => self.snapshot(&inputs[i])?.clone(),
             None => Snapshot::default(),
@@ -315,7 +321,8 @@ impl Worker {
             let root = active.rootfs();
             match action {
                 FileAction::Copy(copy) => {
-                    self.copy(copy, inputs, &mut active, n + 1 < op.actions.len())?;
+                    let more_follow = n + 1 < op.actions.len();
+                    self.copy(copy, inputs, &mut active, more_follow, cancel)?;
                 }
                 FileAction::Mkdir(mkdir) => fileop::mkdir(root, mkdir)?,
                 FileAction::Mkfile(mkfile) => fileop::mkfile(root, mkfile)?,
@@ -367,6 +374,7 @@ impl Worker {
         inputs: &[WorkerRef],
         dest: &mut ActiveSnapshot,
         more_follow: bool,
+        cancel: &AtomicBool,
     ) -> Result<()> {
         let scratch = self.config.snapshots.scratch_root();
         let wrote = match &inputs[copy.input] {
@@ -376,7 +384,7 @@ impl Worker {
             } => {
                 let upper = UpperWriter::new(dest.rootfs(), dest.upper());
                 self.with_context_tree(name, exclude_patterns, |tree| {
-                    fileop::copy(tree, copy, dest.rootfs(), Some(&upper), scratch)
+                    fileop::copy(tree, copy, dest.rootfs(), Some(&upper), scratch, cancel)
                 })?;
                 upper.wrote_any()
             }
@@ -390,7 +398,7 @@ impl Worker {
                 };
                 let upper = UpperWriter::new(dest.rootfs(), dest.upper())
                     .linking_from(view.lowers(), view.rootfs());
-                fileop::copy(&tree, copy, dest.rootfs(), Some(&upper), scratch)?;
+                fileop::copy(&tree, copy, dest.rootfs(), Some(&upper), scratch, cancel)?;
                 upper.wrote_any()
             }
         };
@@ -538,7 +546,7 @@ impl Executor for Worker {
                 bail!("ADD from a git repository is not supported yet: {remote}")
             }
             Op::Exec(op) => self.run_exec(op, inputs, step),
-            Op::File(op) => self.run_file(op, inputs),
+            Op::File(op) => self.run_file(op, inputs, step.cancel),
             Op::Merge(merge) => {
                 let mut layers = Vec::new();
                 for &i in &merge.inputs {

@@ -185,6 +185,7 @@ mod tests {
             dest.rootfs(),
             Some(&upper),
             snapshots.scratch_root(),
+            &std::sync::atomic::AtomicBool::new(false),
         )
         .unwrap();
         assert!(upper.wrote_any());
@@ -255,6 +256,7 @@ mod tests {
             dest.rootfs(),
             Some(&upper),
             snapshots.scratch_root(),
+            &std::sync::atomic::AtomicBool::new(false),
         )
         .unwrap();
         assert!(upper.wrote_any());

@@ -10,6 +10,7 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt, lchown, symlink};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 use filetime::FileTime;
@@ -42,6 +43,7 @@ pub fn copy(
     root: &Path,
     upper: Option<&UpperWriter<'_>>,
     scratch: &Path,
+    cancel: &AtomicBool,
 ) -> Result<()> {
     let items = select(tree, action, Some(root))?;
     if items.is_empty() && action.allow_wildcard && has_wildcards(&action.src) {
@@ -75,6 +77,7 @@ pub fn copy(
     // thousand directories deep would pay a thousand times per entry).
     let mut present: HashMap<&str, Option<PathBuf>> = HashMap::new();
     for item in &items {
+        check_cancelled(cancel)?;
         let (parent, name) = item
             .dest
             .rsplit_once('/')
@@ -88,7 +91,7 @@ pub fn copy(
         let kind = item.meta.file_type();
         if action.unpack_archives && item.is_source && kind.is_file() && is_tar_archive(&item.host)
         {
-            extract_into(item, action, root, scratch)?;
+            extract_into(item, action, root, scratch, cancel)?;
             continue;
         }
         let known = present
@@ -148,6 +151,7 @@ pub fn copy(
     }
     let files: Vec<(PathBuf, &Item)> = files.into_iter().collect();
     map_on_every_core(&files, |(target, item)| {
+        check_cancelled(cancel)?;
         let ids = ids_of(item);
         let unchanged =
             ids.uid == item.meta.uid() && ids.gid == item.meta.gid() && action.chmod.is_none();
@@ -207,12 +211,21 @@ fn finish_entry(target: &Path, item: &Item, ids: Ids, action: &CopyAction) -> Re
 /// ADD of a local archive: its contents go into the destination directory, owners and
 /// modes as the archive says (owners as `--chown` says, if given). The archive is unpacked
 /// into a fresh directory in `scratch` first.
-fn extract_into(item: &Item, action: &CopyAction, root: &Path, scratch: &Path) -> Result<()> {
+fn extract_into(
+    item: &Item,
+    action: &CopyAction,
+    root: &Path,
+    scratch: &Path,
+    cancel: &AtomicBool,
+) -> Result<()> {
     let unpacked = tempfile::Builder::new()
         .prefix("add-")
         .tempdir_in(scratch)
         .with_context(|| format!("cannot create a directory in {}", scratch.display()))?;
-    let archive = fs::File::open(&item.host)?;
+    let archive = Cancellable {
+        inner: fs::File::open(&item.host)?,
+        cancel,
+    };
     extract_archive(archive, unpacked.path())
         .with_context(|| format!("cannot extract {}", item.rel))?;
     let mut contents = CopyAction::new(0, "/", format!("{}/", action.dest.trim_end_matches('/')));
@@ -223,7 +236,31 @@ fn extract_into(item: &Item, action: &CopyAction, root: &Path, scratch: &Path) -
         is_context: false,
         layers: &[],
     };
-    copy(&tree, &contents, root, None, scratch)
+    copy(&tree, &contents, root, None, scratch, cancel)
+}
+
+/// Fails once the build is cancelled.
+fn check_cancelled(cancel: &AtomicBool) -> Result<()> {
+    if cancel.load(Ordering::Relaxed) {
+        bail!("build cancelled");
+    }
+    Ok(())
+}
+
+/// A reader that fails once the build is cancelled: decompressing an archive (a gzip
+/// bomb, say) stops with the build instead of running on.
+struct Cancellable<'a, R> {
+    inner: R,
+    cancel: &'a AtomicBool,
+}
+
+impl<R: std::io::Read> std::io::Read for Cancellable<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(std::io::Error::other("build cancelled"));
+        }
+        self.inner.read(buf)
+    }
 }
 
 /// sha256 over what `action` selects from `tree`: each entry's path below

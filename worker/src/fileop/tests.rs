@@ -9,6 +9,9 @@ use kiln_solver::{ChownOpt, CopyAction};
 
 use super::*;
 
+/// A build nobody cancels.
+static NOT_CANCELLED: AtomicBool = AtomicBool::new(false);
+
 /// COPY as the Dockerfile frontend lowers it: wildcards on, symlinks named
 /// by the source followed.
 fn action(src: &str, dest: &str) -> CopyAction {
@@ -65,7 +68,14 @@ fn copy_into(
         layers: &[],
     };
     let dest = tempfile::tempdir().unwrap();
-    copy(&tree, action, dest.path(), None, &std::env::temp_dir())?;
+    copy(
+        &tree,
+        action,
+        dest.path(),
+        None,
+        &std::env::temp_dir(),
+        &NOT_CANCELLED,
+    )?;
     Ok(dest)
 }
 
@@ -146,7 +156,15 @@ fn file_into_existing_directory_chown_chmod_and_exclude() {
         group: Some("staff".into()),
     });
     a.chmod = Some("go-rwx".into());
-    copy(&tree, &a, dest.path(), None, &std::env::temp_dir()).unwrap();
+    copy(
+        &tree,
+        &a,
+        dest.path(),
+        None,
+        &std::env::temp_dir(),
+        &NOT_CANCELLED,
+    )
+    .unwrap();
     let meta = fs::metadata(dest.path().join("existing/a.txt")).unwrap();
     assert_eq!(
         (meta.mode() & 0o7777, meta.uid(), meta.gid()),
@@ -155,7 +173,15 @@ fn file_into_existing_directory_chown_chmod_and_exclude() {
 
     let mut ex = action("src", "/src/");
     ex.exclude_patterns = vec!["*.md".into(), "sub".into()];
-    copy(&tree, &ex, dest.path(), None, &std::env::temp_dir()).unwrap();
+    copy(
+        &tree,
+        &ex,
+        dest.path(),
+        None,
+        &std::env::temp_dir(),
+        &NOT_CANCELLED,
+    )
+    .unwrap();
     assert_eq!(files(&dest.path().join("src")), ["main.rs"]);
 }
 
@@ -191,6 +217,7 @@ fn symlinks_never_escape() {
         dest.path(),
         None,
         &std::env::temp_dir(),
+        &NOT_CANCELLED,
     )
     .unwrap();
     assert!(dest.path().join("target/a.txt").exists());
@@ -268,4 +295,27 @@ fn ignored_paths_are_whole_directories_unless_an_exception_reaches_inside() {
         super::ignored_paths(ctx.path(), &ignore).unwrap(),
         ["cache", "logs/a.log", "secret.txt"]
     );
+}
+
+#[test]
+fn a_cancelled_build_stops_copying_and_unpacking() {
+    let ctx = context();
+    let dest = tempfile::tempdir().unwrap();
+    let tree = SourceTree {
+        root: ctx.path(),
+        ignore: None,
+        is_context: true,
+        layers: &[],
+    };
+    let cancelled = AtomicBool::new(true);
+    let err = copy(
+        &tree,
+        &action(".", "/app/"),
+        dest.path(),
+        None,
+        &std::env::temp_dir(),
+        &cancelled,
+    )
+    .unwrap_err();
+    assert_eq!(err.to_string(), "build cancelled");
 }
