@@ -313,6 +313,7 @@ fn copy_tree(view: &ActiveSnapshot, dest: &Path, snapshots: &Snapshotter) -> Res
         snapshots.scratch_root(),
         &never,
     )
+    .map(drop)
 }
 
 /// Writes `images` to `out` as `docker save` does: an OCI image layout in a tar, with

@@ -82,3 +82,81 @@ fn without_root_kiln_says_so_in_one_line() {
         "{stderr}"
     );
 }
+
+/// A context file rewritten while the build copies it: a build either fails saying so or
+/// copies one whole version, and a later build never gets the other version's layer from
+/// the cache.
+#[test]
+fn a_context_file_rewritten_during_the_build_never_poisons_the_cache() {
+    let archives = kiln_tests::busybox_archives();
+    let root = tempfile::tempdir().unwrap();
+    run(
+        kiln()
+            .arg("--root")
+            .arg(root.path())
+            .args(["load", "-i"])
+            .arg(&archives.oci),
+        true,
+    );
+    let context = tempfile::tempdir().unwrap();
+    fs::write(
+        context.path().join("Dockerfile"),
+        "FROM busybox:1\nCOPY data.bin /data.bin\n",
+    )
+    .unwrap();
+    let version = |byte: u8, len: usize| vec![byte; len];
+    let (a, b) = (version(b'a', 8 << 20), version(b'b', (8 << 20) + 1));
+    let data = context.path().join("data.bin");
+    for _ in 0..6 {
+        fs::write(&data, &a).unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                // Each version lands whole (written aside, then renamed over the file), so
+                // any copy of one whole version is right; the cache must follow.
+                let aside = context.path().join("data.tmp");
+                let mut flip = false;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    fs::write(&aside, if flip { &a } else { &b }).unwrap();
+                    fs::rename(&aside, &data).unwrap();
+                    flip = !flip;
+                }
+            });
+            let out = tempfile::tempdir().unwrap();
+            let built = kiln()
+                .arg("--root")
+                .arg(root.path())
+                .args(["build", "-o"])
+                .arg(format!("type=local,dest={}", out.path().display()))
+                .arg(context.path())
+                .output()
+                .unwrap();
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            if built.status.success() {
+                let copied = fs::read(out.path().join("data.bin")).unwrap();
+                assert!(copied == a || copied == b, "a torn copy");
+            } else {
+                let stderr = String::from_utf8_lossy(&built.stderr);
+                assert!(stderr.contains("changed while it was copied"), "{stderr}");
+            }
+        });
+        // Settled on one version: the build must copy exactly it, cached or not.
+        for settled in [&a, &b] {
+            fs::write(&data, settled).unwrap();
+            let out = tempfile::tempdir().unwrap();
+            run(
+                kiln()
+                    .arg("--root")
+                    .arg(root.path())
+                    .args(["build", "-o"])
+                    .arg(format!("type=local,dest={}", out.path().display()))
+                    .arg(context.path()),
+                true,
+            );
+            assert!(
+                &fs::read(out.path().join("data.bin")).unwrap() == settled,
+                "the cache gave the other version"
+            );
+        }
+    }
+}

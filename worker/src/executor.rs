@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result, anyhow, bail};
-use kiln_cache::{ChecksumCache, ContentStore, ImageStore};
+use kiln_cache::{ChecksumCache, ContentStore, Digest, ImageStore};
 use kiln_image::{PlatformWanted, ResolvedImage, resolve_local};
 use kiln_patterns::PatternMatcher;
 use kiln_solver::{
@@ -91,6 +91,9 @@ pub struct Worker {
     config: WorkerConfig,
     /// URL → its download, made when the cache key needed the content and used by the step.
     downloads: Mutex<HashMap<String, Download>>,
+    /// Vertex → the checksum of the context files it copies, as its cache key took it: the
+    /// files are checked again once copied.
+    context_sums: Mutex<HashMap<Digest, String>>,
 }
 
 impl Worker {
@@ -99,6 +102,7 @@ impl Worker {
         Self {
             config,
             downloads: Mutex::default(),
+            context_sums: Mutex::default(),
         }
     }
 
@@ -306,34 +310,34 @@ impl Worker {
         )?))
     }
 
+    /// Runs a file op; also returns the checksum of the context files each of its copies
+    /// wrote, as [`Executor::cache_extra`] joins them.
     fn run_file(
         &self,
         op: &FileOp,
         inputs: &[WorkerRef],
         cancel: &AtomicBool,
-    ) -> Result<WorkerRef> {
+    ) -> Result<(WorkerRef, Vec<String>)> {
         let base = match op.base {
             Some(i) => self.snapshot(&inputs[i])?.clone(),
             None => Snapshot::default(),
         };
         let mut active = self.config.snapshots.prepare(&base, &self.config.content)?;
+        let mut sums = Vec::new();
         for (n, action) in op.actions.iter().enumerate() {
             let root = active.rootfs();
             match action {
                 FileAction::Copy(copy) => {
                     let more_follow = n + 1 < op.actions.len();
-                    self.copy(copy, inputs, &mut active, more_follow, cancel)?;
+                    sums.extend(self.copy(copy, inputs, &mut active, more_follow, cancel)?);
                 }
                 FileAction::Mkdir(mkdir) => fileop::mkdir(root, mkdir)?,
                 FileAction::Mkfile(mkfile) => fileop::mkfile(root, mkfile)?,
                 FileAction::Symlink(link) => fileop::make_symlink(root, link)?,
             }
         }
-        Ok(WorkerRef::Snapshot(active.commit(
-            &base,
-            &self.config.content,
-            self.config.layer_options,
-        )?))
+        let made = active.commit(&base, &self.config.content, self.config.layer_options)?;
+        Ok((WorkerRef::Snapshot(made), sums))
     }
 
     /// ADD of a URL: a snapshot holding just `/filename`, mode 0600 as in Docker, its mtime
@@ -367,7 +371,8 @@ impl Worker {
 
     /// Runs one COPY into `dest`, writing files straight into its upper directory where it
     /// may (and linking unchanged files of a snapshot source); then `dest` is remounted if
-    /// `more_follow`, so later actions see them.
+    /// `more_follow`, so later actions see them. For a copy from a local context, returns
+    /// the checksum of what it wrote.
     fn copy(
         &self,
         copy: &CopyAction,
@@ -375,18 +380,20 @@ impl Worker {
         dest: &mut ActiveSnapshot,
         more_follow: bool,
         cancel: &AtomicBool,
-    ) -> Result<()> {
+    ) -> Result<Option<String>> {
         let scratch = self.config.snapshots.scratch_root();
-        let wrote = match &inputs[copy.input] {
+        let (wrote, sum) = match &inputs[copy.input] {
             WorkerRef::Local {
                 name,
                 exclude_patterns,
             } => {
                 let upper = UpperWriter::new(dest.rootfs(), dest.upper());
-                self.with_context_tree(name, exclude_patterns, |tree| {
-                    fileop::copy(tree, copy, dest.rootfs(), Some(&upper), scratch, cancel)
+                let sum = self.with_context_tree(name, exclude_patterns, |tree| {
+                    let copied =
+                        fileop::copy(tree, copy, dest.rootfs(), Some(&upper), scratch, cancel)?;
+                    fileop::checksum_of_copy(tree, copy, &copied, &self.config.checksums)
                 })?;
-                upper.wrote_any()
+                (upper.wrote_any(), Some(sum))
             }
             input @ WorkerRef::Snapshot(_) => {
                 let view = self.mount_view(input)?;
@@ -399,13 +406,13 @@ impl Worker {
                 let upper = UpperWriter::new(dest.rootfs(), dest.upper())
                     .linking_from(view.lowers(), view.rootfs());
                 fileop::copy(&tree, copy, dest.rootfs(), Some(&upper), scratch, cancel)?;
-                upper.wrote_any()
+                (upper.wrote_any(), None)
             }
         };
         if wrote && more_follow {
             dest.remount()?;
         }
-        Ok(())
+        Ok(sum)
     }
 
     /// What of a vertex's inputs' content enters its cache key: the manifest an image
@@ -476,6 +483,12 @@ impl Executor for Worker {
 
     fn cache_extra(&self, vertex: &Vertex, inputs: &[WorkerRef]) -> Result<Option<String>> {
         let content = self.content_extra(vertex, inputs)?;
+        if let (Op::File(_), Some(sums)) = (&vertex.op, &content) {
+            self.context_sums
+                .lock()
+                .unwrap()
+                .insert(vertex.digest(), sums.clone());
+        }
         // SOURCE_DATE_EPOCH clamps the times in the layers steps write: it is part of what
         // they make, so a layer made without it is not one made with it.
         let epoch = match (&vertex.op, self.config.layer_options.source_date_epoch) {
@@ -546,7 +559,20 @@ impl Executor for Worker {
                 bail!("ADD from a git repository is not supported yet: {remote}")
             }
             Op::Exec(op) => self.run_exec(op, inputs, step),
-            Op::File(op) => self.run_file(op, inputs, step.cancel),
+            Op::File(op) => {
+                let (made, sums) = self.run_file(op, inputs, step.cancel)?;
+                // What was copied must be what the cache key says: a context file that
+                // changed while it was copied would be cached under another content's key.
+                let keyed = self.context_sums.lock().unwrap().remove(&vertex.digest());
+                if let Some(keyed) = keyed
+                    && sums.join(",") != keyed
+                {
+                    bail!(
+                        "the build context changed while it was copied (a file is not what it was when the step's cache key was taken): build again"
+                    );
+                }
+                Ok(made)
+            }
             Op::Merge(merge) => {
                 let mut layers = Vec::new();
                 for &i in &merge.inputs {

@@ -10,6 +10,7 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt, lchown, symlink};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
@@ -44,11 +45,11 @@ pub fn copy(
     upper: Option<&UpperWriter<'_>>,
     scratch: &Path,
     cancel: &AtomicBool,
-) -> Result<()> {
+) -> Result<CopiedDigests> {
     let items = select(tree, action, Some(root))?;
     if items.is_empty() && action.allow_wildcard && has_wildcards(&action.src) {
         // A wildcard that matches nothing copies nothing and makes no destination.
-        return Ok(());
+        return Ok(CopiedDigests::new());
     }
     let owner = owner(root, action.chown.as_ref());
     let parent_owner = owner.unwrap_or_default();
@@ -150,6 +151,7 @@ pub fn copy(
         }
     }
     let files: Vec<(PathBuf, &Item)> = files.into_iter().collect();
+    let copied = Mutex::new(CopiedDigests::new());
     map_on_every_core(&files, |(target, item)| {
         check_cancelled(cancel)?;
         let ids = ids_of(item);
@@ -163,8 +165,14 @@ pub fn copy(
             return Ok(());
         }
         let target = claimed.as_ref().map_or(target, |(_, path)| path);
-        fs::copy(&item.host, target)
-            .with_context(|| format!("cannot copy {} to {}", item.rel, item.dest))?;
+        let failed = || format!("cannot copy {} to {}", item.rel, item.dest);
+        if tree.is_context {
+            // The digest of the bytes written, for checking them against the cache key.
+            let digest = copy_hashing(&item.host, target).with_context(failed)?;
+            copied.lock().unwrap().insert(item.host.clone(), digest);
+        } else {
+            fs::copy(&item.host, target).with_context(failed)?;
+        }
         finish_entry(target, item, ids, action)
     })?;
     for (first, target, item) in further_links {
@@ -174,7 +182,30 @@ pub fn copy(
     for (path, mtime) in dir_times.into_iter().rev() {
         filetime::set_symlink_file_times(&path, mtime, mtime)?;
     }
-    Ok(())
+    Ok(copied.into_inner().unwrap())
+}
+
+/// The sha256 of each build-context file a copy wrote, by its host path, taken from the
+/// bytes it wrote.
+pub type CopiedDigests = HashMap<PathBuf, [u8; 32]>;
+
+/// Copies the file `from` to `to`, hashing the bytes as they are written.
+fn copy_hashing(from: &Path, to: &Path) -> Result<[u8; 32]> {
+    let mut source = fs::File::open(from)?;
+    let mut hasher = Sha256::new();
+    let mut target = fs::File::create(to)?;
+    let mut buffer = vec![0u8; 256 * 1024];
+    loop {
+        let n = match std::io::Read::read(&mut source, &mut buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        };
+        hasher.update(&buffer[..n]);
+        target.write_all(&buffer[..n])?;
+    }
+    Ok(hasher.finalize().into())
 }
 
 /// The mode of the directories a COPY creates on the way to its destination: an octal
@@ -236,7 +267,7 @@ fn extract_into(
         is_context: false,
         layers: &[],
     };
-    copy(&tree, &contents, root, None, scratch, cancel)
+    copy(&tree, &contents, root, None, scratch, cancel).map(drop)
 }
 
 /// Fails once the build is cancelled.
@@ -273,6 +304,17 @@ pub fn checksum(
     action: &CopyAction,
     digests: &ChecksumCache,
 ) -> Result<String> {
+    checksum_of_copy(tree, action, &CopiedDigests::new(), digests)
+}
+
+/// [`checksum`] with the contents of the files in `copied` taken from there: the sum of
+/// what a copy wrote, to hold against the sum its cache key was made of.
+pub fn checksum_of_copy(
+    tree: &SourceTree<'_>,
+    action: &CopyAction,
+    copied: &CopiedDigests,
+    digests: &ChecksumCache,
+) -> Result<String> {
     let mut hasher = Sha256::new();
     for item in select(tree, action, None)? {
         let kind = item.meta.file_type();
@@ -282,9 +324,12 @@ pub fn checksum(
         if kind.is_symlink() {
             hasher.update(fs::read_link(&item.host)?.as_os_str().as_encoded_bytes());
         } else if kind.is_file() {
-            let digest = digests
-                .file_digest(&item.host, &item.meta)
-                .with_context(|| format!("cannot read {}", item.rel))?;
+            let digest = match copied.get(&item.host) {
+                Some(digest) => *digest,
+                None => digests
+                    .file_digest(&item.host, &item.meta)
+                    .with_context(|| format!("cannot read {}", item.rel))?,
+            };
             hasher.update(digest);
         }
         hasher.update([0xff]);
