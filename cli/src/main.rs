@@ -73,22 +73,26 @@ impl Command {
             Command::Build(args) => !args.is_remote(),
             Command::Du(args) => !args.is_remote(),
             Command::Prune(args) => !args.is_remote(),
-            Command::Pull(_)
-            | Command::Push(_)
-            | Command::Load(_)
-            | Command::Images(_)
-            | Command::Rmi(_)
-            | Command::Tag(_)
-            | Command::Save(_)
-            | Command::Inspect(_)
-            | Command::Check(_)
-            | Command::Serve(_) => true,
-            Command::Debug(_)
-            | Command::Login(_)
-            | Command::Logout(_)
-            | Command::Completion(_)
-            | Command::OciRuntime(_) => false,
+            Command::Serve(_) => true,
+            other => other.reaps_first(),
         }
+    }
+
+    /// Whether the command first clears what a killed kiln left in the state directory
+    /// (builds, `du`, `prune` and `serve` do it as they open it).
+    fn reaps_first(&self) -> bool {
+        matches!(
+            self,
+            Command::Pull(_)
+                | Command::Push(_)
+                | Command::Load(_)
+                | Command::Images(_)
+                | Command::Rmi(_)
+                | Command::Tag(_)
+                | Command::Save(_)
+                | Command::Inspect(_)
+                | Command::Check(_)
+        )
     }
 }
 
@@ -105,18 +109,7 @@ fn main() -> ExitCode {
         eprint!("{err}");
         return ExitCode::FAILURE;
     }
-    if matches!(
-        cli.command,
-        Command::Pull(_)
-            | Command::Push(_)
-            | Command::Load(_)
-            | Command::Images(_)
-            | Command::Rmi(_)
-            | Command::Tag(_)
-            | Command::Save(_)
-            | Command::Inspect(_)
-            | Command::Check(_)
-    ) {
+    if cli.command.reaps_first() {
         commands::reap(&state);
     }
     let result = match cli.command {

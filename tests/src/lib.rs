@@ -102,6 +102,21 @@ pub fn busybox_archives() -> BusyboxArchives {
     }
 }
 
+/// A fresh state directory with the busybox test image (`busybox:1`) loaded.
+pub fn state_with_busybox() -> tempfile::TempDir {
+    let archives = busybox_archives();
+    let root = tempfile::tempdir().expect("temp dir");
+    run(
+        kiln()
+            .arg("--root")
+            .arg(root.path())
+            .args(["load", "-i"])
+            .arg(&archives.oci),
+        true,
+    );
+    root
+}
+
 /// A request as [`serve`] hands it to its handler.
 #[derive(Debug, Clone)]
 pub struct Request {

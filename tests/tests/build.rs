@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use kiln_tests::oci_schema::OciSchemas;
-use kiln_tests::{busybox_archives, kiln, run, serve_http};
+use kiln_tests::{kiln, run, serve_http, state_with_busybox};
 
 /// Which OCI runtime runs the RUN steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,16 +50,7 @@ struct Setup {
 
 impl Setup {
     fn new(runtime: Runtime, dockerfile: &str) -> Self {
-        let archives = busybox_archives();
-        let root = tempfile::tempdir().unwrap();
-        run(
-            kiln()
-                .arg("--root")
-                .arg(root.path())
-                .args(["load", "-i"])
-                .arg(&archives.oci),
-            true,
-        );
+        let root = state_with_busybox();
         let context = tempfile::tempdir().unwrap();
         fs::write(context.path().join("Dockerfile"), dockerfile).unwrap();
         Setup {

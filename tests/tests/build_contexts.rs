@@ -3,20 +3,11 @@
 
 use std::fs;
 
-use kiln_tests::{busybox_archives, kiln, run};
+use kiln_tests::{kiln, run, state_with_busybox};
 
 #[test]
 fn named_contexts_replace_images_stages_and_sources() {
-    let archives = busybox_archives();
-    let root = tempfile::tempdir().unwrap();
-    run(
-        kiln()
-            .arg("--root")
-            .arg(root.path())
-            .args(["load", "-i"])
-            .arg(&archives.oci),
-        true,
-    );
+    let root = state_with_busybox();
     let context = tempfile::tempdir().unwrap();
     fs::write(
         context.path().join("Dockerfile"),

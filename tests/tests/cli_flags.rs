@@ -6,7 +6,7 @@ use std::fs;
 use std::io::Read as _;
 use std::process::{Command, Output, Stdio};
 
-use kiln_tests::{busybox_archives, kiln, run};
+use kiln_tests::{kiln, run, state_with_busybox};
 
 /// A state directory with `busybox:1` loaded, a build context, and an empty working
 /// directory for kiln to run in (where a stray `-` directory would show).
@@ -18,16 +18,7 @@ struct Setup {
 
 impl Setup {
     fn new(dockerfile: &str) -> Self {
-        let archives = busybox_archives();
-        let root = tempfile::tempdir().unwrap();
-        run(
-            kiln()
-                .arg("--root")
-                .arg(root.path())
-                .args(["load", "-i"])
-                .arg(&archives.oci),
-            true,
-        );
+        let root = state_with_busybox();
         let context = tempfile::tempdir().unwrap();
         fs::write(context.path().join("Dockerfile"), dockerfile).unwrap();
         Setup {

@@ -4,20 +4,11 @@
 use std::fs;
 use std::process::Command;
 
-use kiln_tests::{busybox_archives, kiln, run};
+use kiln_tests::{kiln, run, state_with_busybox};
 
 #[test]
 fn deep_archives_chains_and_nesting_never_crash() {
-    let archives = busybox_archives();
-    let root = tempfile::tempdir().unwrap();
-    run(
-        kiln()
-            .arg("--root")
-            .arg(root.path())
-            .args(["load", "-i"])
-            .arg(&archives.oci),
-        true,
-    );
+    let root = state_with_busybox();
     let context = tempfile::tempdir().unwrap();
     let build = |dockerfile: &str, ok: bool| {
         fs::write(context.path().join("Dockerfile"), dockerfile).unwrap();

@@ -9,7 +9,7 @@ use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kiln_tests::{busybox_archives, kiln, run};
+use kiln_tests::{kiln, run, state_with_busybox};
 
 /// A state directory with `busybox:1` loaded and a build context.
 struct Build {
@@ -20,16 +20,7 @@ struct Build {
 
 impl Build {
     fn new(dockerfile: &str) -> Self {
-        let archives = busybox_archives();
-        let root = tempfile::tempdir().unwrap();
-        run(
-            kiln()
-                .arg("--root")
-                .arg(root.path())
-                .args(["load", "-i"])
-                .arg(&archives.oci),
-            true,
-        );
+        let root = state_with_busybox();
         let context = tempfile::tempdir().unwrap();
         fs::write(context.path().join("Dockerfile"), dockerfile).unwrap();
         Build {

@@ -6,7 +6,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use kiln_tests::{busybox_archives, kiln, run};
+use kiln_tests::{kiln, run, state_with_busybox};
 
 /// Which OCI runtime runs the RUN steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,16 +70,7 @@ struct Setup {
 
 impl Setup {
     fn new(runtime: Runtime) -> Self {
-        let archives = busybox_archives();
-        let root = tempfile::tempdir().unwrap();
-        run(
-            kiln()
-                .arg("--root")
-                .arg(root.path())
-                .args(["load", "-i"])
-                .arg(&archives.oci),
-            true,
-        );
+        let root = state_with_busybox();
         let context = tempfile::tempdir().unwrap();
         fs::write(context.path().join("Dockerfile"), DOCKERFILE).unwrap();
         Setup {

@@ -5,7 +5,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use kiln_tests::{busybox_archives, kiln, run, walk};
+use kiln_tests::{kiln, run, state_with_busybox, walk};
 
 fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest as _;
@@ -27,16 +27,7 @@ fn files_holding(dir: &Path, needle: &[u8]) -> Vec<String> {
 
 #[test]
 fn secrets_reach_the_step_and_nothing_else() {
-    let archives = busybox_archives();
-    let root = tempfile::tempdir().unwrap();
-    run(
-        kiln()
-            .arg("--root")
-            .arg(root.path())
-            .args(["load", "-i"])
-            .arg(&archives.oci),
-        true,
-    );
+    let root = state_with_busybox();
     let context = tempfile::tempdir().unwrap();
     fs::write(
         context.path().join("Dockerfile"),
