@@ -96,7 +96,20 @@ impl Command {
     }
 }
 
+/// Raises the soft limit on open files to the hard one, as Go does for buildkitd: kiln
+/// copies many files at once, and RUN steps inherit the limit.
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        // Best effort: the old limit still works.
+        let _ = setrlimit(Resource::Nofile, limit);
+    }
+}
+
 fn main() -> ExitCode {
+    raise_open_file_limit();
     let cli = Cli::parse();
     let state = StateDir::new(cli.root.unwrap_or_else(StateDir::default_root));
     let registry = kiln_registry::RegistryOptions {

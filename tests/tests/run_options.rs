@@ -107,6 +107,12 @@ fn steps_see_the_builds_shm_size_ulimits_and_hosts(runtime: Runtime) {
     let defaults = setup.build(&[]);
     // Without --shm-size, /dev/shm stays the runtime's 64 MiB tmpfs (BuildKit's default too).
     assert_eq!(defaults.shm_kib, 64 * 1024);
+    // Without --ulimit, steps have kiln's open-file limit, raised to its hard limit as Go
+    // raises buildkitd's: not the runtime spec's 1024.
+    let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .maximum
+        .map_or("unlimited".to_string(), |m| m.to_string());
+    assert_eq!(defaults.nofile, (hard.clone(), hard));
     let default_hosts = "127.0.0.1\tlocalhost buildkitsandbox\n\
                          ::1\tlocalhost ip6-localhost ip6-loopback\n";
     assert_eq!(defaults.hosts, default_hosts);

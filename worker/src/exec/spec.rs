@@ -84,10 +84,13 @@ pub fn build(
         )
         .no_new_privileges(false)
         .build()?;
-    if !op.ulimits.is_empty() {
-        // As BuildKit, the step's limits replace the default ones.
-        process.set_rlimits(Some(rlimits(&op.ulimits)?));
-    }
+    // As BuildKit: the step's --ulimits, else none set, so steps inherit kiln's limits
+    // (not the runtime spec's default of 1024 open files).
+    process.set_rlimits(if op.ulimits.is_empty() {
+        None
+    } else {
+        Some(rlimits(&op.ulimits)?)
+    });
 
     let mut namespaces = vec![
         LinuxNamespaceType::Pid,
