@@ -696,3 +696,54 @@ fn deep_dockerfiles_are_lowered_or_refused_without_overflowing() {
         lower_err(&nested)
     );
 }
+
+/// Every input of a step's cache key changes it, and what does not reach the step does
+/// not: the root vertex's digest (the op and, through inputs, every step below) is what
+/// the solver keys the cache on, with the content of files the steps read added there.
+#[test]
+fn each_cache_key_input_changes_the_key_and_nothing_else_does() {
+    let root = |src: &str| lower_src(src).definition.root().unwrap();
+    let base = "FROM busybox\nENV A=1\nUSER app\nWORKDIR /w\nCOPY --chmod=644 --chown=1:1 a /a\n\
+                RUN --mount=type=cache,target=/c --network=none make\n";
+    let key = root(base);
+    let changed = [
+        ("env", base.replace("A=1", "A=2")),
+        ("user", base.replace("USER app", "USER other")),
+        ("workdir", base.replace("/w", "/x")),
+        ("chmod", base.replace("--chmod=644", "--chmod=600")),
+        ("chown", base.replace("--chown=1:1", "--chown=2:2")),
+        (
+            "copy source",
+            base.replace(
+                "COPY --chmod=644 --chown=1:1 a",
+                "COPY --chmod=644 --chown=1:1 b",
+            ),
+        ),
+        ("mount", base.replace("target=/c", "target=/d")),
+        (
+            "network",
+            base.replace("--network=none", "--network=default"),
+        ),
+        ("command", base.replace("make", "make all")),
+        ("base image", base.replace("FROM busybox", "FROM alpine")),
+        (
+            "shell",
+            base.replace("ENV A=1", "ENV A=1\nSHELL [\"/bin/bash\", \"-c\"]"),
+        ),
+        ("arg used", base.replace("ENV A=1", "ARG V=1\nENV A=1")),
+    ];
+    for (what, src) in changed {
+        assert_ne!(root(&src), key, "{what} must change the key");
+    }
+    let unchanged = [
+        ("a comment", base.replace("ENV A=1", "# note\nENV A=1")),
+        ("a label", format!("{base}LABEL a=b\n")),
+        ("CMD", format!("{base}CMD [\"x\"]\n")),
+        ("EXPOSE", format!("{base}EXPOSE 80\n")),
+        ("blank lines", base.replace('\n', "\n\n")),
+        ("keyword case", base.replace("RUN ", "run ")),
+    ];
+    for (what, src) in unchanged {
+        assert_eq!(root(&src), key, "{what} must not change the key");
+    }
+}
