@@ -14,6 +14,7 @@ use kiln_image::Reference;
 use kiln_registry::RegistryOptions;
 use kiln_solver::{ExtraHost, Platform, Ulimit};
 
+use super::context::BuildContext;
 use super::docker_load::DockerLoad;
 use super::{Dockerfile, Failure, parse_build_args};
 use crate::progress::{Progress, ProgressMode};
@@ -25,7 +26,8 @@ use kiln_engine::{
 /// Arguments of `kiln build`.
 #[derive(Args)]
 pub struct BuildArgs {
-    /// The build context directory.
+    /// The build context: a directory, `-` (standard input: a Dockerfile, or a tar archive
+    /// that is the context), a tarball URL, or a git URL (`URL#REF:SUBDIR`).
     pub(super) context: PathBuf,
     /// The Dockerfile (default: CONTEXT/Dockerfile; `-` reads standard input).
     #[arg(short = 'f', long = "file")]
@@ -337,25 +339,9 @@ pub fn run(
     if let Some(docker) = &docker {
         args.outputs.push(docker.output(&args.tags));
     }
-    match fs::metadata(&args.context) {
-        Ok(meta) if meta.is_dir() => {}
-        Ok(_) => {
-            return Err(Failure::msg(format!(
-                "unable to prepare context: {} is not a directory",
-                args.context.display()
-            )));
-        }
-        Err(_) => {
-            return Err(Failure::msg(format!(
-                "unable to prepare context: path {:?} not found",
-                args.context.display().to_string()
-            )));
-        }
-    }
-    let dockerfile_path = args
-        .file
-        .clone()
-        .unwrap_or_else(|| args.context.join("Dockerfile"));
+    // Kept until the build ends: a fetched context is removed when it is dropped.
+    let context = BuildContext::resolve(&args.context, args.file.as_deref())?;
+    let dockerfile_path = context.dockerfile.clone();
     let dockerfile = Dockerfile::read(&dockerfile_path)?;
     let mut options = BuildOptions {
         target: args.target.clone(),
@@ -392,6 +378,7 @@ pub fn run(
                 builder,
                 &args,
                 &options,
+                &context.dir,
                 &named.directories,
                 &dockerfile_path,
                 &printer,
@@ -403,13 +390,13 @@ pub fn run(
         };
     }
     let request = BuildRequest {
-        dockerignore: read_dockerignore(&dockerfile_path, &args.context),
+        dockerignore: read_dockerignore(&dockerfile_path, &context.dir),
         dockerfile: dockerfile.bytes.clone(),
         // Canonical, so that the checksum cache (keyed by path) is shared by `kiln build .`
         // and `kiln build /abs/path` of the same context.
         secrets: Box::new(args.secrets()),
         sources: Box::new(LocalDirectories(
-            std::iter::once(("context".to_string(), args.context.clone()))
+            std::iter::once(("context".to_string(), context.dir.clone()))
                 .chain(named.directories)
                 .map(|(name, dir)| (name, fs::canonicalize(&dir).unwrap_or(dir)))
                 .collect(),

@@ -2,6 +2,7 @@
 
 pub mod build;
 pub mod completion;
+pub mod context;
 pub mod debug;
 pub mod docker_load;
 pub mod images;

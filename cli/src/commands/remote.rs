@@ -72,11 +72,13 @@ impl BuilderArgs {
     }
 }
 
-/// Runs the build on `builder`; the error is the builder's message.
+/// Runs the build of the context directory `context` on `builder`; the error is the
+/// builder's message.
 pub fn build(
     builder: &str,
     args: &BuildArgs,
     options: &BuildOptions,
+    context: &Path,
     named_directories: &[(String, PathBuf)],
     dockerfile: &Path,
     printer: &Progress,
@@ -124,7 +126,7 @@ pub fn build(
         attrs.insert(format!("context:{name}"), value);
     }
     let request = RemoteBuild {
-        context: args.context.clone(),
+        context: context.to_path_buf(),
         named_directories: named_directories.to_vec(),
         dockerfile: dockerfile.to_path_buf(),
         frontend_attrs: attrs,
