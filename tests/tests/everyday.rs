@@ -3,6 +3,7 @@
 
 use std::fs;
 use std::os::unix::process::CommandExt as _;
+use std::process::Command;
 
 use kiln_tests::{kiln, run};
 
@@ -159,4 +160,56 @@ fn a_context_file_rewritten_during_the_build_never_poisons_the_cache() {
             );
         }
     }
+}
+
+/// A full disk is named as such, with where kiln keeps its data, not a bare "os error 28".
+#[test]
+fn a_full_disk_is_named_with_the_state_directory() {
+    let archives = kiln_tests::busybox_archives();
+    let small = tempfile::tempdir().unwrap();
+    run(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"])
+            .arg(small.path()),
+        true,
+    );
+    struct Unmount<'a>(&'a std::path::Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(small.path());
+    let root = small.path().join("state");
+    run(
+        kiln()
+            .arg("--root")
+            .arg(&root)
+            .args(["load", "-i"])
+            .arg(&archives.oci),
+        true,
+    );
+    let context = tempfile::tempdir().unwrap();
+    fs::write(
+        context.path().join("Dockerfile"),
+        "FROM busybox:1\nCOPY big.bin /big.bin\n",
+    )
+    .unwrap();
+    fs::write(context.path().join("big.bin"), vec![7u8; 48 << 20]).unwrap();
+    let out = run(
+        kiln()
+            .arg("--root")
+            .arg(&root)
+            .arg("build")
+            .arg(context.path()),
+        false,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "hint: the disk is full; kiln keeps its data in {}",
+            root.display()
+        )),
+        "{stderr}"
+    );
 }

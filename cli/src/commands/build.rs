@@ -444,9 +444,31 @@ pub fn run(
                 );
             }
             report.push_str(&format!("ERROR: failed to solve: {error:#}\n"));
+            report.push_str(&disk_full_hint(&error, state));
             Err(Failure::raw(report))
         }
-        Err(BuildError::Other(error)) => Err(Failure::msg(format!("{error:#}"))),
+        Err(BuildError::Other(error)) => Err(Failure::raw(format!(
+            "error: {error:#}\n{}",
+            disk_full_hint(&error, state)
+        ))),
+    }
+}
+
+/// When `error` comes from a full disk (ENOSPC), a line that says where and what to do,
+/// rather than a bare "os error 28".
+fn disk_full_hint(error: &anyhow::Error, state: &StateDir) -> String {
+    let full = error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.raw_os_error() == Some(28))
+    });
+    if full {
+        format!(
+            "hint: the disk is full; kiln keeps its data in {}: free space there, or remove build cache with `kiln prune`\n",
+            state.root().display()
+        )
+    } else {
+        String::new()
     }
 }
 
