@@ -96,14 +96,16 @@ pub enum DagError {
     MissingRoot(Digest),
 }
 
-/// A validated DAG of vertices, reduced to what its root needs.
+/// A validated DAG of vertices, reduced to what its roots need.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Definition {
     vertices: BTreeMap<Digest, Vertex>,
     meta: BTreeMap<Digest, VertexMeta>,
     /// Vertex digests with every input before its readers.
     order: Vec<Digest>,
-    root: Option<Digest>,
+    /// The results wanted, in the order asked (one per platform of a multi-platform
+    /// build); `None` for an empty one.
+    roots: Vec<Option<Digest>>,
 }
 
 impl Definition {
@@ -113,6 +115,16 @@ impl Definition {
         vertices: BTreeMap<Digest, Vertex>,
         meta: BTreeMap<Digest, VertexMeta>,
         root: Option<Digest>,
+    ) -> Result<Self, DagError> {
+        Self::with_roots(vertices, meta, vec![root])
+    }
+
+    /// Like [`new`](Self::new), for several results at once; a vertex several roots
+    /// need is one vertex.
+    pub fn with_roots(
+        vertices: BTreeMap<Digest, Vertex>,
+        meta: BTreeMap<Digest, VertexMeta>,
+        roots: Vec<Option<Digest>>,
     ) -> Result<Self, DagError> {
         let mut graph: DiGraphMap<Digest, (), std::hash::RandomState> = DiGraphMap::default();
         for (&digest, vertex) in &vertices {
@@ -144,7 +156,7 @@ impl Definition {
             .map_err(|cycle| DagError::Cycle(cycle.node_id()))?;
 
         let mut reachable = std::collections::HashSet::new();
-        if let Some(root) = root {
+        for &root in roots.iter().flatten() {
             if !vertices.contains_key(&root) {
                 return Err(DagError::MissingRoot(root));
             }
@@ -171,13 +183,35 @@ impl Definition {
             vertices,
             meta,
             order,
-            root,
+            roots,
         })
     }
 
-    /// The final vertex, or `None` for an empty result.
+    /// One definition for all of `parts`' results (e.g. one per platform), in their order:
+    /// identical vertices are one, and keep the first part's description.
+    pub fn merge(parts: &[Definition]) -> Result<Self, DagError> {
+        let mut vertices = BTreeMap::new();
+        let mut meta = BTreeMap::new();
+        for part in parts {
+            for (digest, vertex) in &part.vertices {
+                vertices.entry(*digest).or_insert_with(|| vertex.clone());
+            }
+            for (digest, m) in &part.meta {
+                meta.entry(*digest).or_insert_with(|| m.clone());
+            }
+        }
+        let roots = parts.iter().flat_map(|p| p.roots.iter().copied()).collect();
+        Self::with_roots(vertices, meta, roots)
+    }
+
+    /// The final vertex (the first root), or `None` for an empty result.
     pub fn root(&self) -> Option<Digest> {
-        self.root
+        self.roots.first().copied().flatten()
+    }
+
+    /// Every result wanted, in order; `None` for an empty one.
+    pub fn roots(&self) -> &[Option<Digest>] {
+        &self.roots
     }
 
     /// The vertex with this digest.
@@ -231,7 +265,8 @@ impl Definition {
     }
 
     /// A JSON rendering: `{"root": …, "vertices": [{"digest", "description", "location",
-    /// "op", "inputs"}, …]}` in dependency order.
+    /// "op", "inputs"}, …]}` in dependency order; a definition of several results has
+    /// `"roots": […]` too.
     pub fn to_json(&self) -> serde_json::Value {
         let vertices: Vec<serde_json::Value> = self
             .order
@@ -249,7 +284,11 @@ impl Definition {
                 })
             })
             .collect();
-        serde_json::json!({ "root": self.root, "vertices": vertices })
+        let mut json = serde_json::json!({ "root": self.root(), "vertices": vertices });
+        if self.roots.len() > 1 {
+            json["roots"] = serde_json::json!(self.roots);
+        }
+        json
     }
 
     fn display_label(&self, d: &Digest) -> String {

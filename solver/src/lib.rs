@@ -18,5 +18,5 @@ pub use op::{
 pub use platform::{Platform, PlatformError};
 pub use scheduler::{
     CacheIndex, Executor, LogStream, ProgressEvent, ProgressKind, SolveError, SolveOptions,
-    StepContext, solve,
+    StepContext, solve, solve_all,
 };

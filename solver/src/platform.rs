@@ -73,6 +73,19 @@ impl Platform {
         self
     }
 
+    /// Parses buildx's `--platform` list, `linux/amd64,linux/arm64`: each platform once,
+    /// in the order first given.
+    pub fn parse_list(list: &str) -> Result<Vec<Self>, PlatformError> {
+        let mut platforms: Vec<Self> = Vec::new();
+        for item in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let platform = item.parse()?;
+            if !platforms.contains(&platform) {
+                platforms.push(platform);
+            }
+        }
+        Ok(platforms)
+    }
+
     /// The `TARGETVARIANT`-style variant, empty when there is none.
     pub fn variant(&self) -> &str {
         &self.variant
@@ -135,6 +148,14 @@ mod tests {
         assert_eq!(p("linux/arm/v6"), "linux/arm/v6");
         assert_eq!(p("arm64"), "linux/arm64");
         assert_eq!(p("Linux/AMD64"), "linux/amd64");
+    }
+
+    #[test]
+    fn lists_parse_in_order_once_each() {
+        let list = Platform::parse_list("linux/amd64, linux/arm64,linux/x86_64,,arm").unwrap();
+        let names: Vec<String> = list.iter().map(ToString::to_string).collect();
+        assert_eq!(names, ["linux/amd64", "linux/arm64", "linux/arm/v7"]);
+        assert!(Platform::parse_list("linux/amd64,linux/").is_err());
     }
 
     #[test]

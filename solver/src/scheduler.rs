@@ -131,9 +131,20 @@ pub fn solve<E: Executor>(
     progress: &(dyn Fn(ProgressEvent) + Sync),
     cancel: &AtomicBool,
 ) -> Result<Option<E::Output>, SolveError> {
-    let Some(root) = definition.root() else {
-        return Ok(None);
-    };
+    let results = solve_all(definition, executor, cache, options, progress, cancel)?;
+    Ok(results.into_iter().next().flatten())
+}
+
+/// Solves every root of `definition` in one schedule (a vertex several roots need runs
+/// once); returns their results in the order of [`Definition::roots`].
+pub fn solve_all<E: Executor>(
+    definition: &Definition,
+    executor: &E,
+    cache: &dyn CacheIndex,
+    options: SolveOptions,
+    progress: &(dyn Fn(ProgressEvent) + Sync),
+    cancel: &AtomicBool,
+) -> Result<Vec<Option<E::Output>>, SolveError> {
     let order = definition.topological_order();
     let mut dependents: HashMap<Digest, Vec<Digest>> = HashMap::new();
     let mut shared = Shared {
@@ -253,7 +264,11 @@ pub fn solve<E: Executor>(
     if let Some(failure) = shared.failure.take() {
         return Err(failure);
     }
-    Ok(shared.results.remove(&root).map(|(output, _)| output))
+    Ok(definition
+        .roots()
+        .iter()
+        .map(|root| root.and_then(|r| shared.results.get(&r).map(|(output, _)| output.clone())))
+        .collect())
 }
 
 /// Whether a cache key's result is being computed, and the signal that it no longer is.

@@ -209,3 +209,34 @@ fn a_step_that_panics_fails_the_build_instead_of_hanging_it() {
         |e| matches!(&e.kind, ProgressKind::Failed(message, _) if message.contains("panicked"))
     ));
 }
+
+#[test]
+fn roots_of_a_merged_definition_share_their_common_vertices() {
+    // Two platforms' graphs: the same cross stage (`/cross`), each its own final step.
+    let part = |last: &str| {
+        let mut b = DefinitionBuilder::new();
+        let base = b.add(image("base"), vec![], VertexMeta::default());
+        let cross = b.add(link("/cross"), vec![base], VertexMeta::default());
+        let root = b.add(link(last), vec![cross], VertexMeta::default());
+        b.finish(Some(root)).unwrap()
+    };
+    let merged = Definition::merge(&[part("/amd64"), part("/arm64")]).unwrap();
+    assert_eq!(merged.len(), 4, "base and /cross are one vertex each");
+    assert_eq!(merged.roots().len(), 2);
+    let exec = Recorder::default();
+    let results = solve_all(
+        &merged,
+        &exec,
+        &MemoryCache::default(),
+        SolveOptions { max_parallelism: 4 },
+        &|_| {},
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    let last = |r: &Option<Vec<String>>| r.as_ref().unwrap().last().cloned().unwrap();
+    assert_eq!(last(&results[0]), link("/amd64").label());
+    assert_eq!(last(&results[1]), link("/arm64").label());
+    let runs = exec.runs.lock().unwrap();
+    assert_eq!(runs[&link("/cross").label()], 1, "{runs:?}");
+    assert_eq!(runs[&image("base").label()], 1, "{runs:?}");
+}
