@@ -18,6 +18,7 @@ use kiln_solver::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::emulation;
 use crate::exec::{self, ExecRequest, OciRuntime, SandboxMount};
 use crate::fileop::{self, SourceTree, UpperWriter};
 use crate::http::{self, Download};
@@ -182,6 +183,13 @@ impl Worker {
         inputs: &[WorkerRef],
         step: &StepContext<'_>,
     ) -> Result<WorkerRef> {
+        // A foreign platform's binaries run under QEMU: without a usable emulator the step
+        // fails before anything is prepared, saying what to install.
+        let emulator = if emulation::runs_natively(&op.platform) {
+            None
+        } else {
+            Some(emulation::emulator_for(&op.platform)?)
+        };
         let root_mount = op
             .mounts
             .iter()
@@ -285,6 +293,9 @@ impl Worker {
                 }
             }
         }
+        // A handler registered without the `F` flag needs its interpreter in the sandbox
+        // (its mount stub is kept out of the layer as the others are).
+        mounts.extend(emulator.as_ref().and_then(emulation::Emulator::mount));
         // In the state directory, not /tmp: a killed kiln's leftovers are found there.
         let scratch = self.config.snapshots.scratch("exec-")?;
         let extra_env = step.meta.map(|m| m.proxy_env.clone()).unwrap_or_default();

@@ -2,6 +2,7 @@
 //! overlayfs snapshots, RUN in an OCI sandbox, COPY/ADD file ops and layer
 //! diffs.
 
+pub mod emulation;
 pub mod exec;
 mod executor;
 pub mod fileop;

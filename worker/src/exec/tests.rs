@@ -2,7 +2,7 @@
 //! busybox root filesystem.
 
 use std::fs;
-use std::os::unix::fs::{MetadataExt, symlink};
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
 
@@ -69,6 +69,15 @@ fn exec_op(script: &str) -> ExecOp {
 /// Runs `op` over a fresh snapshot of the fixture; returns the output and
 /// the result, and the committed snapshot when it succeeded.
 fn run_op(fixture: &Fixture, op: &ExecOp) -> (String, anyhow::Result<Snapshot>) {
+    run_op_with(fixture, op, Vec::new())
+}
+
+/// [`run_op`] with extra sandbox mounts.
+fn run_op_with(
+    fixture: &Fixture,
+    op: &ExecOp,
+    mounts: Vec<SandboxMount>,
+) -> (String, anyhow::Result<Snapshot>) {
     let runtime = ExternalRuntime::new("runc", fixture.state.path().join("runc"));
     let active = fixture
         .snapshots
@@ -82,7 +91,7 @@ fn run_op(fixture: &Fixture, op: &ExecOp) -> (String, anyhow::Result<Snapshot>) 
         op,
         extra_env: &[],
         rootfs: active.rootfs(),
-        mounts: Vec::new(),
+        mounts,
         secrets: &[],
         scratch: scratch.path(),
     };
@@ -174,4 +183,99 @@ fn unknown_users_fail_before_running() {
         result.unwrap_err().to_string(),
         "unable to find user nobody: no matching entries in passwd file"
     );
+}
+
+/// The arm64 busybox `scripts/test` provides: `$KILN_TEST_ARM64_BUSYBOX`, else
+/// `target/fixtures/busybox-arm64` in the workspace.
+fn arm64_busybox_binary() -> std::path::PathBuf {
+    let from_env = std::env::var_os("KILN_TEST_ARM64_BUSYBOX")
+        .map(std::path::PathBuf::from)
+        .filter(|path| path.is_file());
+    let in_workspace =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/fixtures/busybox-arm64");
+    from_env
+        .or_else(|| in_workspace.is_file().then_some(in_workspace.clone()))
+        .unwrap_or_else(|| {
+            panic!(
+                "no arm64 busybox: neither $KILN_TEST_ARM64_BUSYBOX nor {} is a file; \
+                 run scripts/test, which puts it there",
+                in_workspace.display()
+            )
+        })
+}
+
+/// A snapshot with an arm64 busybox and an existing, empty `/usr/libexec` (so that a
+/// stub for the QEMU interpreter is made inside a directory of the base).
+fn arm64_busybox() -> Fixture {
+    let state = tempfile::tempdir().unwrap();
+    let content = ContentStore::open(state.path().join("content")).unwrap();
+    let snapshots = Snapshotter::open(state.path().join("snapshots")).unwrap();
+    let active = snapshots.prepare(&Snapshot::default(), &content).unwrap();
+    let root = active.rootfs();
+    for dir in ["bin", "etc", "usr/libexec"] {
+        fs::create_dir_all(root.join(dir)).unwrap();
+    }
+    fs::copy(arm64_busybox_binary(), root.join("bin/busybox")).unwrap();
+    fs::set_permissions(root.join("bin/busybox"), fs::Permissions::from_mode(0o755)).unwrap();
+    for applet in ["sh", "uname", "test", "echo"] {
+        symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    fs::write(root.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\n").unwrap();
+    fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
+    let base = active
+        .commit(&Snapshot::default(), &content, WriteOptions::default())
+        .unwrap();
+    Fixture {
+        state,
+        content,
+        snapshots,
+        base,
+    }
+}
+
+/// The paths in a snapshot's top layer.
+fn top_layer_entries(fixture: &Fixture, snapshot: &Snapshot) -> Vec<String> {
+    let layer = snapshot.layers.last().unwrap();
+    let blob = fixture.content.open_blob(&layer.digest).unwrap();
+    tar::Archive::new(blob)
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect()
+}
+
+#[test]
+fn foreign_platforms_run_under_qemu() {
+    let arm64 = Platform::new("linux", "arm64", "");
+    let fixture = arm64_busybox();
+    let emulator = crate::emulation::emulator_for(&arm64).unwrap_or_else(|e| panic!("{e}"));
+    let mut op = exec_op(
+        "uname -m; test -f /usr/libexec/qemu-binfmt/aarch64-binfmt-P && echo interpreter-bound; \
+         echo made > /made",
+    );
+    op.platform = arm64.clone();
+
+    // As the handler is registered (here with F: no mount needed).
+    let (output, result) = run_op_with(&fixture, &op, emulator.mount().into_iter().collect());
+    let snapshot = result.unwrap_or_else(|e| panic!("{e:#}: {output}"));
+    assert_eq!(output, "aarch64\n");
+    assert_eq!(top_layer_entries(&fixture, &snapshot), ["made"]);
+
+    // As a handler without F: the host's interpreter is bound at the handler's path and
+    // its mount stubs stay out of the layer.
+    let unfixed = crate::emulation::Emulator {
+        fix_binary: false,
+        ..emulator
+    };
+    let mount = unfixed.mount().expect("a handler without F needs a mount");
+    let SandboxMount::Bind { target, source, .. } = &mount else {
+        panic!("{mount:?}");
+    };
+    assert_eq!(Path::new(target), unfixed.interpreter());
+    assert!(source.is_file() && !source.is_symlink(), "{source:?}");
+    op.args[2] = format!("uname -m; test -f {target} && echo interpreter-bound; echo made > /made");
+    let (output, result) = run_op_with(&fixture, &op, vec![mount.clone()]);
+    let snapshot = result.unwrap_or_else(|e| panic!("{e:#}: {output}"));
+    assert_eq!(output, "aarch64\ninterpreter-bound\n");
+    assert_eq!(top_layer_entries(&fixture, &snapshot), ["made"]);
 }

@@ -93,6 +93,30 @@ pub fn write_layer(
     Ok(())
 }
 
+/// Writes whole root filesystems into one tar, each under its own directory: a
+/// multi-platform `type=tar` output (`linux_amd64/…`, `linux_arm64/…`, as BuildKit).
+pub fn write_trees(
+    trees: &[(String, &Path)],
+    out: impl Write,
+    options: WriteOptions,
+) -> Result<()> {
+    let mut writer = LayerTarWriter {
+        builder: tar::Builder::new(out),
+        options,
+        links: HashMap::new(),
+        lowers: &[],
+    };
+    for (dir, root) in trees {
+        let meta = fs::symlink_metadata(root)
+            .with_context(|| format!("cannot stat {}", root.display()))?;
+        writer
+            .write_entry(root, dir, &meta)
+            .with_context(|| format!("cannot add {dir} to the tar"))?;
+    }
+    writer.builder.finish().context("cannot finish the tar")?;
+    Ok(())
+}
+
 struct LayerTarWriter<'a, W: Write> {
     builder: tar::Builder<W>,
     options: WriteOptions,
