@@ -171,7 +171,12 @@ pub fn pull(
             .into_iter()
             .flatten()
             .find(|m| platform_matches(&m["platform"], platform))
-            .with_context(|| format!("{name} has no image for {platform}"))?;
+            .with_context(|| {
+                format!(
+                    "{name} has no image for {platform} (it has {})",
+                    platforms_of(&index)
+                )
+            })?;
         let digest = chosen["digest"]
             .as_str()
             .context("index entry without digest")?;
@@ -219,6 +224,9 @@ pub fn pull(
             human_bytes(size)
         ));
     }
+    if !is_index(&top.media_type) {
+        check_config_platform(content, &name, &document["config"], platform)?;
+    }
     // Blobs first, then manifests, then the name: a name never points at a partial image.
     content.put(&manifest.bytes)?;
     if top.digest != manifest.digest {
@@ -231,6 +239,58 @@ pub fn pull(
         top.bytes.len() as u64,
     ))?;
     Ok(top.digest)
+}
+
+/// The platforms an index's entries are for, as a list for messages
+/// (`linux/amd64, linux/arm/v7`); attestation entries (`unknown/unknown`) left out.
+fn platforms_of(index: &serde_json::Value) -> String {
+    let names: Vec<String> = index["manifests"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| {
+            let p = &m["platform"];
+            let (os, arch) = (p["os"].as_str()?, p["architecture"].as_str()?);
+            if os == "unknown" {
+                return None;
+            }
+            Some(match p["variant"].as_str() {
+                Some(variant) if !variant.is_empty() => format!("{os}/{arch}/{variant}"),
+                _ => format!("{os}/{arch}"),
+            })
+        })
+        .collect();
+    if names.is_empty() {
+        "no platform".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// A registry image that is a single manifest must be for the wanted platform, as
+/// containerd's resolver requires: never an amd64 image quietly labelled arm64.
+fn check_config_platform(
+    content: &ContentStore,
+    name: &str,
+    config: &serde_json::Value,
+    wanted: &PlatformWanted<'_>,
+) -> Result<()> {
+    let digest: Digest = config["digest"]
+        .as_str()
+        .context("manifest without config")?
+        .parse()?;
+    let config: serde_json::Value = serde_json::from_slice(&content.read(&digest)?)
+        .with_context(|| format!("{name}: its config is not JSON"))?;
+    // A config that states no platform (some artifacts) is taken as it is.
+    if config["os"].as_str().is_none_or(str::is_empty) {
+        return Ok(());
+    }
+    if !platform_matches(&config, wanted) {
+        let os = config["os"].as_str().unwrap_or_default();
+        let arch = config["architecture"].as_str().unwrap_or_default();
+        bail!("{name} has no image for {wanted} (it is a single {os}/{arch} image)");
+    }
+    Ok(())
 }
 
 /// Whether an index entry's `platform` is the one wanted.

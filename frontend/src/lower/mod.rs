@@ -51,6 +51,8 @@ pub struct BuildOptions {
     pub run: RunOptions,
     /// `--build-context NAME=…`: what `FROM NAME` and `--from=NAME` read instead, by name.
     pub named_contexts: BTreeMap<String, NamedContext>,
+    /// This lowering is one platform of several: step names start with their platform.
+    pub multi_platform: bool,
 }
 
 /// What a `--build-context` gives the stages that name it.
@@ -83,6 +85,7 @@ impl Default for BuildOptions {
             labels: BTreeMap::new(),
             run: RunOptions::default(),
             named_contexts: BTreeMap::new(),
+            multi_platform: false,
         }
     }
 }
@@ -139,6 +142,54 @@ pub fn lower(
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
             Err(_) => lower_here(dockerfile, options, resolver),
         }
+    })
+}
+
+/// What [`lower_platforms`] makes: one definition whose roots are the platforms' results.
+#[derive(Debug)]
+pub struct PlatformsLowered {
+    /// The op DAG of every platform; its roots are in the order of `images`, and a vertex
+    /// several platforms share (a `FROM --platform=$BUILDPLATFORM` stage) is one.
+    pub definition: Definition,
+    /// Each platform and its image config.
+    pub images: Vec<(Platform, Image)>,
+    /// Non-fatal findings, each once.
+    pub warnings: Vec<String>,
+}
+
+/// Lowers `dockerfile` for each of `platforms` (`options.target_platform` alone when
+/// empty); with several, step names start with their platform, as BuildKit's.
+pub fn lower_platforms(
+    dockerfile: &Dockerfile,
+    options: &BuildOptions,
+    platforms: &[Platform],
+    resolver: &dyn ImageResolver,
+) -> Result<PlatformsLowered> {
+    let platforms = match platforms {
+        [] => std::slice::from_ref(&options.target_platform),
+        some => some,
+    };
+    let mut parts = Vec::with_capacity(platforms.len());
+    let mut images = Vec::with_capacity(platforms.len());
+    let mut warnings: Vec<String> = Vec::new();
+    for platform in platforms {
+        let mut options = options.clone();
+        options.target_platform = platform.clone();
+        options.multi_platform = platforms.len() > 1;
+        let lowered = lower(dockerfile, &options, resolver)?;
+        parts.push(lowered.definition);
+        images.push((platform.clone(), lowered.image));
+        for warning in lowered.warnings {
+            if !warnings.contains(&warning) {
+                warnings.push(warning);
+            }
+        }
+    }
+    let definition = Definition::merge(&parts).map_err(|e| Error::new(e.to_string()))?;
+    Ok(PlatformsLowered {
+        definition,
+        images,
+        warnings,
     })
 }
 
@@ -353,7 +404,12 @@ impl<'a> Lowerer<'a> {
                 location,
             ));
         }
-        let description = format!("[internal] load metadata for {value}");
+        let internal = if self.options.multi_platform {
+            format!("{platform} internal")
+        } else {
+            "internal".to_string()
+        };
+        let description = format!("[{internal}] load metadata for {value}");
         Ok(Source::Image(self.image_source(
             value,
             platform,

@@ -44,6 +44,8 @@ pub(super) struct StageState {
     pub total: usize,
     /// The instruction being lowered is a base image's ONBUILD trigger.
     pub in_trigger: bool,
+    /// Several platforms are built: step names start with the stage's platform.
+    pub names_platform: bool,
     /// Vertices of this stage bypass the cache.
     pub ignore_cache: bool,
     /// The Dockerfile's escape character.
@@ -63,12 +65,31 @@ impl StageState {
         word.map(|w| self.expand(w, location)).transpose()
     }
 
+    /// The platform part of a multi-platform build's step names (`linux/amd64 `), with
+    /// `->arm64` when the stage's `TARGET*` args name another platform (a stage that
+    /// cross-compiles), as BuildKit writes it; empty for one platform.
+    fn platform_label(&self) -> String {
+        if !self.names_platform {
+            return String::new();
+        }
+        let target = target_from_env(&self.env, &self.platform)
+            .map(|target| cross_suffix(&self.platform, &target))
+            .unwrap_or_default();
+        format!("{}{target} ", self.platform)
+    }
+
     /// Metadata for a vertex made by the current instruction.
     pub fn meta(&self, instruction: &Instruction) -> VertexMeta {
         VertexMeta {
             description: format!(
                 "{}{}",
-                step_prefix(&self.label, self.step, self.total, self.in_trigger),
+                step_prefix(
+                    &self.platform_label(),
+                    &self.label,
+                    self.step,
+                    self.total,
+                    self.in_trigger
+                ),
                 uppercase_keyword(&instruction.original)
             ),
             location: Some((
@@ -224,6 +245,9 @@ pub(super) fn lower_stage(lowerer: &mut Lowerer<'_>, index: usize) -> Result<Sta
             .resolver
             .resolve_config(&base, &platform)
             .map_err(|e| Error::unresolved(&base, e, location))?;
+        if let Some(warning) = base_platform_warning(&base, &image, &platform, location) {
+            lowerer.warnings.push(warning);
+        }
         let mut fresh = Base::fresh(image, platform);
         fresh.image_reference = Some(base);
         fresh
@@ -260,8 +284,15 @@ pub(super) fn lower_stage(lowerer: &mut Lowerer<'_>, index: usize) -> Result<Sta
             .iter()
             .filter(|i| i.kind.counts_as_step())
             .count();
+    let names_platform = lowerer.options.multi_platform;
     if let Some(reference) = &image_reference {
-        let description = format!("{}FROM {reference}", step_prefix(&label, 1, total, false));
+        let platform_label = if names_platform {
+            format!("{platform} ")
+        } else {
+            String::new()
+        };
+        let prefix = step_prefix(&platform_label, &label, 1, total, false);
+        let description = format!("{prefix}FROM {reference}");
         state = Some(lowerer.image_source(reference, &platform, location, description));
     }
     let mut st = StageState {
@@ -276,6 +307,7 @@ pub(super) fn lower_stage(lowerer: &mut Lowerer<'_>, index: usize) -> Result<Sta
         step: usize::from(image_reference.is_some()),
         total,
         in_trigger: false,
+        names_platform,
         ignore_cache,
         escape: lowerer.dockerfile.escape,
     };
@@ -298,6 +330,34 @@ pub(super) fn lower_stage(lowerer: &mut Lowerer<'_>, index: usize) -> Result<Sta
         env: st.env,
         build_args: st.build_args,
     })
+}
+
+/// BuildKit's `InvalidBaseImagePlatform` warning, for a base whose config is for
+/// another OS or architecture than the stage's platform (a single-platform image of the
+/// local store): the build goes on, but never silently.
+fn base_platform_warning(
+    name: &str,
+    image: &Image,
+    expected: &Platform,
+    location: Location,
+) -> Option<String> {
+    if image.os.is_empty() && image.architecture.is_empty() {
+        return None;
+    }
+    let actual = Platform::new(
+        &image.os,
+        &image.architecture,
+        image.variant.as_deref().unwrap_or_default(),
+    )
+    .normalized();
+    if actual.os == expected.os && actual.architecture == expected.architecture {
+        return None;
+    }
+    Some(format!(
+        "InvalidBaseImagePlatform: Base image {name} was pulled with platform \"{actual}\", \
+         expected \"{expected}\" for current build (line {})",
+        location.start_line
+    ))
 }
 
 /// BuildKit's empty image (`FROM scratch`, a local build context): WorkingDir `/` and the
@@ -347,15 +407,56 @@ impl Base {
     }
 }
 
-/// BuildKit's step prefix, `[stage-1  3/12] `: the index is padded to the width of the
+/// BuildKit's step prefix, `[linux/arm64 stage-1  3/12] `: the platform of a
+/// multi-platform build, then the stage's label; the index is padded to the width of the
 /// total; triggers say `ONBUILD`; a stage with no steps has no prefix.
-fn step_prefix(label: &str, step: usize, total: usize, in_trigger: bool) -> String {
+fn step_prefix(platform: &str, label: &str, step: usize, total: usize, in_trigger: bool) -> String {
     if total == 0 {
         return String::new();
     }
     let width = total.to_string().len();
     let onbuild = if in_trigger { "ONBUILD " } else { "" };
-    format!("[{label}{step:>width$}/{total}] {onbuild}")
+    format!("[{platform}{label}{step:>width$}/{total}] {onbuild}")
+}
+
+/// The platform a stage's `TARGETPLATFORM` (or `TARGETOS`/`TARGETARCH`/`TARGETVARIANT`)
+/// args name, its missing parts taken from `stage`; `None` when it declares none.
+fn target_from_env(env: &[(String, String)], stage: &Platform) -> Option<Platform> {
+    let get = |key: &str| env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+    if let Some(parsed) = get("TARGETPLATFORM").and_then(|v| v.parse::<Platform>().ok()) {
+        return Some(parsed);
+    }
+    let (os, arch, variant) = (get("TARGETOS"), get("TARGETARCH"), get("TARGETVARIANT"));
+    if os.is_none() && arch.is_none() && variant.is_none() {
+        return None;
+    }
+    let or_stage = |value: Option<&str>, default: &str| match value {
+        Some(v) if !v.is_empty() => v.to_string(),
+        _ => default.to_string(),
+    };
+    Some(
+        Platform::new(
+            &or_stage(os, &stage.os),
+            &or_stage(arch, &stage.architecture),
+            variant.unwrap_or_default(),
+        )
+        .normalized(),
+    )
+}
+
+/// BuildKit's `->arm64` (another architecture) or `->windows/amd64` (another OS) after a
+/// stage's platform in step names; empty when the target is the stage's platform.
+fn cross_suffix(stage: &Platform, target: &Platform) -> String {
+    if target.os != stage.os {
+        format!("->{target}")
+    } else if target.architecture != stage.architecture {
+        match target.variant() {
+            "" => format!("->{}", target.architecture),
+            variant => format!("->{}/{variant}", target.architecture),
+        }
+    } else {
+        String::new()
+    }
 }
 
 /// Parses a base image's ONBUILD trigger into instructions placed at the FROM line.

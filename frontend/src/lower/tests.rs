@@ -616,6 +616,38 @@ fn step_labels_count_as_buildkit_counts() {
 }
 
 #[test]
+fn multi_platform_step_names_start_with_the_platform_as_buildkits() {
+    let mut o = options();
+    o.multi_platform = true;
+    o.build_platform = "linux/amd64".parse().unwrap();
+    o.target_platform = "linux/arm64".parse().unwrap();
+    let l = try_lower_with(
+        "FROM --platform=$BUILDPLATFORM busybox AS build\nARG TARGETARCH\n\
+         RUN echo $TARGETARCH > /arch\nFROM busybox\nCOPY --from=build /arch /arch\n",
+        &o,
+        &EmptyConfigs,
+    )
+    .unwrap();
+    let descriptions: Vec<String> = l
+        .definition
+        .topological_order()
+        .iter()
+        .map(|d| l.definition.meta(d).unwrap().description.clone())
+        .collect();
+    for expected in [
+        "[linux/amd64 build 1/2] FROM busybox",
+        "[linux/amd64->arm64 build 2/2] RUN echo $TARGETARCH > /arch",
+        "[linux/arm64 stage-1 1/2] FROM busybox",
+        "[linux/arm64 stage-1 2/2] COPY --from=build /arch /arch",
+    ] {
+        assert!(
+            descriptions.iter().any(|d| d == expected),
+            "{expected} not in {descriptions:#?}"
+        );
+    }
+}
+
+#[test]
 fn named_contexts_stand_in_for_images_and_stages() {
     let mut o = options();
     o.named_contexts.insert(
