@@ -86,6 +86,37 @@ pub fn bench_build(kiln: &Path, runs: usize) {
         (many_steps.saturating_sub(one)).as_secs_f64() * 1e3 / 20.0
     );
 
+    // Two platforms whose only RUN is in a `$BUILDPLATFORM` stage: that stage is shared,
+    // so the second platform adds its COPY steps and its export only. (The base is
+    // amd64-only, so the arm64 image gets a warning; nothing of it runs.)
+    let cross = work.path().join("cross");
+    write(
+        &cross.join("Dockerfile"),
+        "FROM --platform=$BUILDPLATFORM busybox:1 AS build\n\
+         RUN mkdir /out && for i in $(seq 1 500); do echo $i > /out/$i; done\n\
+         FROM busybox:1\nCOPY --from=build /out /out\nCOPY . /src\n",
+    );
+    for i in 0..200 {
+        write(&cross.join(format!("src/f{i}")), &"y".repeat(FILE_SIZE));
+    }
+    let one_platform = report(
+        "build with a $BUILDPLATFORM stage, --no-cache",
+        runs,
+        || {
+            build(&["--no-cache", "--platform", "linux/amd64"], &cross);
+        },
+    );
+    let two_platforms = report("  same, --platform linux/amd64,linux/arm64", runs, || {
+        build(
+            &["--no-cache", "--platform", "linux/amd64,linux/arm64"],
+            &cross,
+        );
+    });
+    println!(
+        "  two platforms / one                        {:>7.2}x",
+        two_platforms.as_secs_f64() / one_platform.as_secs_f64()
+    );
+
     let many = work.path().join("many");
     write(&many.join("Dockerfile"), "FROM busybox:1\nCOPY . /app/\n");
     let content = "x".repeat(FILE_SIZE);

@@ -27,6 +27,14 @@ impl ManifestFormat {
         }
     }
 
+    /// The type of an index of several platforms' manifests (Docker: a manifest list).
+    pub fn index(self) -> &'static str {
+        match self {
+            Self::Oci => "application/vnd.oci.image.index.v1+json",
+            Self::Docker => "application/vnd.docker.distribution.manifest.list.v2+json",
+        }
+    }
+
     fn config(self) -> &'static str {
         match self {
             Self::Oci => "application/vnd.oci.image.config.v1+json",
@@ -62,27 +70,20 @@ pub struct Exported {
 pub struct ExportOptions<'a> {
     /// The platform the config states.
     pub platform: &'a Platform,
-    /// Names to point at the image.
-    pub tags: &'a [String],
-    /// Without tags, keep the image as an untagged one (`<none>` in `kiln images`).
-    pub keep_untagged: bool,
     /// `SOURCE_DATE_EPOCH`: the time new history entries and the config state.
     pub source_date_epoch: Option<u64>,
 }
 
-/// Stores `image` (its rootfs and history completed from `snapshot`) and an
-/// OCI manifest, and names it as `options` say.
+/// Stores `image` (its rootfs and history completed from `snapshot`) and an OCI
+/// manifest for it.
 pub fn export_image(
     content: &ContentStore,
-    images: &ImageStore,
     mut image: Image,
     snapshot: &Snapshot,
     options: &ExportOptions<'_>,
 ) -> Result<Exported> {
     let ExportOptions {
         platform,
-        tags,
-        keep_untagged,
         source_date_epoch,
     } = *options;
     let now = source_date_epoch.unwrap_or_else(kiln_cache::unix_seconds_now);
@@ -116,14 +117,31 @@ pub fn export_image(
     let config = (config_digest, config_bytes.len() as u64);
     let (manifest_digest, manifest_size) =
         store_manifest(content, config, &snapshot.layers, ManifestFormat::Oci)?;
+    Ok(Exported {
+        config,
+        manifest_digest,
+        manifest_size,
+    })
+}
+
+/// Names the stored manifest or index `(digest, size)` of `media_type` in the image
+/// store: under every tag, or, without tags and with `keep_untagged`, as an untagged
+/// image (`<none>` in `kiln images`).
+pub fn name_result(
+    images: &ImageStore,
+    (digest, size): (Digest, u64),
+    media_type: &str,
+    tags: &[String],
+    keep_untagged: bool,
+) -> Result<()> {
     let record = |name: String| ImageRecord {
         name,
-        media_type: MediaType::ImageManifest.to_string(),
-        digest: manifest_digest,
-        size: manifest_size,
-        created: now as i64,
+        media_type: media_type.to_string(),
+        digest,
+        size,
+        created: kiln_cache::unix_seconds_now() as i64,
     };
-    let untagged = ImageRecord::untagged_name(&manifest_digest);
+    let untagged = ImageRecord::untagged_name(&digest);
     for tag in tags {
         let name = Reference::parse_normalized(tag)
             .map_err(|e| anyhow::anyhow!("invalid tag {tag:?}: {e}"))?;
@@ -142,11 +160,41 @@ pub fn export_image(
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(Exported {
-        config,
-        manifest_digest,
-        manifest_size,
-    })
+    Ok(())
+}
+
+/// Stores an image index of `manifests` (digest, size, platform), with this format's
+/// media types (an OCI index, or Docker's manifest list); returns its digest and size.
+pub fn store_index(
+    content: &ContentStore,
+    manifests: &[((Digest, u64), &Platform)],
+    format: ManifestFormat,
+) -> Result<(Digest, u64)> {
+    let entries: Vec<serde_json::Value> = manifests
+        .iter()
+        .map(|((digest, size), platform)| {
+            let mut entry = serde_json::json!({
+                "mediaType": format.manifest(),
+                "digest": digest.to_string(),
+                "size": size,
+                "platform": {"architecture": platform.architecture, "os": platform.os},
+            });
+            if !platform.variant.is_empty() {
+                entry["platform"]["variant"] = platform.variant.clone().into();
+            }
+            entry
+        })
+        .collect();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": format.index(),
+        "manifests": entries,
+    });
+    let bytes = serde_json::to_vec(&index)?;
+    let digest = content
+        .put(&bytes)
+        .context("cannot store the image index")?;
+    Ok((digest, bytes.len() as u64))
 }
 
 /// Stores an OCI manifest for the config `(digest, size)` and `layers`; returns its digest
@@ -199,7 +247,7 @@ pub fn distributable(
 ) -> Result<(Digest, String)> {
     let unchanged = Ok((digest, media_type.to_string()));
     if is_index(media_type) {
-        return unchanged;
+        return distributable_index(content, memo, digest, media_type);
     }
     let manifest: serde_json::Value = serde_json::from_slice(&content.read(&digest)?)?;
     let descriptors = manifest["layers"].as_array().cloned().unwrap_or_default();
@@ -242,6 +290,42 @@ pub fn distributable(
     let config_size = manifest["config"]["size"].as_u64().unwrap_or(0);
     let (digest, _) = store_manifest(content, (config_digest, config_size), &layers, format)?;
     Ok((digest, format.manifest().to_string()))
+}
+
+/// [`distributable`] for an index: each of its manifests in the store made
+/// distributable, and an index of those stored when any changed.
+fn distributable_index(
+    content: &ContentStore,
+    memo: &CacheIndexStore,
+    digest: Digest,
+    media_type: &str,
+) -> Result<(Digest, String)> {
+    let mut index: serde_json::Value = serde_json::from_slice(&content.read(&digest)?)?;
+    let mut changed = false;
+    for entry in index["manifests"].as_array_mut().into_iter().flatten() {
+        let Some(child) = entry["digest"].as_str().and_then(|d| d.parse().ok()) else {
+            continue;
+        };
+        // Platforms that were never pulled are pushed as they are (push reports them).
+        if !content.contains(&child) {
+            continue;
+        }
+        let child_type = entry["mediaType"].as_str().unwrap_or_default().to_string();
+        let (pushed, pushed_type) = distributable(content, memo, child, &child_type)?;
+        if pushed != child {
+            entry["digest"] = pushed.to_string().into();
+            entry["size"] = content.size(&pushed)?.into();
+            entry["mediaType"] = pushed_type.into();
+            changed = true;
+        }
+    }
+    if !changed {
+        return Ok((digest, media_type.to_string()));
+    }
+    let stored = content
+        .put(&serde_json::to_vec(&index)?)
+        .context("cannot store the image index")?;
+    Ok((stored, media_type.to_string()))
 }
 
 /// Gives every history entry without a time one, as BuildKit does: an entry that made a

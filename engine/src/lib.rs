@@ -13,7 +13,9 @@ pub mod store;
 pub use entitlements::Entitlement;
 pub use events::BuildEvent;
 pub use exporter::ManifestFormat;
-pub use output::{ClientTarget, Destination, ImageBlobs, Output, OutputKind, write_docker_archive};
+pub use output::{
+    ClientTarget, Destination, ImageBlobs, Output, OutputKind, PlatformBlobs, write_docker_archive,
+};
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -21,10 +23,10 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result};
 use kiln_cache::{CacheIndexStore, ChecksumCache, ContentStore, Digest, ImageStore, StateDir};
-use kiln_frontend::lower::{BuildOptions, ImageResolver, lower};
+use kiln_frontend::lower::{BuildOptions, ImageResolver, lower_platforms};
 use kiln_image::{Image, Reference};
 use kiln_registry::{RegistryClient, RegistryOptions};
-use kiln_solver::{CacheIndex, Platform, SolveOptions, solve};
+use kiln_solver::{CacheIndex, Definition, Op, Platform, SolveOptions, solve_all};
 use kiln_worker::exec::ExternalRuntime;
 use kiln_worker::layer::{LayerCompression, WriteOptions, recompress_all};
 pub use kiln_worker::secrets::{LocalSecrets, MAX_SECRET_SIZE, SecretSource, SecretStore};
@@ -63,20 +65,43 @@ pub struct BuildRequest {
     /// Privileges steps may use (`--allow`); a step that needs another fails the build
     /// before anything runs.
     pub entitlements: BTreeSet<Entitlement>,
+    /// The platforms to build (`--platform a,b`): an image each, in one index; empty
+    /// builds `options.target_platform` alone.
+    pub platforms: Vec<Platform>,
 }
 
 /// What a finished build produced.
 #[derive(Debug, Clone)]
 pub struct BuildResult {
-    /// Digest of the image config (the image ID).
-    pub config_digest: Digest,
-    /// Digest of the image manifest: the one pushed, or written to an OCI or Docker
-    /// archive, when there is one (what the registry serves), else the stored one.
+    /// Digest of the image config (the image ID); `None` for a multi-platform build,
+    /// whose result is an index.
+    pub config_digest: Option<Digest>,
+    /// Digest of the image manifest (or index): the one pushed, or written to an OCI or
+    /// Docker archive, when there is one (what the registry serves), else the stored one.
     pub manifest_digest: Digest,
     /// Size of that manifest in bytes.
     pub manifest_size: u64,
+    /// The platforms built, in order: one, or an index's.
+    pub platforms: Vec<Platform>,
     /// Frontend warnings.
     pub warnings: Vec<String>,
+}
+
+impl BuildResult {
+    /// What `--iidfile` and `-q` give, as buildx: the image ID, or the index digest of a
+    /// multi-platform build.
+    pub fn id(&self) -> Digest {
+        self.config_digest.unwrap_or(self.manifest_digest)
+    }
+
+    /// The media type of what [`manifest_digest`](Self::manifest_digest) names.
+    pub fn media_type(&self) -> &'static str {
+        if self.config_digest.is_some() {
+            ManifestFormat::Oci.manifest()
+        } else {
+            ManifestFormat::Oci.index()
+        }
+    }
 }
 
 /// Why a build failed.
@@ -239,16 +264,16 @@ fn compression_for(output: &Output) -> Option<LayerCompression> {
     })
 }
 
-/// The exported image as `output` wants it: layers compressed and a manifest of its own
-/// when it needs a compression or Docker media types, else as exported.
-fn image_for<'a>(
+/// One platform's exported image as `output` wants it: layers compressed and a
+/// manifest of its own when it needs a compression or Docker media types, else as
+/// exported; returns the manifest's digest and size, and its blobs.
+fn platform_image_for(
     content: &ContentStore,
     memo: &CacheIndexStore,
     exported: &exporter::Exported,
     snapshot: &Snapshot,
     output: &Output,
-    tags: &'a [String],
-) -> Result<output::ImageBlobs<'a>> {
+) -> Result<((Digest, u64), PlatformBlobs)> {
     let compression = compression_for(output);
     let layers = match compression {
         Some(compression) => recompress_all(content, &snapshot.layers, compression, memo)?,
@@ -259,13 +284,58 @@ fn image_for<'a>(
     } else {
         exporter::store_manifest(content, exported.config, &layers, output.format)?
     };
-    Ok(output::ImageBlobs {
-        manifest,
+    let blobs = PlatformBlobs {
+        manifest: manifest.0,
         config: exported.config.0,
         layers: layers.iter().map(|l| l.digest).collect(),
-        media_type: output.format.manifest(),
+    };
+    Ok((manifest, blobs))
+}
+
+/// The build's image as `output` wants it (see [`platform_image_for`]): one manifest,
+/// or an index of every platform's in this output's format.
+fn image_for<'a>(
+    content: &ContentStore,
+    memo: &CacheIndexStore,
+    built: &[Built],
+    output: &Output,
+    tags: &'a [String],
+) -> Result<output::ImageBlobs<'a>> {
+    let images = built
+        .iter()
+        .map(|b| platform_image_for(content, memo, &b.exported, &b.snapshot, output))
+        .collect::<Result<Vec<_>>>()?;
+    let (manifest, media_type) = match images.as_slice() {
+        [(manifest, _)] => (*manifest, output.format.manifest()),
+        _ => {
+            let entries: Vec<_> = images
+                .iter()
+                .zip(built)
+                .map(|((manifest, _), b)| (*manifest, &b.platform))
+                .collect();
+            let index = exporter::store_index(content, &entries, output.format)?;
+            (index, output.format.index())
+        }
+    };
+    Ok(output::ImageBlobs {
+        manifest,
+        media_type,
+        platforms: images.into_iter().map(|(_, blobs)| blobs).collect(),
         tags,
     })
+}
+
+/// One platform's result: its filesystem and the image exported from it.
+struct Built {
+    platform: Platform,
+    snapshot: Snapshot,
+    exported: exporter::Exported,
+}
+
+/// The directory a platform's filesystem goes in when a build made several
+/// (`linux_arm_v7`, as BuildKit).
+fn platform_dir(platform: &Platform) -> String {
+    platform.to_string().replace('/', "_")
 }
 
 /// Names the image of a `type=image` output in the store and, with `push=true`, pushes
@@ -362,12 +432,31 @@ pub fn build(
         request.options.context_excludes = kiln_patterns::read_ignore_file(text)
             .map_err(|e| BuildError::Other(anyhow::anyhow!(e)))?;
     }
+    let platforms = if request.platforms.is_empty() {
+        vec![request.options.target_platform.clone()]
+    } else {
+        request.platforms.clone()
+    };
+    let multi_platform = platforms.len() > 1;
+    if multi_platform
+        && request
+            .outputs
+            .iter()
+            .any(|o| o.kind == output::OutputKind::Docker)
+    {
+        return Err(anyhow::anyhow!(
+            "docker exporter does not currently support exporting manifest lists; \
+             use -o type=oci, --push, or build one --platform at a time"
+        )
+        .into());
+    }
     let lowered = kiln_frontend::parser::parse(&request.dockerfile)
         .and_then(|doc| kiln_frontend::instructions::Dockerfile::from_document(&doc))
         .and_then(|stages| {
-            lower(
+            lower_platforms(
                 &stages,
                 &request.options,
+                &platforms,
                 &StoreImages {
                     content: &content,
                     images: &images,
@@ -381,6 +470,7 @@ pub fn build(
         .map_err(BuildError::Frontend)?;
     let definition = &lowered.definition;
     entitlements::check(definition, &request.entitlements)?;
+    check_emulation(definition)?;
 
     let outputs_view = snapshots.clone();
     let layer_options = WriteOptions {
@@ -405,9 +495,9 @@ pub fn build(
         vertices: definition.len(),
     });
     let forward = |event| events(BuildEvent::step(definition, event));
-    let solved = solve(definition, &worker, &cache, options, &forward, cancel);
+    let solved = solve_all(definition, &worker, &cache, options, &forward, cancel);
     worker.checksums().persist();
-    let output = solved.map_err(|failure| {
+    let results = solved.map_err(|failure| {
         let Some(vertex) = failure.vertex else {
             return BuildError::Other(failure.error);
         };
@@ -418,47 +508,82 @@ pub fn build(
             error: failure.error,
         }
     })?;
-    let snapshot = match output {
-        Some(WorkerRef::Snapshot(snapshot)) => snapshot,
-        Some(WorkerRef::Local { .. }) => {
-            return Err(anyhow::anyhow!("the build result is a local directory").into());
+    let mut built = Vec::with_capacity(platforms.len());
+    for ((platform, image), result) in lowered.images.into_iter().zip(results) {
+        let snapshot = match result {
+            Some(WorkerRef::Snapshot(snapshot)) => snapshot,
+            Some(WorkerRef::Local { .. }) => {
+                return Err(anyhow::anyhow!("the build result is a local directory").into());
+            }
+            None => Default::default(),
+        };
+        let exported = exporter::export_image(
+            &content,
+            image,
+            &snapshot,
+            &exporter::ExportOptions {
+                platform: &platform,
+                source_date_epoch: request.source_date_epoch,
+            },
+        )?;
+        built.push(Built {
+            platform,
+            snapshot,
+            exported,
+        });
+    }
+    let (stored, stored_type) = match built.as_slice() {
+        [one] => (
+            (one.exported.manifest_digest, one.exported.manifest_size),
+            ManifestFormat::Oci.manifest(),
+        ),
+        _ => {
+            let entries: Vec<_> = built
+                .iter()
+                .map(|b| {
+                    let manifest = (b.exported.manifest_digest, b.exported.manifest_size);
+                    (manifest, &b.platform)
+                })
+                .collect();
+            let index = exporter::store_index(&content, &entries, ManifestFormat::Oci)?;
+            (index, ManifestFormat::Oci.index())
         }
-        None => Default::default(),
     };
-    let exported = exporter::export_image(
-        &content,
+    // As docker build: an image that goes nowhere else stays in the store, untagged.
+    exporter::name_result(
         &images,
-        lowered.image,
-        &snapshot,
-        &exporter::ExportOptions {
-            platform: &request.options.target_platform,
-            tags: &request.tags,
-            // As docker build: an image that goes nowhere else stays in the store, untagged.
-            keep_untagged: request.outputs.is_empty(),
-            source_date_epoch: request.source_date_epoch,
-        },
+        stored,
+        stored_type,
+        &request.tags,
+        request.outputs.is_empty(),
     )?;
     let memo = state.cache_index();
+    let roots: Vec<output::RootFs<'_>> = built
+        .iter()
+        .map(|b| output::RootFs {
+            dir: multi_platform.then(|| platform_dir(&b.platform)),
+            snapshot: &b.snapshot,
+        })
+        .collect();
     // The manifest users see the digest of: the one pushed or written to an archive when
     // there is one (what `skopeo inspect` shows), else the stored one.
-    let mut manifest = (exported.manifest_digest, exported.manifest_size);
+    let mut manifest = stored;
     for out in &request.outputs {
-        let written = image_for(&content, &memo, &exported, &snapshot, out, &request.tags)
-            .and_then(|image| {
-                output::write_output(out, &content, &outputs_view, &snapshot, &image)?;
-                if out.kind == output::OutputKind::Image {
-                    store_and_push(state, &images, &registry, out, &image, notice)?;
-                }
-                if out.push
-                    || matches!(
-                        out.kind,
-                        output::OutputKind::Oci | output::OutputKind::Docker
-                    )
-                {
-                    manifest = image.manifest;
-                }
-                Ok(())
-            });
+        let written = image_for(&content, &memo, &built, out, &request.tags).and_then(|image| {
+            output::write_output(out, &content, &outputs_view, &roots, &image)?;
+            if out.kind == output::OutputKind::Image {
+                store_and_push(state, &images, &registry, out, &image, notice)?;
+            }
+            if out.push
+                || matches!(
+                    out.kind,
+                    output::OutputKind::Oci | output::OutputKind::Docker
+                )
+            {
+                manifest = image.manifest;
+            }
+            Ok(())
+        });
         written.with_context(|| format!("cannot write output {}", out.describe()))?;
     }
     if request.push {
@@ -472,9 +597,25 @@ pub fn build(
         }
     }
     Ok(BuildResult {
-        config_digest: exported.config.0,
+        config_digest: (!multi_platform).then(|| built[0].exported.config.0),
         manifest_digest: manifest.0,
         manifest_size: manifest.1,
+        platforms,
         warnings: lowered.warnings,
     })
+}
+
+/// Fails before anything runs when a RUN step is for a platform this machine can
+/// neither run natively nor emulate, saying how to enable it.
+fn check_emulation(definition: &Definition) -> Result<(), BuildError> {
+    let mut platforms: Vec<Platform> = Vec::new();
+    for digest in definition.topological_order() {
+        if let Some(Op::Exec(exec)) = definition.vertex(digest).map(|v| &v.op)
+            && !platforms.contains(&exec.platform)
+        {
+            platforms.push(exec.platform.clone());
+        }
+    }
+    kiln_worker::emulation::check_platforms(&platforms)
+        .map_err(|e| BuildError::Other(anyhow::Error::from(e)))
 }

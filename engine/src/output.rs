@@ -13,7 +13,7 @@ use kiln_image::Reference;
 use kiln_patterns::PatternMatcher;
 use kiln_solver::CopyAction;
 use kiln_worker::fileop::{self, SourceTree};
-use kiln_worker::layer::{LayerCompression, WriteOptions, write_layer};
+use kiln_worker::layer::{LayerCompression, WriteOptions, write_layer, write_trees};
 use kiln_worker::snapshot::{ActiveSnapshot, Snapshot, Snapshotter};
 
 use super::exporter::ManifestFormat;
@@ -219,18 +219,43 @@ impl std::str::FromStr for Output {
 }
 
 /// One image for the archive outputs: what an image export wrote, or what `kiln save`
-/// found in the store.
+/// found in the store; a single-platform image or an index of several.
 pub struct ImageBlobs<'a> {
-    /// The manifest digest and size.
+    /// The manifest's (or index's) digest and size.
     pub manifest: (Digest, u64),
-    /// The config digest.
-    pub config: Digest,
-    /// The layer blob digests, base first.
-    pub layers: Vec<Digest>,
-    /// The manifest's media type.
+    /// The manifest's (or index's) media type.
     pub media_type: &'a str,
+    /// The images it holds: itself, or each platform's of an index, in its order.
+    pub platforms: Vec<PlatformBlobs>,
     /// Names to record in the archive.
     pub tags: &'a [String],
+}
+
+/// The blobs of one platform's image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlatformBlobs {
+    /// Its manifest's digest.
+    pub manifest: Digest,
+    /// Its config's digest.
+    pub config: Digest,
+    /// Its layer blobs' digests, base first.
+    pub layers: Vec<Digest>,
+}
+
+impl ImageBlobs<'_> {
+    /// Whether it is an index of several platforms' images.
+    pub fn is_index(&self) -> bool {
+        kiln_image::is_index(self.media_type)
+    }
+}
+
+/// A root filesystem a build made, and the directory it goes in when the build made
+/// several platforms (`linux_arm64`, as BuildKit names them).
+pub struct RootFs<'a> {
+    /// The directory for this platform; `None` for a single-platform build.
+    pub dir: Option<String>,
+    /// Its filesystem.
+    pub snapshot: &'a Snapshot,
 }
 
 /// Writes `output`.
@@ -238,7 +263,7 @@ pub fn write_output(
     output: &Output,
     content: &ContentStore,
     snapshots: &Snapshotter,
-    snapshot: &Snapshot,
+    roots: &[RootFs<'_>],
     image: &ImageBlobs<'_>,
 ) -> Result<()> {
     let Some(dest) = &output.dest else {
@@ -252,18 +277,60 @@ pub fn write_output(
             write_archive(out, content, std::slice::from_ref(image), true)
         }),
         OutputKind::Tar => {
-            let view = snapshots.prepare(snapshot, content)?;
-            with_archive(dest, &mut |out| {
-                write_layer(view.rootfs(), &[], out, WriteOptions::default())
+            let views = roots
+                .iter()
+                .map(|root| snapshots.prepare(root.snapshot, content))
+                .collect::<Result<Vec<_>>>()?;
+            with_archive(dest, &mut |out| match roots {
+                [RootFs { dir: None, .. }] => {
+                    write_layer(views[0].rootfs(), &[], out, WriteOptions::default())
+                }
+                _ => {
+                    let trees: Vec<(String, &Path)> = roots
+                        .iter()
+                        .zip(&views)
+                        .map(|(root, view)| (root.dir.clone().unwrap_or_default(), view.rootfs()))
+                        .collect();
+                    write_trees(&trees, out, WriteOptions::default())
+                }
             })
         }
         OutputKind::Image => Ok(()),
         OutputKind::Local => {
-            let view = snapshots.prepare(snapshot, content)?;
-            match dest {
-                Destination::Path(dir) => copy_tree(&view, dir, snapshots),
-                Destination::Client(client) => client.send_directory(view.rootfs()),
-                Destination::Stdout => anyhow::bail!("a directory cannot go to standard output"),
+            let copy_to = |dir: &Path| -> Result<()> {
+                for root in roots {
+                    let view = snapshots.prepare(root.snapshot, content)?;
+                    let dest = match &root.dir {
+                        Some(sub) => dir.join(sub),
+                        None => dir.to_path_buf(),
+                    };
+                    copy_tree(&view, &dest, snapshots)?;
+                }
+                Ok(())
+            };
+            match (dest, roots) {
+                (Destination::Path(dir), _) => copy_to(dir),
+                (
+                    Destination::Client(client),
+                    [
+                        RootFs {
+                            dir: None,
+                            snapshot,
+                        },
+                    ],
+                ) => {
+                    let view = snapshots.prepare(snapshot, content)?;
+                    client.send_directory(view.rootfs())
+                }
+                (Destination::Client(client), _) => {
+                    // Each platform in its own directory of one tree, sent at once.
+                    let tree = tempfile::tempdir_in(snapshots.scratch_root())?;
+                    copy_to(tree.path())?;
+                    client.send_directory(tree.path())
+                }
+                (Destination::Stdout, _) => {
+                    anyhow::bail!("a directory cannot go to standard output")
+                }
             }
         }
     }
@@ -349,13 +416,18 @@ fn write_archive(
                 .collect::<Result<_>>()
         })
         .collect::<Result<_>>()?;
+    if docker && images.iter().any(ImageBlobs::is_index) {
+        anyhow::bail!("docker exporter does not currently support exporting manifest lists");
+    }
     let mut seen = HashSet::new();
     let blobs: Vec<Digest> = images
         .iter()
         .flat_map(|image| {
-            [image.manifest.0, image.config]
-                .into_iter()
-                .chain(image.layers.iter().copied())
+            std::iter::once(image.manifest.0).chain(image.platforms.iter().flat_map(|p| {
+                [p.manifest, p.config]
+                    .into_iter()
+                    .chain(p.layers.iter().copied())
+            }))
         })
         .filter(|digest| seen.insert(*digest))
         .collect();
@@ -396,11 +468,13 @@ fn write_archive(
         let manifest: Vec<_> = images
             .iter()
             .zip(&names)
-            .map(|(image, names)| {
-                serde_json::json!({
-                    "Config": blob_path(&image.config),
-                    "RepoTags": names.iter().map(Reference::familiar).collect::<Vec<_>>(),
-                    "Layers": image.layers.iter().map(blob_path).collect::<Vec<_>>(),
+            .flat_map(|(image, names)| {
+                image.platforms.iter().map(move |p| {
+                    serde_json::json!({
+                        "Config": blob_path(&p.config),
+                        "RepoTags": names.iter().map(Reference::familiar).collect::<Vec<_>>(),
+                        "Layers": p.layers.iter().map(blob_path).collect::<Vec<_>>(),
+                    })
                 })
             })
             .collect();

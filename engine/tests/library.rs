@@ -100,6 +100,7 @@ fn builds_from_named_sources_into_client_outputs_with_typed_events() {
         push: false,
         registry: Default::default(),
         entitlements: Default::default(),
+        platforms: Vec::new(),
     };
     let events = Mutex::new(Vec::new());
     let result = build(

@@ -102,6 +102,52 @@ pub fn busybox_archives() -> BusyboxArchives {
     }
 }
 
+/// An arm64 `busybox` binary for the arm64 half of the two-platform base image:
+/// `KILN_TEST_ARM64_BUSYBOX` when set, else `target/fixtures/busybox-arm64` in the
+/// repository, where `scripts/test` puts Debian's `busybox-static:arm64`.
+pub fn arm64_busybox() -> PathBuf {
+    let path = std::env::var_os("KILN_TEST_ARM64_BUSYBOX")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/fixtures/busybox-arm64"));
+    assert!(
+        path.is_file(),
+        "{} is missing: scripts/test downloads it (Debian's busybox-static:arm64)",
+        path.display()
+    );
+    path
+}
+
+/// Pushes a two-platform busybox image (an image index of linux/amd64 and linux/arm64,
+/// each with its own architecture's busybox) to the registry at `host` (`127.0.0.1:PORT`,
+/// plain HTTP) as `name` (`repository:tag`). `scripts/make-busybox-image` builds it with
+/// `umoci` and `skopeo copy --all` pushes it, so kiln wrote none of it.
+pub fn push_multi_platform_busybox(host: &str, name: &str) {
+    for tool in ["umoci", "skopeo", "busybox"] {
+        assert!(
+            Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .output()
+                .is_ok_and(|o| o.status.success()),
+            "{tool} is missing: scripts/test installs it (apt-get install umoci skopeo busybox-static)"
+        );
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    run(
+        Command::new(repo_root().join("scripts/make-busybox-image"))
+            .arg(dir.path())
+            .env("ARM64_BUSYBOX", arm64_busybox()),
+        true,
+    );
+    // The script tags the index with the tag of its default name, `busybox:1`.
+    run(
+        Command::new("skopeo")
+            .args(["copy", "-q", "--all", "--dest-tls-verify=false"])
+            .arg(format!("oci:{}:1", dir.path().join("multi").display()))
+            .arg(format!("docker://{host}/{name}")),
+        true,
+    );
+}
+
 /// A fresh state directory with the busybox test image (`busybox:1`) loaded.
 pub fn state_with_busybox() -> tempfile::TempDir {
     let archives = busybox_archives();

@@ -163,3 +163,44 @@ fn beyond_schema(value: &Value, media_type: &str, errors: &mut Vec<String>) {
         }
     }
 }
+
+/// Asserts that the OCI layout's `oci-layout`, `index.json`, and each index, manifest
+/// and config it reaches pass the image-spec's JSON Schemas.
+pub fn assert_valid_layout(layout: &std::path::Path) {
+    let schemas = OciSchemas::load();
+    let check = |media_type: &str, path: &std::path::Path| {
+        let bytes = std::fs::read(path).unwrap();
+        if let Err(errors) = schemas.check(media_type, &bytes) {
+            panic!("{} is not a valid {media_type}: {errors}", path.display());
+        }
+        serde_json::from_slice::<Value>(&bytes).unwrap()
+    };
+    let blob = |descriptor: &Value| {
+        let digest = descriptor["digest"].as_str().unwrap();
+        layout
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"))
+    };
+    check(
+        "application/vnd.oci.layout.header.v1+json",
+        &layout.join("oci-layout"),
+    );
+    const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    let mut pending = vec![check(INDEX, &layout.join("index.json"))];
+    while let Some(index) = pending.pop() {
+        for descriptor in index["manifests"].as_array().unwrap() {
+            if descriptor["mediaType"] == INDEX {
+                pending.push(check(INDEX, &blob(descriptor)));
+                continue;
+            }
+            let manifest = check(
+                "application/vnd.oci.image.manifest.v1+json",
+                &blob(descriptor),
+            );
+            check(
+                "application/vnd.oci.image.config.v1+json",
+                &blob(&manifest["config"]),
+            );
+        }
+    }
+}

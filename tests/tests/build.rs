@@ -7,7 +7,7 @@ use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use kiln_tests::oci_schema::OciSchemas;
+use kiln_tests::oci_schema::assert_valid_layout;
 use kiln_tests::{kiln, run, serve_http, state_with_busybox};
 
 /// Which OCI runtime runs the RUN steps.
@@ -177,7 +177,7 @@ fn builds_an_image_that_other_tools_can_run(runtime: Runtime) {
             .arg(&layout),
         true,
     );
-    assert_valid_oci_layout(&layout);
+    assert_valid_layout(&layout);
     let bundle = out.path().join("bundle");
     run(
         Command::new("umoci")
@@ -298,43 +298,6 @@ fn failures_point_at_the_cause_and_leave_the_store_usable(runtime: Runtime) {
     setup.file("Dockerfile", "FROM busybox:1\nRUN echo fine > /ok\n");
     setup.build_ok(&["-t", "ok:1"]);
     assert_no_leftovers(setup.root.path());
-}
-
-/// The OCI layout's `oci-layout`, `index.json`, and each manifest and config it reaches
-/// pass the image-spec's JSON Schemas.
-fn assert_valid_oci_layout(layout: &Path) {
-    let schemas = OciSchemas::load();
-    let check = |media_type: &str, path: &Path| {
-        let bytes = fs::read(path).unwrap();
-        if let Err(errors) = schemas.check(media_type, &bytes) {
-            panic!("{} is not a valid {media_type}: {errors}", path.display());
-        }
-        serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()
-    };
-    let blob = |descriptor: &serde_json::Value| {
-        let digest = descriptor["digest"].as_str().unwrap();
-        layout
-            .join("blobs/sha256")
-            .join(digest.trim_start_matches("sha256:"))
-    };
-    check(
-        "application/vnd.oci.layout.header.v1+json",
-        &layout.join("oci-layout"),
-    );
-    let index = check(
-        "application/vnd.oci.image.index.v1+json",
-        &layout.join("index.json"),
-    );
-    for descriptor in index["manifests"].as_array().unwrap() {
-        let manifest = check(
-            "application/vnd.oci.image.manifest.v1+json",
-            &blob(descriptor),
-        );
-        check(
-            "application/vnd.oci.image.config.v1+json",
-            &blob(&manifest["config"]),
-        );
-    }
 }
 
 /// No mounts, scratch directories or containers remain after builds.

@@ -183,3 +183,29 @@ fn errors_point_at_the_line() {
         String::from_utf8_lossy(&out.stderr).contains("target stage \"nope\" could not be found")
     );
 }
+
+#[test]
+fn a_build_platform_stage_is_one_vertex_for_every_target_platform() {
+    let g = graph(
+        "FROM --platform=$BUILDPLATFORM busybox AS cross\nRUN echo compile once\n\
+         FROM busybox\nCOPY --from=cross /out /out\nRUN echo per platform\n",
+        &["--platform", "linux/amd64,linux/arm64", "--format", "json"],
+    );
+    let names = descriptions(&g);
+    let cross: Vec<&String> = names
+        .iter()
+        .filter(|d| d.contains("RUN echo compile once"))
+        .collect();
+    assert_eq!(
+        cross,
+        ["[linux/amd64 cross 2/2] RUN echo compile once"],
+        "{names:#?}"
+    );
+    for platform in ["linux/amd64", "linux/arm64"] {
+        let step = format!("[{platform} stage-1 3/3] RUN echo per platform");
+        assert!(names.contains(&step), "{step} not in {names:#?}");
+    }
+    assert_eq!(g["roots"].as_array().unwrap().len(), 2, "{g}");
+    assert_eq!(g["image"][1]["platform"], "linux/arm64");
+    assert_eq!(g["image"][1]["config"]["architecture"], "arm64");
+}

@@ -827,3 +827,45 @@ RUN echo over tls
     assert!(stranger.contains("broke off the connection"), "{stranger}");
     drop(daemon);
 }
+
+/// `--platform a,b` on a remote builder: the daemon builds both and the client gets the
+/// index and each platform's folder.
+#[test]
+fn platforms_travel_to_the_builder() {
+    let archives = busybox_archives();
+    let daemon = Daemon::start(&archives, &[]);
+    let context = tempfile::tempdir().unwrap();
+    fs::write(
+        context.path().join("Dockerfile"),
+        "FROM --platform=$BUILDPLATFORM busybox:1 AS cross\nRUN uname -m > /built-on\n\
+         FROM scratch\nCOPY --from=cross /built-on /\n",
+    )
+    .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let iidfile = out.path().join("iid");
+    let progress = ok(&daemon.build(
+        context.path(),
+        &[
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--iidfile",
+            iidfile.to_str().unwrap(),
+            "-o",
+            &format!("type=local,dest={}", out.path().join("dirs").display()),
+        ],
+    ));
+    assert!(
+        progress.contains("[linux/amd64 cross 2/2] RUN uname -m > /built-on"),
+        "{progress}"
+    );
+    for platform in ["linux_amd64", "linux_arm64"] {
+        let built_on = out.path().join("dirs").join(platform).join("built-on");
+        assert_eq!(fs::read_to_string(&built_on).unwrap(), "x86_64\n");
+    }
+    // As buildx: the iidfile of a multi-platform build names the index.
+    let iid = fs::read_to_string(&iidfile).unwrap();
+    assert!(
+        progress.contains(&format!("exporting manifest list {iid}")),
+        "{progress}"
+    );
+}

@@ -92,7 +92,17 @@ async fn read_dockerfile(
     ))
 }
 
-/// The frontend attributes as build options: `target`, `platform`, `build-arg:K`,
+/// The platforms the `platform` attribute asks for (`linux/amd64,linux/arm64`); empty
+/// for the builder's own.
+fn platforms(attrs: &HashMap<String, String>) -> Result<Vec<Platform>> {
+    let list = attrs
+        .get("platform")
+        .map(String::as_str)
+        .unwrap_or_default();
+    Platform::parse_list(list).map_err(|e| anyhow!(e))
+}
+
+/// The frontend attributes as build options: `target`, `build-arg:K`,
 /// `label:K`, `no-cache` (empty: every step; else stage names), and `shm-size`, `ulimit`
 /// and `add-hosts` for RUN steps.
 fn build_options(attrs: &HashMap<String, String>) -> Result<BuildOptions> {
@@ -111,14 +121,6 @@ fn build_options(attrs: &HashMap<String, String>) -> Result<BuildOptions> {
                 .named_contexts
                 .insert(name.to_string(), named_context(name, value)?);
         }
-    }
-    if let Some(platforms) = attrs.get("platform").filter(|p| !p.is_empty()) {
-        let mut list = platforms.split(',');
-        let first = list.next().unwrap_or_default();
-        if list.next().is_some() {
-            bail!("kiln builds one platform at a time for now, not {platforms:?}");
-        }
-        options.target_platform = first.parse::<Platform>().map_err(|e| anyhow!(e))?;
     }
     if let Some(filter) = attrs.get("no-cache") {
         if filter.is_empty() {
@@ -270,6 +272,7 @@ pub async fn solve(
         .ok_or_else(|| SolveError::Request(format!("no session {:?} is open", request.session)))?;
     let attrs = &request.frontend_attrs;
     let options = build_options(attrs).map_err(|e| SolveError::Request(format!("{e:#}")))?;
+    let platforms = platforms(attrs).map_err(|e| SolveError::Request(format!("{e:#}")))?;
     let entitlements = granted(&daemon, &request.entitlements)
         .map_err(|e| SolveError::Request(format!("{e:#}")))?;
     let handle = Handle::current();
@@ -322,6 +325,7 @@ pub async fn solve(
             ..daemon.options.registry.clone()
         },
         entitlements,
+        platforms,
     };
     let state = daemon.state.clone();
     let result = tokio::task::spawn_blocking(move || {
@@ -337,16 +341,16 @@ pub async fn solve(
 
 /// What BuildKit answers a solve with: the image's digests and names.
 fn exporter_response(done: &BuildResult, exporters: &[Exporter]) -> HashMap<String, String> {
-    let mut response = HashMap::from([
-        (
-            "containerimage.digest".to_string(),
-            done.manifest_digest.to_string(),
-        ),
-        (
+    let mut response = HashMap::from([(
+        "containerimage.digest".to_string(),
+        done.manifest_digest.to_string(),
+    )]);
+    if let Some(config) = done.config_digest {
+        response.insert(
             "containerimage.config.digest".to_string(),
-            done.config_digest.to_string(),
-        ),
-    ]);
+            config.to_string(),
+        );
+    }
     let names: Vec<&str> = exporters
         .iter()
         .filter(|e| e.r#type == "image")

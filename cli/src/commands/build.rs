@@ -41,9 +41,10 @@ pub struct BuildArgs {
     /// Build this stage instead of the last one.
     #[arg(long)]
     target: Option<String>,
-    /// The platform to build for (only the host's platform can RUN steps for now).
+    /// The platforms to build for (`linux/amd64,linux/arm64`, repeatable): several make
+    /// one image index. RUN steps of another architecture run under QEMU.
     #[arg(long)]
-    pub(super) platform: Option<String>,
+    platform: Vec<String>,
     /// Do not use the cache for any step.
     #[arg(long)]
     no_cache: bool,
@@ -245,6 +246,12 @@ impl BuildArgs {
     }
 
     /// Whether an archive goes to standard output (`-o -`, `dest=-`).
+    /// The `--platform` values with each list split, each platform once; empty when
+    /// none was given.
+    pub(super) fn platforms(&self) -> Result<Vec<Platform>, String> {
+        Platform::parse_list(&self.platform.join(",")).map_err(|e| e.to_string())
+    }
+
     fn streams_to_stdout(&self) -> bool {
         self.outputs
             .iter()
@@ -351,8 +358,9 @@ pub fn run(
         run: args.run_options(),
         ..BuildOptions::default()
     };
-    if let Some(platform) = &args.platform {
-        options.target_platform = platform.parse::<Platform>().map_err(Failure::msg)?;
+    let platforms = args.platforms().map_err(Failure::msg)?;
+    if let [one] = platforms.as_slice() {
+        options.target_platform = one.clone();
     }
     let named = args.build_contexts()?;
     options.named_contexts = named.contexts.clone();
@@ -370,7 +378,6 @@ pub fn run(
                 .map_err(|_| Failure::msg(format!("invalid SOURCE_DATE_EPOCH {v:?}")))
         })
         .transpose()?;
-    let platform = options.target_platform.clone();
     if let Some(builder) = &args.remote.builder {
         let printer = Progress::stderr(args.progress_mode());
         let result = printer.show_while(|| {
@@ -385,7 +392,7 @@ pub fn run(
             )
         });
         return match result {
-            Ok(done) => finish(&args, &done, &platform, docker.as_ref()),
+            Ok(done) => finish(&args, &done, docker.as_ref()),
             Err(message) => Err(Failure::raw(format!("ERROR: failed to solve: {message}\n"))),
         };
     }
@@ -413,6 +420,7 @@ pub fn run(
         push: args.push,
         registry: registry.clone(),
         entitlements: args.allow.iter().copied().collect(),
+        platforms,
     };
     let printer = Progress::stderr(args.progress_mode());
     // Ctrl-C (and SIGTERM) cancel the build: running steps are killed, their mounts and
@@ -424,7 +432,7 @@ pub fn run(
     let result =
         printer.show_while(|| build(state, request, &|event| printer.event(event), &cancel));
     match result {
-        Ok(done) => finish(&args, &done, &platform, docker.as_ref()),
+        Ok(done) => finish(&args, &done, docker.as_ref()),
         Err(BuildError::Frontend(err)) => Err(Failure::frontend(&err, &dockerfile)),
         Err(BuildError::Step {
             description,
@@ -500,7 +508,6 @@ fn check_stdout_outputs(outputs: &[Output]) -> Result<(), Failure> {
 fn finish(
     args: &BuildArgs,
     done: &BuildResult,
-    platform: &Platform,
     docker: Option<&DockerLoad>,
 ) -> Result<(), Failure> {
     let mode = args.progress_mode();
@@ -516,30 +523,35 @@ fn finish(
     match mode {
         // The ID would land in the archive on standard output.
         ProgressMode::Quiet if args.streams_to_stdout() => {}
-        ProgressMode::Quiet => println!("{}", done.config_digest),
+        ProgressMode::Quiet => println!("{}", done.id()),
         ProgressMode::None | ProgressMode::Rawjson => {}
         ProgressMode::Json => eprintln!(
             "{}",
             serde_json::json!({
                 "event": "exported",
                 "manifest": done.manifest_digest.to_string(),
-                "config": done.config_digest.to_string(),
+                "config": done.config_digest.map(|d| d.to_string()),
                 "names": args.tags,
             })
         ),
         _ => {
-            eprintln!("exporting manifest {}", done.manifest_digest);
-            eprintln!("writing image {}", done.config_digest);
+            match done.config_digest {
+                Some(config) => {
+                    eprintln!("exporting manifest {}", done.manifest_digest);
+                    eprintln!("writing image {config}");
+                }
+                None => eprintln!("exporting manifest list {}", done.manifest_digest),
+            }
             for tag in &args.tags {
                 eprintln!("naming to {tag}");
             }
         }
     }
     if let Some(path) = &args.iidfile {
-        write_file(path, done.config_digest.to_string().as_bytes())?;
+        write_file(path, done.id().to_string().as_bytes())?;
     }
     if let Some(path) = &args.metadata_file {
-        let metadata = metadata(done, platform, &args.tags)?;
+        let metadata = metadata(done, &args.tags)?;
         write_file(path, &serde_json::to_vec_pretty(&metadata).expect("JSON"))?;
     }
     if let Some(docker) = docker {
@@ -560,11 +572,7 @@ fn write_file(path: &Path, data: &[u8]) -> Result<(), Failure> {
 }
 
 /// `--metadata-file` content, with buildx's keys.
-fn metadata(
-    done: &BuildResult,
-    platform: &Platform,
-    tags: &[String],
-) -> Result<serde_json::Value, Failure> {
+fn metadata(done: &BuildResult, tags: &[String]) -> Result<serde_json::Value, Failure> {
     let names = tags
         .iter()
         .map(|t| {
@@ -573,23 +581,26 @@ fn metadata(
                 .map_err(|e| Failure::msg(format!("invalid tag {t:?}: {e}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let mut platform_json = serde_json::json!({
-        "architecture": platform.architecture,
-        "os": platform.os,
-    });
-    if !platform.variant.is_empty() {
-        platform_json["variant"] = platform.variant.clone().into();
-    }
     let mut metadata = serde_json::json!({
-        "containerimage.config.digest": done.config_digest.to_string(),
         "containerimage.digest": done.manifest_digest.to_string(),
         "containerimage.descriptor": {
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "mediaType": done.media_type(),
             "digest": done.manifest_digest.to_string(),
             "size": done.manifest_size,
-            "platform": platform_json,
         },
     });
+    // One image: its config and platform; an index has neither (as buildx writes it).
+    if let (Some(config), [platform]) = (done.config_digest, done.platforms.as_slice()) {
+        metadata["containerimage.config.digest"] = config.to_string().into();
+        let mut platform_json = serde_json::json!({
+            "architecture": platform.architecture,
+            "os": platform.os,
+        });
+        if !platform.variant.is_empty() {
+            platform_json["variant"] = platform.variant.clone().into();
+        }
+        metadata["containerimage.descriptor"]["platform"] = platform_json;
+    }
     if !names.is_empty() {
         metadata["image.name"] = names.join(",").into();
     }

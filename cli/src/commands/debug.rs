@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand, ValueEnum};
 use kiln_frontend::instructions::Dockerfile as Stages;
-use kiln_frontend::lower::{BuildOptions, EmptyConfigs, lower};
+use kiln_frontend::lower::{BuildOptions, EmptyConfigs, lower_platforms};
 use kiln_solver::Platform;
 
 use super::{Dockerfile, Failure, default_dockerfile, parse_build_args};
@@ -42,9 +42,10 @@ pub struct GraphArgs {
     /// A build argument, `KEY=VALUE` (or `KEY` to take the value from the environment).
     #[arg(long = "build-arg", value_name = "KEY=VALUE")]
     build_args: Vec<String>,
-    /// The target platform (default: this machine's).
+    /// The target platforms (default: this machine's); several (`a,b`, repeatable) show
+    /// one graph whose shared steps are one vertex.
     #[arg(long)]
-    platform: Option<String>,
+    platform: Vec<String>,
     /// Output format.
     #[arg(long, value_enum, default_value = "json")]
     format: GraphFormat,
@@ -74,18 +75,15 @@ pub fn run(cmd: DebugCommand) -> Result<(), Failure> {
 
 fn graph(args: GraphArgs) -> Result<(), Failure> {
     let dockerfile = Dockerfile::read(&args.file)?;
-    let mut options = BuildOptions {
+    let options = BuildOptions {
         target: args.target,
         build_args: parse_build_args(&args.build_args)?,
         ..BuildOptions::default()
     };
-    if let Some(p) = &args.platform {
-        let platform: Platform = p.parse().map_err(Failure::msg)?;
-        options.target_platform = platform.normalized();
-    }
+    let platforms = Platform::parse_list(&args.platform.join(",")).map_err(Failure::msg)?;
     let lowered = kiln_frontend::parser::parse(&dockerfile.bytes)
         .and_then(|doc| Stages::from_document(&doc))
-        .and_then(|stages| lower(&stages, &options, &EmptyConfigs))
+        .and_then(|stages| lower_platforms(&stages, &options, &platforms, &EmptyConfigs))
         .map_err(|e| Failure::frontend(&e, &dockerfile))?;
     for warning in &lowered.warnings {
         eprintln!("warning: {warning}");
@@ -94,7 +92,18 @@ fn graph(args: GraphArgs) -> Result<(), Failure> {
         GraphFormat::Dot => print!("{}", lowered.definition.to_dot()),
         GraphFormat::Json => {
             let mut json = lowered.definition.to_json();
-            json["image"] = serde_json::to_value(&lowered.image).map_err(Failure::msg)?;
+            // The image config, or with several platforms each platform's.
+            json["image"] = match lowered.images.as_slice() {
+                [(_, image)] => serde_json::to_value(image).map_err(Failure::msg)?,
+                several => serde_json::Value::Array(
+                    several
+                        .iter()
+                        .map(|(platform, image)| {
+                            serde_json::json!({"platform": platform.to_string(), "config": image})
+                        })
+                        .collect(),
+                ),
+            };
             json["warnings"] = serde_json::json!(lowered.warnings);
             let text = serde_json::to_string_pretty(&json).map_err(Failure::msg)?;
             println!("{text}");

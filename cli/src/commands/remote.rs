@@ -90,8 +90,10 @@ pub fn build(
     if let Some(target) = &options.target {
         attrs.insert("target".into(), target.clone());
     }
-    if args.platform.is_some() {
-        attrs.insert("platform".into(), options.target_platform.to_string());
+    let platforms = args.platforms()?;
+    if !platforms.is_empty() {
+        let list: Vec<String> = platforms.iter().map(ToString::to_string).collect();
+        attrs.insert("platform".into(), list.join(","));
     }
     if options.no_cache {
         attrs.insert("no-cache".into(), String::new());
@@ -149,13 +151,19 @@ pub fn build(
             .ok_or_else(|| format!("the builder's answer has no {key}"))
     };
     Ok(BuildResult {
-        config_digest: digest("containerimage.config.digest")?,
+        // A multi-platform build's result is an index, without a config.
+        config_digest: digest("containerimage.config.digest").ok(),
         manifest_digest: digest("containerimage.digest")?,
         manifest_size: done
             .exporter_response
             .get("containerimage.descriptor.size")
             .and_then(|s| s.parse().ok())
             .unwrap_or(0),
+        platforms: if platforms.is_empty() {
+            vec![options.target_platform.clone()]
+        } else {
+            platforms
+        },
         warnings: Vec::new(),
     })
 }

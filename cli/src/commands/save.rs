@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use kiln_cache::StateDir;
-use kiln_engine::{ImageBlobs, write_docker_archive};
+use kiln_engine::{ImageBlobs, PlatformBlobs, write_docker_archive};
 use kiln_image::Reference;
 
 use super::Failure;
@@ -49,9 +49,12 @@ pub fn run(state: &StateDir, args: SaveArgs) -> Result<(), Failure> {
         .iter()
         .map(|s| ImageBlobs {
             manifest: s.image.manifest,
-            config: s.image.config_digest,
-            layers: s.image.layers.iter().map(|(digest, _)| *digest).collect(),
             media_type: &s.image.manifest_media_type,
+            platforms: vec![PlatformBlobs {
+                manifest: s.image.manifest.0,
+                config: s.image.config_digest,
+                layers: s.image.layers.iter().map(|(digest, _)| *digest).collect(),
+            }],
             tags: &s.tags,
         })
         .collect();
