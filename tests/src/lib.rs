@@ -79,8 +79,8 @@ pub struct BusyboxArchives {
     _dir: tempfile::TempDir,
 }
 
-/// Builds [`BusyboxArchives`] in a fresh temporary directory.
-pub fn busybox_archives() -> BusyboxArchives {
+/// Fails with what to install when a tool `scripts/make-busybox-image` needs is missing.
+fn require_image_tools() {
     for tool in ["umoci", "skopeo", "busybox"] {
         assert!(
             Command::new("sh")
@@ -90,6 +90,11 @@ pub fn busybox_archives() -> BusyboxArchives {
             "{tool} is missing: scripts/test installs it (apt-get install umoci skopeo busybox-static)"
         );
     }
+}
+
+/// Builds [`BusyboxArchives`] in a fresh temporary directory.
+pub fn busybox_archives() -> BusyboxArchives {
+    require_image_tools();
     let dir = tempfile::tempdir().expect("temp dir");
     run(
         Command::new(repo_root().join("scripts/make-busybox-image")).arg(dir.path()),
@@ -122,15 +127,7 @@ pub fn arm64_busybox() -> PathBuf {
 /// plain HTTP) as `name` (`repository:tag`). `scripts/make-busybox-image` builds it with
 /// `umoci` and `skopeo copy --all` pushes it, so kiln wrote none of it.
 pub fn push_multi_platform_busybox(host: &str, name: &str) {
-    for tool in ["umoci", "skopeo", "busybox"] {
-        assert!(
-            Command::new("sh")
-                .args(["-c", &format!("command -v {tool}")])
-                .output()
-                .is_ok_and(|o| o.status.success()),
-            "{tool} is missing: scripts/test installs it (apt-get install umoci skopeo busybox-static)"
-        );
-    }
+    require_image_tools();
     let dir = tempfile::tempdir().expect("temp dir");
     run(
         Command::new(repo_root().join("scripts/make-busybox-image"))
@@ -152,15 +149,20 @@ pub fn push_multi_platform_busybox(host: &str, name: &str) {
 pub fn state_with_busybox() -> tempfile::TempDir {
     let archives = busybox_archives();
     let root = tempfile::tempdir().expect("temp dir");
+    load_into(root.path(), &archives.oci);
+    root
+}
+
+/// `kiln --root ROOT load -i ARCHIVE`, which must succeed.
+pub fn load_into(root: &Path, archive: &Path) {
     run(
         kiln()
             .arg("--root")
-            .arg(root.path())
+            .arg(root)
             .args(["load", "-i"])
-            .arg(&archives.oci),
+            .arg(archive),
         true,
     );
-    root
 }
 
 /// A request as [`serve`] hands it to its handler.

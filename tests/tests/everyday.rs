@@ -5,7 +5,7 @@ use std::fs;
 use std::os::unix::process::CommandExt as _;
 use std::process::Command;
 
-use kiln_tests::{kiln, run};
+use kiln_tests::{kiln, load_into, run};
 
 fn failure(args: &[&str], context: &std::path::Path) -> String {
     let root = tempfile::tempdir().unwrap();
@@ -91,14 +91,7 @@ fn without_root_kiln_says_so_in_one_line() {
 fn a_context_file_rewritten_during_the_build_never_poisons_the_cache() {
     let archives = kiln_tests::busybox_archives();
     let root = tempfile::tempdir().unwrap();
-    run(
-        kiln()
-            .arg("--root")
-            .arg(root.path())
-            .args(["load", "-i"])
-            .arg(&archives.oci),
-        true,
-    );
+    load_into(root.path(), &archives.oci);
     let context = tempfile::tempdir().unwrap();
     fs::write(
         context.path().join("Dockerfile"),
@@ -181,14 +174,7 @@ fn a_full_disk_is_named_with_the_state_directory() {
     }
     let _unmount = Unmount(small.path());
     let root = small.path().join("state");
-    run(
-        kiln()
-            .arg("--root")
-            .arg(&root)
-            .args(["load", "-i"])
-            .arg(&archives.oci),
-        true,
-    );
+    load_into(&root, &archives.oci);
     let context = tempfile::tempdir().unwrap();
     fs::write(
         context.path().join("Dockerfile"),

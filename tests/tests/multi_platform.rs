@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 
 use kiln_tests::oci_schema::assert_valid_layout;
 use kiln_tests::registry::Registry;
-use kiln_tests::{busybox_archives, kiln, push_multi_platform_busybox, run};
+use kiln_tests::{busybox_archives, kiln, load_into, push_multi_platform_busybox, run};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
@@ -270,14 +270,7 @@ fn a_base_without_the_platform_fails_from_a_registry_and_warns_from_the_store() 
     );
 
     // A single-platform image of the local store: BuildKit's warning, never silence.
-    run(
-        kiln()
-            .arg("--root")
-            .arg(root.path())
-            .args(["load", "-i"])
-            .arg(&archives.oci),
-        true,
-    );
+    load_into(root.path(), &archives.oci);
     let out = build(
         root.path(),
         "FROM busybox:1\nRUN true\n",

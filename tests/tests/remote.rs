@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use kiln_tests::{BusyboxArchives, busybox_archives, kiln, run};
+use kiln_tests::{BusyboxArchives, busybox_archives, kiln, load_into, run};
 
 /// A running `kiln serve` with busybox loaded; stopped with SIGTERM on drop.
 struct Daemon {
@@ -22,14 +22,7 @@ impl Daemon {
     /// arguments to `kiln serve` (more addresses, TLS).
     fn start(archives: &BusyboxArchives, extra: &[&str]) -> Daemon {
         let root = tempfile::tempdir().unwrap();
-        run(
-            kiln()
-                .arg("--root")
-                .arg(root.path())
-                .args(["load", "-i"])
-                .arg(&archives.oci),
-            true,
-        );
+        load_into(root.path(), &archives.oci);
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("kiln.sock");
         let address = format!("unix://{}", socket.display());
@@ -77,6 +70,13 @@ impl Drop for Daemon {
         );
         let _ = self.child.wait();
     }
+}
+
+/// A build context holding only `dockerfile`.
+fn context_of(dockerfile: impl AsRef<[u8]>) -> tempfile::TempDir {
+    let context = tempfile::tempdir().unwrap();
+    fs::write(context.path().join("Dockerfile"), dockerfile).unwrap();
+    context
 }
 
 fn ok(out: &Output) -> String {
@@ -153,14 +153,7 @@ fn a_remote_build_is_the_local_build_with_outputs_on_the_client() {
 
     // The same build, locally, gives the same image.
     let local_root = tempfile::tempdir().unwrap();
-    run(
-        kiln()
-            .arg("--root")
-            .arg(local_root.path())
-            .args(["load", "-i"])
-            .arg(&archives.oci),
-        true,
-    );
+    load_into(local_root.path(), &archives.oci);
     let local = run(
         kiln()
             .arg("--root")
@@ -239,12 +232,7 @@ fn failures_point_at_the_dockerfile_and_loopback_tcp_works() {
     let port = free_port();
     let tcp = format!("tcp://127.0.0.1:{port}");
     let daemon = Daemon::start(&busybox_archives(), &["--addr", &tcp]);
-    let context = tempfile::tempdir().unwrap();
-    fs::write(
-        context.path().join("Dockerfile"),
-        "FROM busybox:1\nRUN echo about to fail && exit 3\n",
-    )
-    .unwrap();
+    let context = context_of("FROM busybox:1\nRUN echo about to fail && exit 3\n");
     wait_for_port(port);
     let out = kiln()
         .args(["build", "--progress", "plain", "--builder", &tcp])
@@ -314,12 +302,7 @@ fn running(cmdline: &[u8]) -> bool {
 /// to find the process among the host's) and waits until that step runs; returns the
 /// client, the step's command line, and its context.
 fn start_long_build(daemon: &Daemon, seconds: u32) -> (Child, Vec<u8>, tempfile::TempDir) {
-    let context = tempfile::tempdir().unwrap();
-    fs::write(
-        context.path().join("Dockerfile"),
-        format!("FROM busybox:1\nRUN sleep {seconds}\n"),
-    )
-    .unwrap();
+    let context = context_of(format!("FROM busybox:1\nRUN sleep {seconds}\n"));
     let cmdline = format!("sleep\0{seconds}\0").into_bytes();
     let client = kiln()
         .args(["build", "--progress", "plain", "--builder", &daemon.address])
@@ -411,12 +394,9 @@ fn registry_credentials_come_from_the_client() {
         true,
     );
     let daemon = Daemon::start(&archives, &[]);
-    let context = tempfile::tempdir().unwrap();
-    fs::write(
-        context.path().join("Dockerfile"),
-        format!("FROM {host}/busybox:1\nRUN echo pulled > /pulled\n"),
-    )
-    .unwrap();
+    let context = context_of(format!(
+        "FROM {host}/busybox:1\nRUN echo pulled > /pulled\n"
+    ));
     let build = |docker_config: &Path| {
         kiln()
             .env("DOCKER_CONFIG", docker_config)
@@ -452,14 +432,11 @@ fn registry_credentials_come_from_the_client() {
 fn secrets_come_from_the_client_session() {
     let archives = busybox_archives();
     let daemon = Daemon::start(&archives, &[]);
-    let context = tempfile::tempdir().unwrap();
-    fs::write(
-        context.path().join("Dockerfile"),
+    let context = context_of(
         "FROM busybox:1\n\
          RUN --mount=type=secret,id=token cp /run/secrets/token /copied\n\
          RUN --mount=type=secret,id=missing,required=false test ! -e /run/secrets/missing\n",
-    )
-    .unwrap();
+    );
     let secret_dir = tempfile::tempdir().unwrap();
     let secret = format!("remote-secret-{}", std::process::id());
     fs::write(secret_dir.path().join("token"), &secret).unwrap();
@@ -499,13 +476,10 @@ fn secrets_come_from_the_client_session() {
 fn run_options_travel_as_frontend_attributes() {
     let archives = busybox_archives();
     let daemon = Daemon::start(&archives, &[]);
-    let context = tempfile::tempdir().unwrap();
-    fs::write(
-        context.path().join("Dockerfile"),
+    let context = context_of(
         "FROM busybox:1\n\
          RUN { df -k /dev/shm | tail -n 1; ulimit -Sn; ulimit -Hn; tail -n 1 /etc/hosts; } > /seen\n",
-    )
-    .unwrap();
+    );
     let out = tempfile::tempdir().unwrap();
     ok(&daemon.build(
         context.path(),
@@ -532,12 +506,7 @@ fn run_options_travel_as_frontend_attributes() {
 fn named_directories_travel_with_the_session() {
     let archives = busybox_archives();
     let daemon = Daemon::start(&archives, &[]);
-    let context = tempfile::tempdir().unwrap();
-    fs::write(
-        context.path().join("Dockerfile"),
-        "FROM busybox:1\nCOPY --from=docs /guide.md /guide.md\n",
-    )
-    .unwrap();
+    let context = context_of("FROM busybox:1\nCOPY --from=docs /guide.md /guide.md\n");
     let docs = tempfile::tempdir().unwrap();
     fs::write(docs.path().join("guide.md"), "from afar\n").unwrap();
     let out = tempfile::tempdir().unwrap();
@@ -586,12 +555,9 @@ fn python_with_grpc() -> PathBuf {
 #[test]
 fn an_independent_grpcio_client_speaks_to_the_daemon() {
     let daemon = Daemon::start(&busybox_archives(), &[]);
-    let context = tempfile::tempdir().unwrap();
-    fs::write(
-        context.path().join("Dockerfile"),
+    let context = context_of(
         "FROM busybox:1\nARG GREETING\nCOPY hello.txt /\nRUN echo \"$GREETING\" && cat /hello.txt\n",
-    )
-    .unwrap();
+    );
     fs::write(context.path().join("hello.txt"), "hi from the file\n").unwrap();
     let out = run(
         Command::new(python_with_grpc())
@@ -690,12 +656,7 @@ fn garbage_and_hang_ups_leave_the_daemon_serving() {
         let _ = stream.write_all(garbage);
         drop(stream);
     }
-    let context = tempfile::tempdir().unwrap();
-    fs::write(
-        context.path().join("Dockerfile"),
-        "FROM busybox:1\nRUN echo still here\n",
-    )
-    .unwrap();
+    let context = context_of("FROM busybox:1\nRUN echo still here\n");
     assert!(ok(&daemon.build(context.path(), &[])).contains("still here"));
 }
 
@@ -834,13 +795,10 @@ RUN echo over tls
 fn platforms_travel_to_the_builder() {
     let archives = busybox_archives();
     let daemon = Daemon::start(&archives, &[]);
-    let context = tempfile::tempdir().unwrap();
-    fs::write(
-        context.path().join("Dockerfile"),
+    let context = context_of(
         "FROM --platform=$BUILDPLATFORM busybox:1 AS cross\nRUN uname -m > /built-on\n\
          FROM scratch\nCOPY --from=cross /built-on /\n",
-    )
-    .unwrap();
+    );
     let out = tempfile::tempdir().unwrap();
     let iidfile = out.path().join("iid");
     let progress = ok(&daemon.build(

@@ -596,18 +596,26 @@ fn step_labels_count_as_buildkit_counts() {
         "FROM busybox AS a\nENV X=1\nRUN one\nFROM a\nLABEL l=1\nRUN two\n\
          RUN 3\nRUN 4\nRUN 5\nRUN 6\nRUN 7\nRUN 8\nRUN 9\nRUN 10\nRUN 11\n",
     );
+    assert_steps_named(
+        &l,
+        &[
+            "[a 1/2] FROM busybox",
+            "[a 2/2] RUN one",
+            "[stage-1  1/10] RUN two",
+            "[stage-1 10/10] RUN 11",
+        ],
+    );
+}
+
+/// Asserts that every name in `expected` is a step of `l`.
+fn assert_steps_named(l: &Lowered, expected: &[&str]) {
     let descriptions: Vec<String> = l
         .definition
         .topological_order()
         .iter()
         .map(|d| l.definition.meta(d).unwrap().description.clone())
         .collect();
-    for expected in [
-        "[a 1/2] FROM busybox",
-        "[a 2/2] RUN one",
-        "[stage-1  1/10] RUN two",
-        "[stage-1 10/10] RUN 11",
-    ] {
+    for expected in expected {
         assert!(
             descriptions.iter().any(|d| d == expected),
             "{expected} not in {descriptions:#?}"
@@ -628,23 +636,15 @@ fn multi_platform_step_names_start_with_the_platform_as_buildkits() {
         &EmptyConfigs,
     )
     .unwrap();
-    let descriptions: Vec<String> = l
-        .definition
-        .topological_order()
-        .iter()
-        .map(|d| l.definition.meta(d).unwrap().description.clone())
-        .collect();
-    for expected in [
-        "[linux/amd64 build 1/2] FROM busybox",
-        "[linux/amd64->arm64 build 2/2] RUN echo $TARGETARCH > /arch",
-        "[linux/arm64 stage-1 1/2] FROM busybox",
-        "[linux/arm64 stage-1 2/2] COPY --from=build /arch /arch",
-    ] {
-        assert!(
-            descriptions.iter().any(|d| d == expected),
-            "{expected} not in {descriptions:#?}"
-        );
-    }
+    assert_steps_named(
+        &l,
+        &[
+            "[linux/amd64 build 1/2] FROM busybox",
+            "[linux/amd64->arm64 build 2/2] RUN echo $TARGETARCH > /arch",
+            "[linux/arm64 stage-1 1/2] FROM busybox",
+            "[linux/arm64 stage-1 2/2] COPY --from=build /arch /arch",
+        ],
+    );
 }
 
 #[test]

@@ -20,26 +20,44 @@ struct Fixture {
     base: Snapshot,
 }
 
-/// A snapshot with busybox, a couple of users, and nothing else.
-fn busybox() -> Fixture {
+/// A snapshot of `dirs`, the busybox binary `busybox` with `applets`, and `/etc/passwd`
+/// and `/etc/group` of `users` (name, id).
+fn rootfs_fixture(
+    busybox: &std::path::Path,
+    dirs: &[&str],
+    applets: &[&str],
+    users: &[(&str, u32)],
+) -> Fixture {
     let state = tempfile::tempdir().unwrap();
     let content = ContentStore::open(state.path().join("content")).unwrap();
     let snapshots = Snapshotter::open(state.path().join("snapshots")).unwrap();
     let active = snapshots.prepare(&Snapshot::default(), &content).unwrap();
     let root = active.rootfs();
-    fs::create_dir_all(root.join("bin")).unwrap();
-    fs::create_dir_all(root.join("etc")).unwrap();
-    fs::copy("/bin/busybox", root.join("bin/busybox"))
-        .expect("busybox-static is installed by scripts/test");
-    for applet in ["sh", "echo", "cat", "id", "ls", "pwd", "touch"] {
+    for dir in ["bin", "etc"].iter().chain(dirs) {
+        fs::create_dir_all(root.join(dir)).unwrap();
+    }
+    fs::copy(busybox, root.join("bin/busybox")).unwrap();
+    fs::set_permissions(root.join("bin/busybox"), fs::Permissions::from_mode(0o755)).unwrap();
+    for applet in applets {
         symlink("busybox", root.join("bin").join(applet)).unwrap();
     }
-    fs::write(
-        root.join("etc/passwd"),
-        "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
-    )
-    .unwrap();
-    fs::write(root.join("etc/group"), "root:x:0:\napp:x:1000:\n").unwrap();
+    let home = |name: &str| {
+        if name == "root" {
+            "/root".to_string()
+        } else {
+            format!("/home/{name}")
+        }
+    };
+    let passwd: String = users
+        .iter()
+        .map(|(name, id)| format!("{name}:x:{id}:{id}::{}:/bin/sh\n", home(name)))
+        .collect();
+    let group: String = users
+        .iter()
+        .map(|(name, id)| format!("{name}:x:{id}:\n"))
+        .collect();
+    fs::write(root.join("etc/passwd"), passwd).unwrap();
+    fs::write(root.join("etc/group"), group).unwrap();
     let base = active
         .commit(&Snapshot::default(), &content, WriteOptions::default())
         .unwrap();
@@ -49,6 +67,17 @@ fn busybox() -> Fixture {
         snapshots,
         base,
     }
+}
+
+/// A snapshot with busybox (installed by `scripts/test`), a couple of users, and nothing
+/// else.
+fn busybox() -> Fixture {
+    rootfs_fixture(
+        std::path::Path::new("/bin/busybox"),
+        &[],
+        &["sh", "echo", "cat", "id", "ls", "pwd", "touch"],
+        &[("root", 0), ("app", 1000)],
+    )
 }
 
 fn exec_op(script: &str) -> ExecOp {
@@ -207,30 +236,12 @@ fn arm64_busybox_binary() -> std::path::PathBuf {
 /// A snapshot with an arm64 busybox and an existing, empty `/usr/libexec` (so that a
 /// stub for the QEMU interpreter is made inside a directory of the base).
 fn arm64_busybox() -> Fixture {
-    let state = tempfile::tempdir().unwrap();
-    let content = ContentStore::open(state.path().join("content")).unwrap();
-    let snapshots = Snapshotter::open(state.path().join("snapshots")).unwrap();
-    let active = snapshots.prepare(&Snapshot::default(), &content).unwrap();
-    let root = active.rootfs();
-    for dir in ["bin", "etc", "usr/libexec"] {
-        fs::create_dir_all(root.join(dir)).unwrap();
-    }
-    fs::copy(arm64_busybox_binary(), root.join("bin/busybox")).unwrap();
-    fs::set_permissions(root.join("bin/busybox"), fs::Permissions::from_mode(0o755)).unwrap();
-    for applet in ["sh", "uname", "test", "echo"] {
-        symlink("busybox", root.join("bin").join(applet)).unwrap();
-    }
-    fs::write(root.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\n").unwrap();
-    fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
-    let base = active
-        .commit(&Snapshot::default(), &content, WriteOptions::default())
-        .unwrap();
-    Fixture {
-        state,
-        content,
-        snapshots,
-        base,
-    }
+    rootfs_fixture(
+        &arm64_busybox_binary(),
+        &["usr/libexec"],
+        &["sh", "uname", "test", "echo"],
+        &[("root", 0)],
+    )
 }
 
 /// The paths in a snapshot's top layer.

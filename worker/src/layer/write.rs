@@ -79,12 +79,7 @@ pub fn write_layer(
     out: impl Write,
     options: WriteOptions,
 ) -> Result<()> {
-    let mut writer = LayerTarWriter {
-        builder: tar::Builder::new(out),
-        options,
-        links: HashMap::new(),
-        lowers,
-    };
+    let mut writer = LayerTarWriter::new(out, options, lowers);
     writer.write_dir_contents(upper, "")?;
     writer
         .builder
@@ -100,12 +95,7 @@ pub fn write_trees(
     out: impl Write,
     options: WriteOptions,
 ) -> Result<()> {
-    let mut writer = LayerTarWriter {
-        builder: tar::Builder::new(out),
-        options,
-        links: HashMap::new(),
-        lowers: &[],
-    };
+    let mut writer = LayerTarWriter::new(out, options, &[]);
     for (dir, root) in trees {
         let meta = fs::symlink_metadata(root)
             .with_context(|| format!("cannot stat {}", root.display()))?;
@@ -126,7 +116,16 @@ struct LayerTarWriter<'a, W: Write> {
     lowers: &'a [PathBuf],
 }
 
-impl<W: Write> LayerTarWriter<'_, W> {
+impl<'a, W: Write> LayerTarWriter<'a, W> {
+    fn new(out: W, options: WriteOptions, lowers: &'a [PathBuf]) -> Self {
+        LayerTarWriter {
+            builder: tar::Builder::new(out),
+            options,
+            links: HashMap::new(),
+            lowers,
+        }
+    }
+
     fn write_dir_contents(&mut self, dir: &Path, prefix: &str) -> Result<()> {
         let mut names: Vec<_> = fs::read_dir(dir)
             .with_context(|| format!("cannot read {}", dir.display()))?
