@@ -116,6 +116,24 @@ fn two_platforms_make_one_index_with_a_shared_cross_stage() {
         "{progress}"
     );
 
+    // The store keeps the index under the name, each platform under it.
+    let tree = run(
+        kiln()
+            .arg("--root")
+            .arg(root.path())
+            .args(["images", "--tree"]),
+        true,
+    )
+    .stdout;
+    let tree = String::from_utf8_lossy(&tree);
+    let lines: Vec<&str> = tree.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with(&format!("{app} ")))
+        .unwrap_or_else(|| panic!("{app} not listed:\n{tree}"));
+    assert!(lines[at + 1].starts_with("├─ linux/amd64 "), "{tree}");
+    assert!(lines[at + 2].starts_with("└─ linux/arm64 "), "{tree}");
+
     // The registry holds an index of both platforms, which skopeo copies whole.
     let raw = skopeo(&[
         "inspect",

@@ -111,6 +111,82 @@ fn summary(images: &LocalImages, record: &ImageRecord) -> (String, u64, Option<i
     }
 }
 
+/// `kiln images --tree`: each name with its ID and content size, and an index's
+/// platforms under it with their manifest's.
+fn tree_rows(images: &LocalImages) -> Vec<Vec<String>> {
+    let mut rows = vec![vec![
+        "IMAGE".to_string(),
+        "ID".into(),
+        "CONTENT SIZE".into(),
+    ]];
+    for record in images.records() {
+        let name = match Reference::parse_normalized(&record.name) {
+            Ok(r) if !record.is_untagged() => r.familiar(),
+            _ => "<none>:<none>".into(),
+        };
+        let platforms = platforms_of(images, record);
+        let size = match &platforms {
+            Some(platforms) => platforms.iter().map(|(_, _, size)| size).sum(),
+            None => summary(images, record).1,
+        };
+        let short = |digest: &Digest| digest.hex().chars().take(12).collect::<String>();
+        rows.push(vec![name, short(&record.digest), human_size(size)]);
+        let platforms = platforms.unwrap_or_default();
+        for (n, (platform, digest, size)) in platforms.iter().enumerate() {
+            let branch = if n + 1 == platforms.len() {
+                "└─"
+            } else {
+                "├─"
+            };
+            rows.push(vec![
+                format!("{branch} {platform}"),
+                short(digest),
+                human_size(*size),
+            ]);
+        }
+    }
+    rows
+}
+
+/// An index record's platforms: each entry's `os/arch[/variant]`, manifest digest, and
+/// the size of its config and layers (0 when the store lacks that platform); `None` for a
+/// single image.
+fn platforms_of(images: &LocalImages, record: &ImageRecord) -> Option<Vec<(String, Digest, u64)>> {
+    if !kiln_image::is_index(&record.media_type) {
+        return None;
+    }
+    let content = images.content();
+    let index: serde_json::Value =
+        serde_json::from_slice(&content.read(&record.digest).ok()?).ok()?;
+    let entries = index["manifests"].as_array()?;
+    let platforms = entries
+        .iter()
+        .filter_map(|entry| {
+            let digest: Digest = entry["digest"].as_str()?.parse().ok()?;
+            let p = &entry["platform"];
+            let mut platform = format!("{}/{}", p["os"].as_str()?, p["architecture"].as_str()?);
+            if let Some(variant) = p["variant"].as_str().filter(|v| !v.is_empty()) {
+                platform = format!("{platform}/{variant}");
+            }
+            let manifest: Option<serde_json::Value> = content
+                .read(&digest)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+            let size = manifest.map_or(0, |m| {
+                let layers = m["layers"].as_array().map_or(0, |layers| {
+                    layers
+                        .iter()
+                        .filter_map(|l| l["size"].as_u64())
+                        .sum::<u64>()
+                });
+                layers + m["config"]["size"].as_u64().unwrap_or(0)
+            });
+            Some((platform, digest, size))
+        })
+        .collect();
+    Some(platforms)
+}
+
 /// Docker's "N units ago" (go-units' `HumanDuration`), or `N/A` without a time.
 fn age(created: Option<i64>) -> String {
     let Some(created) = created else {
@@ -140,11 +216,19 @@ pub struct ImagesArgs {
     /// Show each image's manifest digest.
     #[arg(long)]
     digests: bool,
+    /// Show each multi-platform image's platforms under it, as `docker images --tree`
+    /// (a platform the store lacks counts 0B).
+    #[arg(long)]
+    tree: bool,
 }
 
-/// `kiln images [--digests]`.
+/// `kiln images [--digests] [--tree]`.
 pub fn list(state: &StateDir, args: ImagesArgs) -> Result<(), Failure> {
     let images = LocalImages::open(state)?;
+    if args.tree {
+        print_table(&tree_rows(&images));
+        return Ok(());
+    }
     let mut header = vec!["REPOSITORY".to_string(), "TAG".into()];
     if args.digests {
         header.push("DIGEST".into());

@@ -145,7 +145,12 @@ fn three_significant_digits(value: f64) -> String {
 pub fn print_table<R: AsRef<[String]>>(rows: &[R]) {
     let columns = rows.first().map_or(0, |r| r.as_ref().len());
     let widths: Vec<usize> = (0..columns)
-        .map(|c| rows.iter().map(|r| r.as_ref()[c].len()).max().unwrap_or(0))
+        .map(|c| {
+            rows.iter()
+                .map(|r| r.as_ref()[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     for row in rows {
         let line: Vec<String> = row
