@@ -7,6 +7,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use rustix::fs::OFlags;
 use sha2::{Digest as _, Sha256};
@@ -71,6 +72,17 @@ pub enum ContentError {
     /// The store holds no blob with this digest.
     #[error("blob {0} is not in the content store")]
     NotFound(Digest),
+    /// A blob the store lacked could not be fetched from the source that has it (an
+    /// imported build cache).
+    #[error("blob {digest} could not be fetched from {source_name}: {message}")]
+    Fetch {
+        /// The blob.
+        digest: Digest,
+        /// Where it was fetched from.
+        source_name: String,
+        /// Why it failed.
+        message: String,
+    },
     /// A stored blob's bytes no longer have its digest (disk damage, or an edit).
     #[error(
         "blob {0} is damaged: its content no longer has its digest (`kiln check --repair` removes it)"
@@ -86,10 +98,37 @@ fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) ->
     }
 }
 
-/// Blobs by digest, in a directory.
-#[derive(Clone, Debug)]
+/// Where blobs the store lacks are fetched from when first read: an imported build
+/// cache, whose layers are only downloaded when a build needs their bytes.
+pub trait BlobSource: Send + Sync {
+    /// How errors name it (`cache registry.example/app:cache`).
+    fn name(&self) -> String;
+    /// Whether it has `digest`.
+    fn has(&self, digest: &Digest) -> bool;
+    /// Copies `digest` into `store` (verified against its digest, e.g. with
+    /// [`ContentStore::writer`]).
+    fn fetch(&self, digest: &Digest, store: &ContentStore) -> Result<(), String>;
+    /// The registry repository (`host/path`) it reads from, whose blobs a push to that
+    /// registry mounts instead of fetching them; `None` for other sources.
+    fn repository(&self) -> Option<String> {
+        None
+    }
+}
+
+/// Blobs by digest, in a directory; blobs it lacks may come from [`BlobSource`]s.
+#[derive(Clone)]
 pub struct ContentStore {
     root: PathBuf,
+    /// Sources added with [`add_source`](Self::add_source), shared by clones.
+    sources: Arc<RwLock<Vec<Arc<dyn BlobSource>>>>,
+}
+
+impl std::fmt::Debug for ContentStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContentStore")
+            .field("root", &self.root)
+            .finish()
+    }
 }
 
 /// Distinguishes concurrent ingests of one process.
@@ -102,7 +141,61 @@ impl ContentStore {
         for dir in [root.join("blobs/sha256"), root.join("ingest")] {
             fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
         }
-        Ok(ContentStore { root })
+        Ok(ContentStore {
+            root,
+            sources: Arc::default(),
+        })
+    }
+
+    /// Lets this store (and its clones) read blobs it lacks from `source`, fetched into
+    /// it when first read.
+    pub fn add_source(&self, source: Arc<dyn BlobSource>) {
+        self.sources
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(source);
+    }
+
+    /// Whether the blob is present, or a source has it to fetch when it is read.
+    pub fn available(&self, digest: &Digest) -> bool {
+        self.contains(digest) || self.source_of(digest).is_some()
+    }
+
+    /// The registry repository a blob the store lacks can be mounted from (see
+    /// [`BlobSource::repository`]).
+    pub fn remote_repository(&self, digest: &Digest) -> Option<String> {
+        if self.contains(digest) {
+            return None;
+        }
+        self.source_of(digest)
+            .and_then(|source| source.repository())
+    }
+
+    fn source_of(&self, digest: &Digest) -> Option<Arc<dyn BlobSource>> {
+        self.sources
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|source| source.has(digest))
+            .cloned()
+    }
+
+    /// Fetches a missing blob from the source that has it; nothing when it is present or
+    /// no source has it.
+    fn fetch_missing(&self, digest: &Digest) -> Result<(), ContentError> {
+        if self.contains(digest) {
+            return Ok(());
+        }
+        let Some(source) = self.source_of(digest) else {
+            return Ok(());
+        };
+        source
+            .fetch(digest, self)
+            .map_err(|message| ContentError::Fetch {
+                digest: *digest,
+                source_name: source.name(),
+                message,
+            })
     }
 
     /// Where the blob `digest` lives (whether or not it exists).
@@ -117,6 +210,7 @@ impl ContentStore {
 
     /// The blob's size in bytes.
     pub fn size(&self, digest: &Digest) -> Result<u64, ContentError> {
+        self.fetch_missing(digest)?;
         match fs::metadata(self.blob_path(digest)) {
             Ok(m) => Ok(m.len()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Err(ContentError::NotFound(*digest)),
@@ -126,6 +220,7 @@ impl ContentStore {
 
     /// Opens the blob for reading.
     pub fn open_blob(&self, digest: &Digest) -> Result<File, ContentError> {
+        self.fetch_missing(digest)?;
         let path = self.blob_path(digest);
         File::open(&path).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => ContentError::NotFound(*digest),

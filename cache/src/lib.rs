@@ -12,7 +12,7 @@ mod index;
 mod state;
 
 pub use checksums::ChecksumCache;
-pub use content::{BlobWriter, ContentError, ContentStore, VerifiedBlob};
+pub use content::{BlobSource, BlobWriter, ContentError, ContentStore, VerifiedBlob};
 pub use db::{close_databases, keep_databases_open_for};
 pub use digest::{Digest, DigestError, DigestingReader};
 pub use images::{ImageRecord, ImageStore, ImageStoreError};

@@ -150,10 +150,17 @@ fn push_manifest_blobs(
             .as_str()
             .context("manifest descriptor without digest")?
             .parse()?;
+        // A blob only an imported cache of this registry has is mounted from there,
+        // never downloaded to be uploaded again.
+        let cached = content
+            .remote_repository(&digest)
+            .and_then(|r| Reference::parse_normalized(&r).ok())
+            .filter(|r| r.domain == remote.domain);
         let source = sources
             .iter()
             .find(|(_, blobs)| blobs.blobs.contains(&digest))
-            .map(|(source, _)| source);
+            .map(|(source, _)| source)
+            .or(cached.as_ref());
         match upload_blob(client, content, remote, &digest, source, progress)? {
             Sent::Uploaded => {
                 progress(&format!("pushed {}", digest.short(12)));

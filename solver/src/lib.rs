@@ -17,6 +17,6 @@ pub use op::{
 };
 pub use platform::{Platform, PlatformError};
 pub use scheduler::{
-    CacheIndex, Executor, LogStream, ProgressEvent, ProgressKind, SolveError, SolveOptions,
+    CacheIndex, Executor, LogStream, ProgressEvent, ProgressKind, SolveError, SolveOptions, Solved,
     StepContext, solve, solve_all,
 };

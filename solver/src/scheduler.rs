@@ -131,12 +131,22 @@ pub fn solve<E: Executor>(
     progress: &(dyn Fn(ProgressEvent) + Sync),
     cancel: &AtomicBool,
 ) -> Result<Option<E::Output>, SolveError> {
-    let results = solve_all(definition, executor, cache, options, progress, cancel)?;
-    Ok(results.into_iter().next().flatten())
+    let solved = solve_all(definition, executor, cache, options, progress, cancel)?;
+    Ok(solved.roots.into_iter().next().flatten())
+}
+
+/// What [`solve_all`] produced.
+#[derive(Debug)]
+pub struct Solved<O> {
+    /// The roots' results, in the order of [`Definition::roots`].
+    pub roots: Vec<Option<O>>,
+    /// Every vertex solved (run or found in the cache), with its result and cache key:
+    /// what a cache export records.
+    pub steps: HashMap<Digest, (O, String)>,
 }
 
 /// Solves every root of `definition` in one schedule (a vertex several roots need runs
-/// once); returns their results in the order of [`Definition::roots`].
+/// once); returns their results in the order of [`Definition::roots`], and every step's.
 pub fn solve_all<E: Executor>(
     definition: &Definition,
     executor: &E,
@@ -144,7 +154,7 @@ pub fn solve_all<E: Executor>(
     options: SolveOptions,
     progress: &(dyn Fn(ProgressEvent) + Sync),
     cancel: &AtomicBool,
-) -> Result<Vec<Option<E::Output>>, SolveError> {
+) -> Result<Solved<E::Output>, SolveError> {
     let order = definition.topological_order();
     let mut dependents: HashMap<Digest, Vec<Digest>> = HashMap::new();
     let mut shared = Shared {
@@ -264,11 +274,15 @@ pub fn solve_all<E: Executor>(
     if let Some(failure) = shared.failure.take() {
         return Err(failure);
     }
-    Ok(definition
+    let roots = definition
         .roots()
         .iter()
         .map(|root| root.and_then(|r| shared.results.get(&r).map(|(output, _)| output.clone())))
-        .collect())
+        .collect();
+    Ok(Solved {
+        roots,
+        steps: shared.results,
+    })
 }
 
 /// Whether a cache key's result is being computed, and the signal that it no longer is.

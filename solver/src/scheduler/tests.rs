@@ -234,8 +234,9 @@ fn roots_of_a_merged_definition_share_their_common_vertices() {
     )
     .unwrap();
     let last = |r: &Option<Vec<String>>| r.as_ref().unwrap().last().cloned().unwrap();
-    assert_eq!(last(&results[0]), link("/amd64").label());
-    assert_eq!(last(&results[1]), link("/arm64").label());
+    assert_eq!(last(&results.roots[0]), link("/amd64").label());
+    assert_eq!(last(&results.roots[1]), link("/arm64").label());
+    assert_eq!(results.steps.len(), 4, "every step with its key");
     let runs = exec.runs.lock().unwrap();
     assert_eq!(runs[&link("/cross").label()], 1, "{runs:?}");
     assert_eq!(runs[&image("base").label()], 1, "{runs:?}");
