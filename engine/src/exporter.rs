@@ -163,6 +163,35 @@ pub fn name_result(
     Ok(())
 }
 
+/// Makes every blob of the stored manifest or index `digest` local: a layer an imported
+/// cache only promised is fetched now (the content store's sources do it on read).
+pub fn fetch_missing_blobs(content: &ContentStore, digest: Digest, media_type: &str) -> Result<()> {
+    let document: serde_json::Value = serde_json::from_slice(&content.read(&digest)?)?;
+    let mut descriptors: Vec<&serde_json::Value> = Vec::new();
+    if is_index(media_type) {
+        for entry in document["manifests"].as_array().into_iter().flatten() {
+            let child: Digest = entry["digest"]
+                .as_str()
+                .context("index entry without digest")?
+                .parse()?;
+            let child_type = entry["mediaType"].as_str().unwrap_or_default();
+            fetch_missing_blobs(content, child, child_type)?;
+        }
+        return Ok(());
+    }
+    descriptors.push(&document["config"]);
+    descriptors.extend(document["layers"].as_array().into_iter().flatten());
+    for descriptor in descriptors {
+        let blob: Digest = descriptor["digest"]
+            .as_str()
+            .context("descriptor without digest")?
+            .parse()?;
+        // Reading the size fetches a missing blob from the source that has it.
+        content.size(&blob)?;
+    }
+    Ok(())
+}
+
 /// Stores an image index of `manifests` (digest, size, platform), with this format's
 /// media types (an OCI index, or Docker's manifest list); returns its digest and size.
 pub fn store_index(

@@ -4,12 +4,14 @@
 //! The `kiln` command drives it in-process through [`build`]; the remote builder
 //! (`kiln serve`) is a thin adapter over the same request, progress and result types.
 
+mod build_cache;
 mod entitlements;
 mod events;
 mod exporter;
 mod output;
 pub mod store;
 
+pub use build_cache::{CacheFrom, CacheLocation, CacheMode, CacheTo};
 pub use entitlements::Entitlement;
 pub use events::BuildEvent;
 pub use exporter::ManifestFormat;
@@ -68,6 +70,10 @@ pub struct BuildRequest {
     /// The platforms to build (`--platform a,b`): an image each, in one index; empty
     /// builds `options.target_platform` alone.
     pub platforms: Vec<Platform>,
+    /// Where to export the build cache (`--cache-to`).
+    pub cache_to: Vec<CacheTo>,
+    /// Build caches to import (`--cache-from`).
+    pub cache_from: Vec<CacheFrom>,
 }
 
 /// What a finished build produced.
@@ -170,15 +176,19 @@ impl ImageResolver for StoreImages<'_> {
     }
 }
 
-/// The cache index as the solver sees it.
-struct PersistentCache(CacheIndexStore);
+/// The cache index as the solver sees it: the state directory's, then the records of
+/// imported caches (`--cache-from`).
+struct PersistentCache {
+    local: CacheIndexStore,
+    imported: build_cache::ImportedRecords,
+}
 
 impl CacheIndex for PersistentCache {
     fn get(&self, key: &str) -> Option<Vec<u8>> {
-        self.0.get(key)
+        self.local.get(key).or_else(|| self.imported.get(key))
     }
     fn put(&self, key: &str, value: &[u8]) {
-        self.0.put(key, value);
+        self.local.put(key, value);
     }
 }
 
@@ -338,10 +348,12 @@ fn platform_dir(platform: &Platform) -> String {
     platform.to_string().replace('/', "_")
 }
 
-/// Names the image of a `type=image` output in the store and, with `push=true`, pushes
-/// every name.
-fn store_and_push(
+/// Names the image of a `type=image` output in the store (its blobs all local), or
+/// with `push=true` (`type=registry`) pushes it under every name instead, as buildx's
+/// registry exporter: a blob only an imported cache has is then never downloaded.
+fn store_or_push(
     state: &StateDir,
+    content: &ContentStore,
     images: &ImageStore,
     registry: &RegistryClient,
     output: &Output,
@@ -351,14 +363,24 @@ fn store_and_push(
     for name in &output.names {
         let reference = Reference::parse_normalized(name)
             .map_err(|e| anyhow::anyhow!("invalid image name {name:?}: {e}"))?;
-        images.put(&kiln_cache::ImageRecord::named_now(
-            reference.to_string(),
-            image.media_type.to_string(),
-            image.manifest.0,
-            image.manifest.1,
-        ))?;
         if output.push {
-            push_stored(state, registry, &reference, notice)?;
+            push_from(
+                state,
+                content,
+                registry,
+                &reference,
+                image.manifest.0,
+                image.media_type,
+                notice,
+            )?;
+        } else {
+            exporter::fetch_missing_blobs(content, image.manifest.0, image.media_type)?;
+            images.put(&kiln_cache::ImageRecord::named_now(
+                reference.to_string(),
+                image.media_type.to_string(),
+                image.manifest.0,
+                image.manifest.1,
+            ))?;
         }
     }
     Ok(())
@@ -372,22 +394,40 @@ pub fn push_stored(
     reference: &Reference,
     notice: &(dyn Fn(&str) + Sync),
 ) -> Result<kiln_registry::push::PushReport> {
-    let content = state.content()?;
-    let images = state.images()?;
-    let record = images
+    let record = state
+        .images()?
         .get(&reference.to_string())
         .with_context(|| format!("no image {reference} in the local store"))?;
-    notice(&format!("pushing {reference}"));
-    let (digest, media_type) = exporter::distributable(
+    let content = state.content()?;
+    push_from(
+        state,
         &content,
-        &state.cache_index(),
+        registry,
+        reference,
         record.digest,
         &record.media_type,
-    )?;
+        notice,
+    )
+}
+
+/// Pushes the manifest or index `digest` of `media_type` as `reference`, reading blobs
+/// through `content`, whose sources (an imported cache) give what the store lacks.
+fn push_from(
+    state: &StateDir,
+    content: &ContentStore,
+    registry: &RegistryClient,
+    reference: &Reference,
+    digest: Digest,
+    media_type: &str,
+    notice: &(dyn Fn(&str) + Sync),
+) -> Result<kiln_registry::push::PushReport> {
+    notice(&format!("pushing {reference}"));
+    let (digest, media_type) =
+        exporter::distributable(content, &state.cache_index(), digest, media_type)?;
     kiln_registry::push::push(
         registry,
-        &content,
-        &images,
+        content,
+        &state.images()?,
         &digest,
         &media_type,
         reference,
@@ -487,7 +527,10 @@ pub fn build(
         checksums: ChecksumCache::open(state.checksums()),
         layer_options,
     });
-    let cache = PersistentCache(state.cache_index());
+    let cache = PersistentCache {
+        local: state.cache_index(),
+        imported: build_cache::import_all(&content, &request.registry, &request.cache_from, notice),
+    };
     let options = SolveOptions {
         max_parallelism: request.max_parallelism,
     };
@@ -497,7 +540,7 @@ pub fn build(
     let forward = |event| events(BuildEvent::step(definition, event));
     let solved = solve_all(definition, &worker, &cache, options, &forward, cancel);
     worker.checksums().persist();
-    let results = solved.map_err(|failure| {
+    let solved = solved.map_err(|failure| {
         let Some(vertex) = failure.vertex else {
             return BuildError::Other(failure.error);
         };
@@ -509,7 +552,8 @@ pub fn build(
         }
     })?;
     let mut built = Vec::with_capacity(platforms.len());
-    for ((platform, image), result) in lowered.images.into_iter().zip(results) {
+    let kiln_solver::Solved { roots, steps } = solved;
+    for ((platform, image), result) in lowered.images.into_iter().zip(roots) {
         let snapshot = match result {
             Some(WorkerRef::Snapshot(snapshot)) => snapshot,
             Some(WorkerRef::Local { .. }) => {
@@ -549,14 +593,27 @@ pub fn build(
             (index, ManifestFormat::Oci.index())
         }
     };
-    // As docker build: an image that goes nowhere else stays in the store, untagged.
-    exporter::name_result(
+    build_cache::export_all(
+        &content,
         &images,
-        stored,
-        stored_type,
-        &request.tags,
-        request.outputs.is_empty(),
+        &state.cache_index(),
+        &registry,
+        &request.cache_to,
+        &build_cache::ExportInput {
+            definition,
+            steps: &steps,
+            roots: built.iter().map(|b| &b.snapshot).collect(),
+            worker: &worker,
+        },
+        notice,
     )?;
+    // As docker build: an image that goes nowhere else stays in the store, untagged; a
+    // named image has every blob (an imported cache's layers are fetched now).
+    let keep_untagged = request.outputs.is_empty();
+    if keep_untagged || !request.tags.is_empty() {
+        exporter::fetch_missing_blobs(&content, stored.0, stored_type)?;
+    }
+    exporter::name_result(&images, stored, stored_type, &request.tags, keep_untagged)?;
     let memo = state.cache_index();
     let roots: Vec<output::RootFs<'_>> = built
         .iter()
@@ -572,7 +629,7 @@ pub fn build(
         let written = image_for(&content, &memo, &built, out, &request.tags).and_then(|image| {
             output::write_output(out, &content, &outputs_view, &roots, &image)?;
             if out.kind == output::OutputKind::Image {
-                store_and_push(state, &images, &registry, out, &image, notice)?;
+                store_or_push(state, &content, &images, &registry, out, &image, notice)?;
             }
             if out.push
                 || matches!(
@@ -590,7 +647,15 @@ pub fn build(
         for tag in &request.tags {
             let remote = Reference::parse_normalized(tag)
                 .map_err(|e| anyhow::anyhow!("invalid tag {tag:?}: {e}"))?;
-            let report = push_stored(state, &registry, &remote, notice)?;
+            let report = push_from(
+                state,
+                &content,
+                &registry,
+                &remote,
+                stored.0,
+                stored_type,
+                notice,
+            )?;
             if let Some(digest) = report.digest {
                 manifest = (digest, content.size(&digest).map_err(anyhow::Error::from)?);
             }

@@ -47,7 +47,8 @@ pub enum OutputKind {
     Tar,
     /// The root filesystem copied into a directory (`type=local`).
     Local,
-    /// An image in the local store, maybe pushed (`type=image`, `type=registry`).
+    /// An image named in the local store (`type=image`), or pushed without a local
+    /// name (`push=true`, `type=registry`, as buildx's registry exporter).
     Image,
 }
 

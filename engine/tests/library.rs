@@ -101,6 +101,8 @@ fn builds_from_named_sources_into_client_outputs_with_typed_events() {
         registry: Default::default(),
         entitlements: Default::default(),
         platforms: Vec::new(),
+        cache_to: Vec::new(),
+        cache_from: Vec::new(),
     };
     let events = Mutex::new(Vec::new());
     let result = build(

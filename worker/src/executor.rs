@@ -521,7 +521,7 @@ impl Executor for Worker {
             WorkerRef::Snapshot(snapshot) => snapshot
                 .layers
                 .iter()
-                .all(|l: &LayerBlob| self.config.content.contains(&l.digest)),
+                .all(|l: &LayerBlob| self.config.content.available(&l.digest)),
             WorkerRef::Local { .. } => false,
         }
     }

@@ -326,6 +326,8 @@ pub async fn solve(
         },
         entitlements,
         platforms,
+        cache_to: Vec::new(),
+        cache_from: Vec::new(),
     };
     let state = daemon.state.clone();
     let result = tokio::task::spawn_blocking(move || {

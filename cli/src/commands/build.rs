@@ -19,8 +19,8 @@ use super::docker_load::DockerLoad;
 use super::{Dockerfile, Failure, parse_build_args};
 use crate::progress::{Progress, ProgressMode};
 use kiln_engine::{
-    BuildError, BuildRequest, BuildResult, Destination, Entitlement, LocalDirectories,
-    LocalSecrets, Output, SecretSource, build,
+    BuildError, BuildRequest, BuildResult, CacheFrom, CacheTo, Destination, Entitlement,
+    LocalDirectories, LocalSecrets, Output, SecretSource, build,
 };
 
 /// Arguments of `kiln build`.
@@ -62,6 +62,14 @@ pub struct BuildArgs {
     /// (repeatable). With only an id, the variable ID if it is set, else the file ID.
     #[arg(long = "secret", value_parser = parse_secret, value_name = "SPEC")]
     secrets: Vec<(String, SecretSource)>,
+    /// Export the build cache (repeatable): `type=registry,ref=R[,mode=min|max]`
+    /// or `type=local,dest=DIR[,mode=…]`, with `compression=gzip|zstd`, `ignore-error=true`.
+    #[arg(long = "cache-to", value_parser = parse_cache::<CacheTo>, value_name = "SPEC")]
+    cache_to: Vec<CacheTo>,
+    /// Import a build cache (repeatable): `type=registry,ref=R`, `type=local,src=DIR`, or
+    /// `REF`; one that cannot be read is a warning.
+    #[arg(long = "cache-from", value_parser = parse_cache::<CacheFrom>, value_name = "SPEC")]
+    cache_from: Vec<CacheFrom>,
     /// How to show progress (`none` shows nothing; `quiet` also prints the image ID).
     #[arg(long, value_enum, default_value = "auto", env = "BUILDKIT_PROGRESS")]
     progress: ProgressMode,
@@ -246,6 +254,11 @@ impl BuildArgs {
     }
 
     /// Whether an archive goes to standard output (`-o -`, `dest=-`).
+    /// Whether `--cache-to` or `--cache-from` was given.
+    pub(super) fn transfers_cache(&self) -> bool {
+        !self.cache_to.is_empty() || !self.cache_from.is_empty()
+    }
+
     /// The `--platform` values with each list split, each platform once; empty when
     /// none was given.
     pub(super) fn platforms(&self) -> Result<Vec<Platform>, String> {
@@ -296,6 +309,11 @@ pub(super) struct NamedContexts {
     pub contexts: BTreeMap<String, NamedContext>,
     /// The local directories among them, by source name.
     pub directories: Vec<(String, PathBuf)>,
+}
+
+/// A `--cache-to` or `--cache-from` value.
+fn parse_cache<T: std::str::FromStr<Err = String>>(value: &str) -> Result<T, String> {
+    value.parse()
 }
 
 /// A `--secret` value as buildx reads it: `id=ID[,src=FILE|,env=VAR][,type=file|env]`.
@@ -421,6 +439,8 @@ pub fn run(
         registry: registry.clone(),
         entitlements: args.allow.iter().copied().collect(),
         platforms,
+        cache_to: args.cache_to.clone(),
+        cache_from: args.cache_from.clone(),
     };
     let printer = Progress::stderr(args.progress_mode());
     // Ctrl-C (and SIGTERM) cancel the build: running steps are killed, their mounts and

@@ -83,6 +83,9 @@ pub fn build(
     dockerfile: &Path,
     printer: &Progress,
 ) -> Result<BuildResult, String> {
+    if args.transfers_cache() {
+        return Err("--cache-to and --cache-from do not work with --builder yet: build locally, or leave them out".into());
+    }
     if dockerfile == Path::new("-") {
         return Err("a remote build reads the Dockerfile from a file, not standard input".into());
     }

@@ -1,0 +1,678 @@
+//! `--cache-to` / `--cache-from`: a build cache that CI runners share. Its records map
+//! kiln's cache keys (command strings, content checksums, parent chain; never a secret or
+//! a build-arg value, which only enter keys hashed) to the layers a step made. It is an
+//! OCI image manifest whose config holds the records and whose layers are the layer
+//! blobs: pushed to a registry (`type=registry,ref=R`), or as an OCI layout in a
+//! directory (`type=local,dest=DIR`).
+//!
+//! Importing reads the records only. A layer is fetched when the build needs its bytes
+//! (a step on top of it must run, or an output must contain it), through the content
+//! store's [`BlobSource`]s.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use kiln_cache::{BlobSource, CacheIndexStore, ContentStore, Digest, ImageStore};
+use kiln_image::Reference;
+use kiln_registry::{RegistryClient, RegistryOptions};
+use kiln_solver::{Definition, Executor};
+use kiln_worker::layer::{LayerBlob, LayerCompression, recompress_all};
+use kiln_worker::snapshot::Snapshot;
+use kiln_worker::{Worker, WorkerRef};
+use serde::{Deserialize, Serialize};
+
+/// The media type of the config blob that holds the records.
+pub const CACHE_CONFIG_MEDIA_TYPE: &str = "application/vnd.kiln.cache.config.v1+json";
+
+/// The version of the records' format; a cache of another version is not read.
+const FORMAT_VERSION: u32 = 1;
+
+/// The media type of the cache's manifest.
+const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// Which steps a cache export records (`mode=`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CacheMode {
+    /// The steps whose layers are in the final image (buildx's default).
+    #[default]
+    Min,
+    /// Every step of every stage built.
+    Max,
+}
+
+/// Where a build cache lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheLocation {
+    /// An OCI layout in a directory (`type=local`).
+    Local(PathBuf),
+    /// A registry repository and tag (`type=registry,ref=R`).
+    Registry(String),
+}
+
+impl CacheLocation {
+    fn describe(&self) -> String {
+        match self {
+            CacheLocation::Local(dir) => dir.display().to_string(),
+            CacheLocation::Registry(reference) => reference.clone(),
+        }
+    }
+}
+
+/// A `--cache-to`: where to export the cache, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheTo {
+    /// Where it goes.
+    pub location: CacheLocation,
+    /// Which steps it records.
+    pub mode: CacheMode,
+    /// How its layers are compressed (gzip unless `compression=zstd`).
+    pub compression: LayerCompression,
+    /// A failed export is a warning instead of a failed build (`ignore-error=true`).
+    pub ignore_error: bool,
+}
+
+/// A `--cache-from`: a cache to import.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheFrom {
+    /// Where it is.
+    pub location: CacheLocation,
+}
+
+/// `key=value` fields of a buildx cache spec, with its `type`.
+fn fields(spec: &str) -> Result<(String, BTreeMap<String, String>), String> {
+    let mut kind = None;
+    let mut fields = BTreeMap::new();
+    for field in spec.split(',').filter(|f| !f.is_empty()) {
+        let Some((key, value)) = field.split_once('=') else {
+            return Err(format!(
+                "invalid cache field {field:?} in {spec:?} (want key=value)"
+            ));
+        };
+        if key == "type" {
+            kind = Some(value.to_string());
+        } else {
+            fields.insert(key.to_string(), value.to_string());
+        }
+    }
+    Ok((kind.unwrap_or_else(|| "registry".into()), fields))
+}
+
+/// The location of a cache spec's `type` and fields.
+fn location(
+    spec: &str,
+    kind: &str,
+    fields: &mut BTreeMap<String, String>,
+    dir_field: &str,
+) -> Result<CacheLocation, String> {
+    match kind {
+        "local" => fields
+            .remove(dir_field)
+            .map(|dir| CacheLocation::Local(PathBuf::from(dir)))
+            .ok_or_else(|| format!("cache {spec:?} needs {dir_field}=DIR")),
+        "registry" => {
+            let reference = fields
+                .remove("ref")
+                .ok_or_else(|| format!("cache {spec:?} needs ref=REPOSITORY:TAG"))?;
+            Reference::parse_normalized(&reference)
+                .map_err(|e| format!("cache {spec:?}: invalid ref {reference:?}: {e}"))?;
+            Ok(CacheLocation::Registry(reference))
+        }
+        "inline" | "gha" | "s3" | "azblob" => Err(format!(
+            "cache type {kind:?} is not supported by kiln yet (local, registry)"
+        )),
+        other => Err(format!("unknown cache type {other:?} (local, registry)")),
+    }
+}
+
+fn parse_bool(spec: &str, key: &str, value: &str) -> Result<bool, String> {
+    match value {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(format!("cache {spec:?}: {key} takes true or false")),
+    }
+}
+
+impl FromStr for CacheTo {
+    type Err = String;
+
+    /// buildx's syntax: `type=registry,ref=R[,mode=min|max][,compression=gzip|zstd]
+    /// [,oci-mediatypes=true][,image-manifest=true][,ignore-error=true]` or
+    /// `type=local,dest=DIR[,mode=…]`.
+    fn from_str(spec: &str) -> Result<Self, String> {
+        let (kind, mut fields) = fields(spec)?;
+        let location = location(spec, &kind, &mut fields, "dest")?;
+        let mut to = CacheTo {
+            location,
+            mode: CacheMode::Min,
+            compression: LayerCompression::Gzip,
+            ignore_error: false,
+        };
+        for (key, value) in &fields {
+            match (key.as_str(), value.as_str()) {
+                ("mode", "min") => to.mode = CacheMode::Min,
+                ("mode", "max") => to.mode = CacheMode::Max,
+                ("compression", "gzip") => to.compression = LayerCompression::Gzip,
+                ("compression", "zstd") => to.compression = LayerCompression::Zstd,
+                ("ignore-error", value) => to.ignore_error = parse_bool(spec, key, value)?,
+                // kiln's cache is always an OCI image manifest with OCI media types.
+                ("oci-mediatypes" | "image-manifest", value) => {
+                    parse_bool(spec, key, value)?;
+                }
+                _ => return Err(format!("cache {spec:?}: unsupported field {key}={value}")),
+            }
+        }
+        Ok(to)
+    }
+}
+
+impl FromStr for CacheFrom {
+    type Err = String;
+
+    /// buildx's syntax: `type=registry,ref=R`, `type=local,src=DIR`, or a bare `REF`.
+    fn from_str(spec: &str) -> Result<Self, String> {
+        let spec_fields = if spec.contains('=') {
+            spec.to_string()
+        } else {
+            format!("type=registry,ref={spec}")
+        };
+        let (kind, mut fields) = fields(&spec_fields)?;
+        let location = location(spec, &kind, &mut fields, "src")?;
+        if let Some((key, _)) = fields.iter().find(|(k, _)| k.as_str() != "digest") {
+            return Err(format!("cache {spec:?}: unsupported field {key}"));
+        }
+        Ok(CacheFrom { location })
+    }
+}
+
+/// The records' config blob.
+#[derive(Serialize, Deserialize)]
+struct CacheConfig {
+    /// [`FORMAT_VERSION`].
+    version: u32,
+    /// Each step's cache key and result.
+    records: Vec<CacheRecord>,
+}
+
+/// One step: its cache key and the layers it made.
+#[derive(Serialize, Deserialize)]
+struct CacheRecord {
+    key: String,
+    result: WorkerRef,
+}
+
+/// Records imported with `--cache-from`, looked up after the local cache index.
+#[derive(Default)]
+pub struct ImportedRecords(HashMap<String, Vec<u8>>);
+
+impl ImportedRecords {
+    /// The imported result of `key`, as the cache index stores results.
+    pub fn get(&self, key: &str) -> Option<Vec<u8>> {
+        self.0.get(key).cloned()
+    }
+
+    fn add(&mut self, config: CacheConfig) -> Result<usize> {
+        let count = config.records.len();
+        for record in config.records {
+            self.0
+                .insert(record.key, serde_json::to_vec(&record.result)?);
+        }
+        Ok(count)
+    }
+}
+
+/// Reads every cache of `from` (a warning, not a failure, for one that cannot be read,
+/// as buildx) and lets `content` fetch their layers when they are needed.
+pub fn import_all(
+    content: &ContentStore,
+    registry: &RegistryOptions,
+    from: &[CacheFrom],
+    notice: &(dyn Fn(&str) + Sync),
+) -> ImportedRecords {
+    let mut imported = ImportedRecords::default();
+    for cache in from {
+        let described = cache.location.describe();
+        match import(content, registry, &cache.location) {
+            Ok(config) => match imported.add(config) {
+                Ok(count) => notice(&format!("importing cache from {described}: {count} steps")),
+                Err(e) => notice(&format!("WARNING: cache from {described}: {e:#}")),
+            },
+            Err(e) => notice(&format!(
+                "WARNING: importing cache manifest from {described}: {e:#}"
+            )),
+        }
+    }
+    imported
+}
+
+/// Reads the records of the cache at `location` and adds it to `content`'s sources.
+fn import(
+    content: &ContentStore,
+    registry: &RegistryOptions,
+    location: &CacheLocation,
+) -> Result<CacheConfig> {
+    let (manifest, source): (Vec<u8>, Arc<dyn CacheBlobs>) = match location {
+        CacheLocation::Local(dir) => {
+            let index: serde_json::Value =
+                serde_json::from_slice(&fs::read(dir.join("index.json")).with_context(|| {
+                    format!("{} holds no cache (no index.json)", dir.display())
+                })?)
+                .context("index.json is not JSON")?;
+            let digest: Digest = index["manifests"][0]["digest"]
+                .as_str()
+                .context("index.json names no manifest")?
+                .parse()?;
+            let source = Arc::new(LayoutBlobs {
+                dir: dir.clone(),
+                blobs: HashSet::new(),
+            });
+            let size = index["manifests"][0]["size"].as_u64().unwrap_or(u64::MAX);
+            (source.read(&digest, size)?, source)
+        }
+        CacheLocation::Registry(reference) => {
+            let parsed = Reference::parse_normalized(reference).map_err(|e| anyhow::anyhow!(e))?;
+            let client = RegistryClient::new(registry.clone())?;
+            let tag = parsed.tag.clone().unwrap_or_else(|| "latest".into());
+            let target = parsed.digest.clone().unwrap_or(tag);
+            let fetched = kiln_registry::pull::fetch_manifest(&client, &parsed, &target)?;
+            let source = Arc::new(RegistryBlobs {
+                options: registry.clone(),
+                client,
+                reference: parsed,
+                blobs: HashMap::new(),
+            });
+            (fetched.bytes, source)
+        }
+    };
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&manifest).context("the cache manifest is not JSON")?;
+    if manifest["config"]["mediaType"] != CACHE_CONFIG_MEDIA_TYPE {
+        bail!(
+            "it is not a kiln build cache (config {})",
+            manifest["config"]["mediaType"]
+        );
+    }
+    let config_digest: Digest = manifest["config"]["digest"]
+        .as_str()
+        .context("the cache manifest has no config")?
+        .parse()?;
+    let config_size = manifest["config"]["size"].as_u64().unwrap_or(u64::MAX);
+    let config: CacheConfig = serde_json::from_slice(&source.read(&config_digest, config_size)?)
+        .context("the cache's records are not readable")?;
+    if config.version != FORMAT_VERSION {
+        bail!(
+            "its records are of version {}, this kiln reads {FORMAT_VERSION}",
+            config.version
+        );
+    }
+    let layers: Vec<(Digest, u64)> = manifest["layers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|l| {
+            let digest = l["digest"]
+                .as_str()
+                .context("layer without digest")?
+                .parse()?;
+            Ok((digest, l["size"].as_u64().unwrap_or(0)))
+        })
+        .collect::<Result<_>>()?;
+    content.add_source(source.with_blobs(layers)?);
+    Ok(config)
+}
+
+/// A cache's blobs, read directly (its manifest and config) or as a [`BlobSource`].
+trait CacheBlobs: Send + Sync {
+    /// A small blob's bytes (of at most `size`), checked against its digest.
+    fn read(&self, digest: &Digest, size: u64) -> Result<Vec<u8>>;
+    /// The source for `content`, knowing the cache's layers and their sizes.
+    fn with_blobs(&self, layers: Vec<(Digest, u64)>) -> Result<Arc<dyn BlobSource>>;
+}
+
+/// The blobs of an OCI layout directory.
+struct LayoutBlobs {
+    dir: PathBuf,
+    blobs: HashSet<Digest>,
+}
+
+impl LayoutBlobs {
+    fn path(&self, digest: &Digest) -> PathBuf {
+        self.dir.join("blobs/sha256").join(digest.hex())
+    }
+}
+
+impl CacheBlobs for LayoutBlobs {
+    fn read(&self, digest: &Digest, _size: u64) -> Result<Vec<u8>> {
+        let path = self.path(digest);
+        let bytes = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        if Digest::of(&bytes) != *digest {
+            bail!("{} does not have its digest", path.display());
+        }
+        Ok(bytes)
+    }
+
+    fn with_blobs(&self, layers: Vec<(Digest, u64)>) -> Result<Arc<dyn BlobSource>> {
+        Ok(Arc::new(LayoutBlobs {
+            dir: self.dir.clone(),
+            blobs: layers.into_iter().map(|(d, _)| d).collect(),
+        }))
+    }
+}
+
+impl BlobSource for LayoutBlobs {
+    fn name(&self) -> String {
+        format!("the cache in {}", self.dir.display())
+    }
+
+    fn has(&self, digest: &Digest) -> bool {
+        self.blobs.contains(digest)
+    }
+
+    fn fetch(&self, digest: &Digest, store: &ContentStore) -> Result<(), String> {
+        let copy = || -> Result<()> {
+            let mut file = fs::File::open(self.path(digest))?;
+            let mut writer = store.writer()?;
+            std::io::copy(&mut file, &mut writer)?;
+            writer.commit(Some(*digest))?;
+            Ok(())
+        };
+        copy().map_err(|e| format!("{e:#}"))
+    }
+}
+
+/// The blobs of a registry repository.
+struct RegistryBlobs {
+    options: RegistryOptions,
+    client: RegistryClient,
+    reference: Reference,
+    /// Layer digests and sizes.
+    blobs: HashMap<Digest, u64>,
+}
+
+impl CacheBlobs for RegistryBlobs {
+    fn read(&self, digest: &Digest, size: u64) -> Result<Vec<u8>> {
+        // Small blobs (the records) through a scratch store, which checks the digest.
+        let scratch = tempfile::tempdir()?;
+        let store = ContentStore::open(scratch.path())?;
+        kiln_registry::pull::fetch_blob(
+            &self.client,
+            &store,
+            &self.reference,
+            digest,
+            size,
+            &|_| {},
+        )?;
+        Ok(store.read(digest)?)
+    }
+
+    fn with_blobs(&self, layers: Vec<(Digest, u64)>) -> Result<Arc<dyn BlobSource>> {
+        Ok(Arc::new(RegistryBlobs {
+            options: self.options.clone(),
+            client: RegistryClient::new(self.options.clone())?,
+            reference: self.reference.clone(),
+            blobs: layers.into_iter().collect(),
+        }))
+    }
+}
+
+impl BlobSource for RegistryBlobs {
+    fn name(&self) -> String {
+        format!("the cache {}", self.reference)
+    }
+
+    fn has(&self, digest: &Digest) -> bool {
+        self.blobs.contains_key(digest)
+    }
+
+    fn repository(&self) -> Option<String> {
+        Some(format!("{}/{}", self.reference.domain, self.reference.path))
+    }
+
+    fn fetch(&self, digest: &Digest, store: &ContentStore) -> Result<(), String> {
+        let size = self.blobs.get(digest).copied().unwrap_or(u64::MAX);
+        kiln_registry::pull::fetch_blob(&self.client, store, &self.reference, digest, size, &|_| {})
+            .map_err(|e| format!("{e:#}"))
+    }
+}
+
+/// What a cache export needs from the build.
+pub struct ExportInput<'a> {
+    /// The build's steps.
+    pub definition: &'a Definition,
+    /// Every step solved, with its result and cache key.
+    pub steps: &'a HashMap<Digest, (WorkerRef, String)>,
+    /// The final images' filesystems (one per platform).
+    pub roots: Vec<&'a Snapshot>,
+    /// The worker, which says which steps are cacheable.
+    pub worker: &'a Worker,
+}
+
+/// Exports the cache to every `--cache-to`; a failure fails the build unless that export
+/// says `ignore-error=true`.
+pub fn export_all(
+    content: &ContentStore,
+    images: &ImageStore,
+    memo: &CacheIndexStore,
+    registry: &RegistryClient,
+    to: &[CacheTo],
+    input: &ExportInput<'_>,
+    notice: &(dyn Fn(&str) + Sync),
+) -> Result<()> {
+    for cache in to {
+        let described = cache.location.describe();
+        notice(&format!("exporting cache to {described}"));
+        let exported = export(content, images, memo, registry, cache, input, notice);
+        match exported {
+            Ok(count) => notice(&format!("exported {count} steps to {described}")),
+            Err(e) if cache.ignore_error => {
+                notice(&format!(
+                    "WARNING: cannot export cache to {described}: {e:#}"
+                ));
+            }
+            Err(e) => return Err(e.context(format!("cannot export cache to {described}"))),
+        }
+    }
+    Ok(())
+}
+
+/// Whether `layers` are the first layers of one of `roots` (a step of the final image).
+fn in_final_image(layers: &[LayerBlob], roots: &[&Snapshot]) -> bool {
+    roots.iter().any(|root| {
+        layers.len() <= root.layers.len()
+            && layers
+                .iter()
+                .zip(&root.layers)
+                .all(|(a, b)| a.diff_id == b.diff_id)
+    })
+}
+
+/// Exports one cache; returns how many steps it records.
+fn export(
+    content: &ContentStore,
+    images: &ImageStore,
+    memo: &CacheIndexStore,
+    registry: &RegistryClient,
+    to: &CacheTo,
+    input: &ExportInput<'_>,
+    notice: &(dyn Fn(&str) + Sync),
+) -> Result<usize> {
+    let mut records = Vec::new();
+    let mut layers: Vec<LayerBlob> = Vec::new();
+    // In dependency order, so that the records (and the manifest) come out the same.
+    for digest in input.definition.topological_order() {
+        let (Some(vertex), Some((WorkerRef::Snapshot(snapshot), key))) =
+            (input.definition.vertex(digest), input.steps.get(digest))
+        else {
+            continue;
+        };
+        if !input.worker.cacheable(vertex)
+            || (to.mode == CacheMode::Min && !in_final_image(&snapshot.layers, &input.roots))
+        {
+            continue;
+        }
+        let compressed = recompress_all(content, &snapshot.layers, to.compression, memo)?;
+        for layer in &compressed {
+            if !layers.iter().any(|l| l.digest == layer.digest) {
+                layers.push(layer.clone());
+            }
+        }
+        records.push(CacheRecord {
+            key: key.clone(),
+            result: WorkerRef::Snapshot(Snapshot { layers: compressed }),
+        });
+    }
+    let count = records.len();
+    let config = serde_json::to_vec(&CacheConfig {
+        version: FORMAT_VERSION,
+        records,
+    })?;
+    let config_digest = content.put(&config)?;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_MEDIA_TYPE,
+        "config": {
+            "mediaType": CACHE_CONFIG_MEDIA_TYPE,
+            "digest": config_digest.to_string(),
+            "size": config.len(),
+        },
+        "layers": layers.iter().map(|l| serde_json::json!({
+            "mediaType": l.media_type,
+            "digest": l.digest.to_string(),
+            "size": l.size,
+        })).collect::<Vec<_>>(),
+    });
+    let manifest = serde_json::to_vec(&manifest)?;
+    let manifest_digest = content.put(&manifest)?;
+    match &to.location {
+        CacheLocation::Local(dir) => {
+            let blobs: Vec<Digest> = std::iter::once(config_digest)
+                .chain(layers.iter().map(|l| l.digest))
+                .chain(std::iter::once(manifest_digest))
+                .collect();
+            write_layout(content, dir, &blobs, manifest_digest, manifest.len() as u64)?;
+        }
+        CacheLocation::Registry(reference) => {
+            let remote = Reference::parse_normalized(reference).map_err(|e| anyhow::anyhow!(e))?;
+            kiln_registry::push::push(
+                registry,
+                content,
+                images,
+                &manifest_digest,
+                MANIFEST_MEDIA_TYPE,
+                &remote,
+                notice,
+            )?;
+        }
+    }
+    Ok(count)
+}
+
+/// Writes `blobs` and an `index.json` naming `manifest` into the OCI layout `dir`; the
+/// index last, so that a layout is never read half-written.
+fn write_layout(
+    content: &ContentStore,
+    dir: &Path,
+    blobs: &[Digest],
+    manifest: Digest,
+    manifest_size: u64,
+) -> Result<()> {
+    let blob_dir = dir.join("blobs/sha256");
+    fs::create_dir_all(&blob_dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for digest in blobs {
+        let path = blob_dir.join(digest.hex());
+        if path.is_file() {
+            continue;
+        }
+        let partial = blob_dir.join(format!(".{}.partial", digest.hex()));
+        let mut from = content.open_verified(digest)?;
+        let mut to = fs::File::create(&partial)
+            .with_context(|| format!("cannot create {}", partial.display()))?;
+        std::io::copy(&mut from, &mut to)
+            .with_context(|| format!("cannot write {}", partial.display()))?;
+        fs::rename(&partial, &path)?;
+    }
+    fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": MANIFEST_MEDIA_TYPE,
+            "digest": manifest.to_string(),
+            "size": manifest_size,
+            "annotations": {"org.opencontainers.image.ref.name": "latest"},
+        }],
+    });
+    let partial = dir.join(".index.json.partial");
+    fs::write(&partial, serde_json::to_vec(&index)?)?;
+    fs::rename(&partial, dir.join("index.json"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_specs_parse_like_buildx() {
+        let to: CacheTo = "type=registry,ref=r.io/app:cache,mode=max,compression=zstd,ignore-error=true,oci-mediatypes=true"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            to.location,
+            CacheLocation::Registry("r.io/app:cache".into())
+        );
+        assert_eq!(to.mode, CacheMode::Max);
+        assert_eq!(to.compression, LayerCompression::Zstd);
+        assert!(to.ignore_error);
+        let local: CacheTo = "type=local,dest=/c".parse().unwrap();
+        assert_eq!(local.location, CacheLocation::Local("/c".into()));
+        assert_eq!(local.mode, CacheMode::Min);
+        let bare: CacheFrom = "r.io/app:cache".parse().unwrap();
+        assert_eq!(
+            bare.location,
+            CacheLocation::Registry("r.io/app:cache".into())
+        );
+        let from: CacheFrom = "type=local,src=/c".parse().unwrap();
+        assert_eq!(from.location, CacheLocation::Local("/c".into()));
+        for (bad, why) in [
+            ("type=local", "dest=DIR"),
+            ("type=registry", "ref="),
+            ("type=registry,ref=r/a,mode=all", "unsupported field"),
+            ("type=inline", "not supported by kiln yet"),
+            ("type=floppy,ref=x", "unknown cache type"),
+        ] {
+            let err = bad.parse::<CacheTo>().unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+        assert!(
+            "type=local,dest=/c"
+                .parse::<CacheFrom>()
+                .unwrap_err()
+                .contains("src=DIR")
+        );
+    }
+
+    #[test]
+    fn min_mode_keeps_the_steps_whose_layers_start_the_final_image() {
+        let layer = |n: u8| LayerBlob {
+            diff_id: Digest::of(&[n]),
+            digest: Digest::of(&[n, n]),
+            size: 1,
+            media_type: String::new(),
+            created: None,
+        };
+        let root = Snapshot {
+            layers: vec![layer(1), layer(2), layer(3)],
+        };
+        assert!(in_final_image(&[layer(1), layer(2)], &[&root]));
+        assert!(in_final_image(&root.layers, &[&root]));
+        assert!(!in_final_image(&[layer(1), layer(4)], &[&root]));
+        assert!(!in_final_image(
+            &[layer(1), layer(2), layer(3), layer(4)],
+            &[&root]
+        ));
+    }
+}
