@@ -66,6 +66,56 @@ pub fn bench_build(kiln: &Path, runs: usize) {
         build(&[], &app);
     });
 
+    // A shared cache (`--cache-to type=local`) read by fresh state directories, as CI
+    // runners do: every step cached, or one file changed. Each run starts from its own
+    // fresh state directory with the base loaded, made before the clock starts.
+    let cache = work.path().join("cache");
+    let cache_to = format!("type=local,dest={},mode=max", cache.display());
+    build(&["--no-cache", "--cache-to", &cache_to], &app);
+    let cache_from = format!("type=local,src={}", cache.display());
+    let fresh_states = |tag: &str, count: usize| -> Vec<PathBuf> {
+        (0..count)
+            .map(|n| {
+                let fresh = work.path().join(format!("fresh-{tag}-{n}"));
+                run(Command::new(kiln)
+                    .arg("--root")
+                    .arg(&fresh)
+                    .args(["load", "-i"])
+                    .arg(base.join("oci.tar")));
+                fresh
+            })
+            .collect()
+    };
+    let build_in = |fresh: &Path| {
+        run(Command::new(kiln)
+            .arg("--root")
+            .arg(fresh)
+            .args(["build", "--progress", "quiet", "--cache-from", &cache_from])
+            .arg(&app));
+    };
+    let mut states = fresh_states("cached", runs);
+    report("fresh state, --cache-from, all cached", runs, || {
+        build_in(&states.pop().expect("a fresh state per run"));
+    });
+    generation += 1;
+    write(
+        &app.join("config.ini"),
+        &format!("[app]\nrun={generation}\n"),
+    );
+    let mut states = fresh_states("changed", runs);
+    report("fresh state, --cache-from, one file changed", runs, || {
+        build_in(&states.pop().expect("a fresh state per run"));
+    });
+    let mut states = fresh_states("cold", runs);
+    report("fresh state, no cache (for comparison)", runs, || {
+        let fresh = states.pop().expect("a fresh state per run");
+        run(Command::new(kiln)
+            .arg("--root")
+            .arg(&fresh)
+            .args(["build", "--progress", "quiet"])
+            .arg(&app));
+    });
+
     // What one RUN step costs (container start and exit, commit, cache record): the
     // difference between 21 `RUN true` steps and one, per step.
     let steps = work.path().join("steps");

@@ -188,6 +188,68 @@ impl FromStr for CacheFrom {
     }
 }
 
+impl CacheTo {
+    /// The spec of BuildKit's wire form (`CacheOptionsEntry`): a type and attributes.
+    pub fn from_parts(kind: &str, attrs: &BTreeMap<String, String>) -> Result<Self, String> {
+        spec_of(kind, attrs).parse()
+    }
+
+    /// Its type and attributes, as BuildKit's `CacheOptionsEntry` carries them.
+    pub fn parts(&self) -> (String, BTreeMap<String, String>) {
+        let (kind, mut attrs) = self.location.parts("dest");
+        let mode = match self.mode {
+            CacheMode::Min => "min",
+            CacheMode::Max => "max",
+        };
+        attrs.insert("mode".into(), mode.into());
+        let compression = match self.compression {
+            LayerCompression::Gzip => "gzip",
+            LayerCompression::Zstd => "zstd",
+        };
+        attrs.insert("compression".into(), compression.into());
+        if self.ignore_error {
+            attrs.insert("ignore-error".into(), "true".into());
+        }
+        (kind, attrs)
+    }
+}
+
+impl CacheFrom {
+    /// The spec of BuildKit's wire form (`CacheOptionsEntry`): a type and attributes.
+    pub fn from_parts(kind: &str, attrs: &BTreeMap<String, String>) -> Result<Self, String> {
+        spec_of(kind, attrs).parse()
+    }
+
+    /// Its type and attributes, as BuildKit's `CacheOptionsEntry` carries them.
+    pub fn parts(&self) -> (String, BTreeMap<String, String>) {
+        self.location.parts("src")
+    }
+}
+
+impl CacheLocation {
+    /// Its type and the attribute that names it (`dir_field` for a directory).
+    fn parts(&self, dir_field: &str) -> (String, BTreeMap<String, String>) {
+        match self {
+            CacheLocation::Local(dir) => (
+                "local".into(),
+                BTreeMap::from([(dir_field.to_string(), dir.display().to_string())]),
+            ),
+            CacheLocation::Registry(reference) => (
+                "registry".into(),
+                BTreeMap::from([("ref".to_string(), reference.clone())]),
+            ),
+        }
+    }
+}
+
+/// A buildx spec string of a type and attributes.
+fn spec_of(kind: &str, attrs: &BTreeMap<String, String>) -> String {
+    std::iter::once(format!("type={kind}"))
+        .chain(attrs.iter().map(|(k, v)| format!("{k}={v}")))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The records' config blob.
 #[derive(Serialize, Deserialize)]
 struct CacheConfig {

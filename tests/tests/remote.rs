@@ -827,3 +827,37 @@ fn platforms_travel_to_the_builder() {
         "{progress}"
     );
 }
+
+/// `--cache-to`/`--cache-from` travel as BuildKit's cache options: the daemon exports to
+/// a registry, and a local build on a fresh state directory finds every step there.
+#[test]
+fn cache_options_travel_to_the_builder() {
+    let registry = kiln_tests::registry::Registry::start(None);
+    let archives = busybox_archives();
+    let daemon = Daemon::start(&archives, &[]);
+    let context = context_of("FROM busybox:1\nRUN echo ran | tr a-z A-Z\n");
+    let cache = format!("{}/cache:remote", registry.host);
+    let progress = ok(&daemon.build(
+        context.path(),
+        &["--cache-to", &format!("type=registry,ref={cache},mode=max")],
+    ));
+    assert!(progress.contains("RAN"), "{progress}");
+
+    let root = tempfile::tempdir().unwrap();
+    load_into(root.path(), &archives.oci);
+    let out = kiln()
+        .arg("--root")
+        .arg(root.path())
+        .args(["build", "--progress", "plain", "--cache-from", &cache])
+        .arg(context.path())
+        .output()
+        .unwrap();
+    let progress = ok(&out);
+    assert!(!progress.contains("RAN"), "the step ran again:\n{progress}");
+
+    // A directory cache would live on the client: the daemon says so.
+    let out = daemon.build(context.path(), &["--cache-from", "type=local,src=/tmp"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot use a type=local cache"), "{stderr}");
+}

@@ -22,6 +22,7 @@ use tonic::transport::Channel;
 pub use attachables::OutputTarget;
 
 use crate::control::control_client::ControlClient;
+pub use crate::control::{CacheOptions, CacheOptionsEntry};
 use crate::control::{
     DiskUsageRequest, Exporter, PruneRequest, SolveRequest, StatusRequest, UsageRecord,
 };
@@ -95,6 +96,8 @@ pub struct RemoteBuild {
     pub entitlements: Vec<String>,
     /// The `--secret`s, handed to the daemon one by one as steps mount them.
     pub secrets: LocalSecrets,
+    /// `--cache-to` and `--cache-from`, as BuildKit's cache options.
+    pub cache: CacheOptions,
 }
 
 /// A finished remote build.
@@ -206,6 +209,7 @@ pub async fn build(
             .unwrap_or_default(),
         exporters,
         entitlements: build.entitlements.clone(),
+        cache: Some(build.cache.clone()),
         ..SolveRequest::default()
     };
     let mut status_control = control.clone();

@@ -8,8 +8,8 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result, anyhow, bail};
 use kiln_engine::{
-    BuildError, BuildRequest, BuildResult, Destination, Entitlement, ManifestFormat, Output,
-    OutputKind,
+    BuildError, BuildRequest, BuildResult, CacheFrom, CacheLocation, CacheTo, Destination,
+    Entitlement, ManifestFormat, Output, OutputKind,
 };
 use kiln_frontend::lower::{BuildOptions, NamedContext, RunOptions};
 use kiln_solver::Platform;
@@ -19,7 +19,7 @@ use tokio::runtime::Handle;
 use super::Daemon;
 use super::files::{SessionCredentials, SessionSecrets, SessionSources, SessionTarget, sync_dir};
 use super::sessions::Session;
-use crate::control::{Exporter, SolveRequest};
+use crate::control::{CacheOptionsEntry, Exporter, SolveRequest};
 
 /// The frontend kiln serves: BuildKit's Dockerfile frontend.
 pub const DOCKERFILE_FRONTEND: &str = "dockerfile.v0";
@@ -90,6 +90,40 @@ async fn read_dockerfile(
             .await
             .ok(),
     ))
+}
+
+/// The request's cache exports and imports (BuildKit's `CacheOptions`). The daemon
+/// reaches registries only: a `type=local` cache would live on the client.
+fn caches(request: &SolveRequest) -> Result<(Vec<CacheTo>, Vec<CacheFrom>)> {
+    let Some(cache) = &request.cache else {
+        return Ok((Vec::new(), Vec::new()));
+    };
+    let attrs = |entry: &CacheOptionsEntry| {
+        entry
+            .attrs
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let on_daemon = |location: &CacheLocation| match location {
+        CacheLocation::Registry(_) => Ok(()),
+        CacheLocation::Local(_) => Err(anyhow!(
+            "a remote build cannot use a type=local cache (it would live on the client); use type=registry"
+        )),
+    };
+    let mut to = Vec::new();
+    for entry in &cache.exports {
+        let parsed = CacheTo::from_parts(&entry.r#type, &attrs(entry)).map_err(|e| anyhow!(e))?;
+        on_daemon(&parsed.location)?;
+        to.push(parsed);
+    }
+    let mut from = Vec::new();
+    for entry in &cache.imports {
+        let parsed = CacheFrom::from_parts(&entry.r#type, &attrs(entry)).map_err(|e| anyhow!(e))?;
+        on_daemon(&parsed.location)?;
+        from.push(parsed);
+    }
+    Ok((to, from))
 }
 
 /// The platforms the `platform` attribute asks for (`linux/amd64,linux/arm64`); empty
@@ -273,6 +307,8 @@ pub async fn solve(
     let attrs = &request.frontend_attrs;
     let options = build_options(attrs).map_err(|e| SolveError::Request(format!("{e:#}")))?;
     let platforms = platforms(attrs).map_err(|e| SolveError::Request(format!("{e:#}")))?;
+    let (cache_to, cache_from) =
+        caches(&request).map_err(|e| SolveError::Request(format!("{e:#}")))?;
     let entitlements = granted(&daemon, &request.entitlements)
         .map_err(|e| SolveError::Request(format!("{e:#}")))?;
     let handle = Handle::current();
@@ -326,8 +362,8 @@ pub async fn solve(
         },
         entitlements,
         platforms,
-        cache_to: Vec::new(),
-        cache_from: Vec::new(),
+        cache_to,
+        cache_from,
     };
     let state = daemon.state.clone();
     let result = tokio::task::spawn_blocking(move || {

@@ -18,6 +18,7 @@ use super::context::BuildContext;
 use super::docker_load::DockerLoad;
 use super::{Dockerfile, Failure, parse_build_args};
 use crate::progress::{Progress, ProgressMode};
+use kiln_api::client::{CacheOptions, CacheOptionsEntry};
 use kiln_engine::{
     BuildError, BuildRequest, BuildResult, CacheFrom, CacheTo, Destination, Entitlement,
     LocalDirectories, LocalSecrets, Output, SecretSource, build,
@@ -254,9 +255,18 @@ impl BuildArgs {
     }
 
     /// Whether an archive goes to standard output (`-o -`, `dest=-`).
-    /// Whether `--cache-to` or `--cache-from` was given.
-    pub(super) fn transfers_cache(&self) -> bool {
-        !self.cache_to.is_empty() || !self.cache_from.is_empty()
+    /// `--cache-to` and `--cache-from` as BuildKit's cache options, for a remote build.
+    pub(super) fn cache_options(&self) -> CacheOptions {
+        let entry = |(kind, attrs): (String, std::collections::BTreeMap<String, String>)| {
+            CacheOptionsEntry {
+                r#type: kind,
+                attrs: attrs.into_iter().collect(),
+            }
+        };
+        CacheOptions {
+            exports: self.cache_to.iter().map(|c| entry(c.parts())).collect(),
+            imports: self.cache_from.iter().map(|c| entry(c.parts())).collect(),
+        }
     }
 
     /// The `--platform` values with each list split, each platform once; empty when

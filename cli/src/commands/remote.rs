@@ -83,9 +83,6 @@ pub fn build(
     dockerfile: &Path,
     printer: &Progress,
 ) -> Result<BuildResult, String> {
-    if args.transfers_cache() {
-        return Err("--cache-to and --cache-from do not work with --builder yet: build locally, or leave them out".into());
-    }
     if dockerfile == Path::new("-") {
         return Err("a remote build reads the Dockerfile from a file, not standard input".into());
     }
@@ -138,6 +135,7 @@ pub fn build(
         exporters,
         entitlements: args.allow.iter().map(ToString::to_string).collect(),
         secrets: args.secrets(),
+        cache: args.cache_options(),
     };
     let done = super::runtime()?
         .block_on(client::build(
