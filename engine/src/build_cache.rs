@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use kiln_cache::{BlobSource, CacheIndexStore, ContentStore, Digest, ImageStore};
-use kiln_image::Reference;
+use kiln_image::{Image, Reference};
 use kiln_registry::{RegistryClient, RegistryOptions};
 use kiln_solver::{Definition, Executor};
 use kiln_worker::layer::{LayerBlob, LayerCompression, recompress_all};
@@ -49,8 +49,12 @@ pub enum CacheMode {
 pub enum CacheLocation {
     /// An OCI layout in a directory (`type=local`).
     Local(PathBuf),
-    /// A registry repository and tag (`type=registry,ref=R`).
+    /// A registry repository and tag (`type=registry,ref=R`); for `--cache-from`, an
+    /// image with an inline cache too.
     Registry(String),
+    /// In the image's own config (`--cache-to type=inline`), read back with
+    /// `--cache-from IMAGE`.
+    Inline,
 }
 
 impl CacheLocation {
@@ -58,6 +62,7 @@ impl CacheLocation {
         match self {
             CacheLocation::Local(dir) => dir.display().to_string(),
             CacheLocation::Registry(reference) => reference.clone(),
+            CacheLocation::Inline => "the image (inline)".into(),
         }
     }
 }
@@ -121,7 +126,11 @@ fn location(
                 .map_err(|e| format!("cache {spec:?}: invalid ref {reference:?}: {e}"))?;
             Ok(CacheLocation::Registry(reference))
         }
-        "inline" | "gha" | "s3" | "azblob" => Err(format!(
+        "inline" if dir_field == "dest" => Ok(CacheLocation::Inline),
+        "inline" => Err(format!(
+            "cache {spec:?}: an inline cache is read with --cache-from IMAGE (type=registry,ref=IMAGE)"
+        )),
+        "gha" | "s3" | "azblob" => Err(format!(
             "cache type {kind:?} is not supported by kiln yet (local, registry)"
         )),
         other => Err(format!("unknown cache type {other:?} (local, registry)")),
@@ -238,6 +247,7 @@ impl CacheLocation {
                 "registry".into(),
                 BTreeMap::from([("ref".to_string(), reference.clone())]),
             ),
+            CacheLocation::Inline => ("inline".into(), BTreeMap::new()),
         }
     }
 }
@@ -317,6 +327,9 @@ fn import(
     location: &CacheLocation,
 ) -> Result<CacheConfig> {
     let (manifest, source): (Vec<u8>, Arc<dyn CacheBlobs>) = match location {
+        CacheLocation::Inline => {
+            bail!("an inline cache is read from its image: --cache-from IMAGE")
+        }
         CacheLocation::Local(dir) => {
             let index: serde_json::Value =
                 serde_json::from_slice(&fs::read(dir.join("index.json")).with_context(|| {
@@ -339,7 +352,12 @@ fn import(
             let client = RegistryClient::new(registry.clone())?;
             let tag = parsed.tag.clone().unwrap_or_else(|| "latest".into());
             let target = parsed.digest.clone().unwrap_or(tag);
-            let fetched = kiln_registry::pull::fetch_manifest(&client, &parsed, &target)?;
+            let mut fetched = kiln_registry::pull::fetch_manifest(&client, &parsed, &target)?;
+            if kiln_image::is_index(&fetched.media_type) {
+                // An image with an inline cache for several platforms: this machine's.
+                let digest = host_manifest(&fetched.bytes)?;
+                fetched = kiln_registry::pull::fetch_manifest(&client, &parsed, &digest)?;
+            }
             let source = Arc::new(RegistryBlobs {
                 options: registry.clone(),
                 client,
@@ -351,19 +369,17 @@ fn import(
     };
     let manifest: serde_json::Value =
         serde_json::from_slice(&manifest).context("the cache manifest is not JSON")?;
-    if manifest["config"]["mediaType"] != CACHE_CONFIG_MEDIA_TYPE {
-        bail!(
-            "it is not a kiln build cache (config {})",
-            manifest["config"]["mediaType"]
-        );
-    }
     let config_digest: Digest = manifest["config"]["digest"]
         .as_str()
         .context("the cache manifest has no config")?
         .parse()?;
     let config_size = manifest["config"]["size"].as_u64().unwrap_or(u64::MAX);
-    let config: CacheConfig = serde_json::from_slice(&source.read(&config_digest, config_size)?)
-        .context("the cache's records are not readable")?;
+    let config_bytes = source.read(&config_digest, config_size)?;
+    let config: CacheConfig = if manifest["config"]["mediaType"] == CACHE_CONFIG_MEDIA_TYPE {
+        serde_json::from_slice(&config_bytes).context("the cache's records are not readable")?
+    } else {
+        records_of_image(&manifest, &config_bytes)?
+    };
     if config.version != FORMAT_VERSION {
         bail!(
             "its records are of version {}, this kiln reads {FORMAT_VERSION}",
@@ -384,6 +400,121 @@ fn import(
         .collect::<Result<_>>()?;
     content.add_source(source.with_blobs(layers)?);
     Ok(config)
+}
+
+/// The digest of this machine's manifest in an index (else its first).
+fn host_manifest(index: &[u8]) -> Result<String> {
+    let index: serde_json::Value = serde_json::from_slice(index).context("bad index")?;
+    let entries = index["manifests"]
+        .as_array()
+        .context("an index without manifests")?;
+    let host = kiln_solver::Platform::host();
+    let chosen = entries
+        .iter()
+        .find(|m| {
+            m["platform"]["os"] == host.os.as_str()
+                && m["platform"]["architecture"] == host.architecture.as_str()
+        })
+        .or(entries.first())
+        .context("an empty index")?;
+    Ok(chosen["digest"]
+        .as_str()
+        .context("an entry without digest")?
+        .to_string())
+}
+
+/// An image's inline cache (`--cache-to type=inline`): in its config, which cache keys
+/// its first layers answer.
+#[derive(Serialize, Deserialize)]
+struct InlineCache {
+    /// [`FORMAT_VERSION`].
+    version: u32,
+    /// Each step's key and how many of the image's layers its result is.
+    records: Vec<InlineRecord>,
+    /// When each layer's step ran (history times a cached rebuild keeps).
+    created: Vec<Option<u64>>,
+}
+
+/// One step of an inline cache.
+#[derive(Serialize, Deserialize)]
+struct InlineRecord {
+    key: String,
+    layers: usize,
+}
+
+/// The records of an image's inline cache, whose results are its first layers.
+fn records_of_image(manifest: &serde_json::Value, config: &[u8]) -> Result<CacheConfig> {
+    let image: Image = serde_json::from_slice(config).context("its config is not an image's")?;
+    let inline: InlineCache = serde_json::from_value(
+        image
+            .inline_cache
+            .context("it is neither a kiln build cache nor an image with an inline cache")?,
+    )
+    .context("its inline cache is not readable")?;
+    let descriptors = manifest["layers"].as_array().cloned().unwrap_or_default();
+    let layers = descriptors
+        .iter()
+        .zip(&image.rootfs.diff_ids)
+        .enumerate()
+        .map(|(n, (descriptor, diff_id))| {
+            Ok(LayerBlob {
+                diff_id: diff_id.parse()?,
+                digest: descriptor["digest"]
+                    .as_str()
+                    .context("layer without digest")?
+                    .parse()?,
+                size: descriptor["size"].as_u64().unwrap_or(0),
+                media_type: descriptor["mediaType"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                created: inline.created.get(n).copied().flatten(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let records = inline
+        .records
+        .into_iter()
+        .filter(|r| r.layers <= layers.len())
+        .map(|r| CacheRecord {
+            key: r.key,
+            result: WorkerRef::Snapshot(Snapshot {
+                layers: layers[..r.layers].to_vec(),
+            }),
+        })
+        .collect();
+    Ok(CacheConfig {
+        version: inline.version,
+        records,
+    })
+}
+
+/// The inline cache of the image whose filesystem is `root` (`--cache-to type=inline`):
+/// the steps whose layers start it, by cache key.
+pub fn inline_cache(input: &ExportInput<'_>, root: &Snapshot) -> serde_json::Value {
+    let records = input
+        .definition
+        .topological_order()
+        .iter()
+        .filter_map(|digest| {
+            let vertex = input.definition.vertex(digest)?;
+            let (WorkerRef::Snapshot(snapshot), key) = input.steps.get(digest)? else {
+                return None;
+            };
+            (input.worker.cacheable(vertex) && in_final_image(&snapshot.layers, &[root])).then(
+                || InlineRecord {
+                    key: key.clone(),
+                    layers: snapshot.layers.len(),
+                },
+            )
+        })
+        .collect();
+    serde_json::to_value(InlineCache {
+        version: FORMAT_VERSION,
+        records,
+        created: root.layers.iter().map(|l| l.created).collect(),
+    })
+    .expect("an inline cache serialises")
 }
 
 /// A cache's blobs, read directly (its manifest and config) or as a [`BlobSource`].
@@ -523,7 +654,8 @@ pub fn export_all(
     input: &ExportInput<'_>,
     notice: &(dyn Fn(&str) + Sync),
 ) -> Result<()> {
-    for cache in to {
+    // An inline cache went into the image's config as it was exported.
+    for cache in to.iter().filter(|c| c.location != CacheLocation::Inline) {
         let described = cache.location.describe();
         notice(&format!("exporting cache to {described}"));
         let exported = export(content, images, memo, registry, cache, input, notice);
@@ -616,6 +748,7 @@ fn export(
                 .collect();
             write_layout(content, dir, &blobs, manifest_digest, manifest.len() as u64)?;
         }
+        CacheLocation::Inline => {}
         CacheLocation::Registry(reference) => {
             let remote = Reference::parse_normalized(reference).map_err(|e| anyhow::anyhow!(e))?;
             kiln_registry::push::push(

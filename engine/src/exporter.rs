@@ -72,6 +72,8 @@ pub struct ExportOptions<'a> {
     pub platform: &'a Platform,
     /// `SOURCE_DATE_EPOCH`: the time new history entries and the config state.
     pub source_date_epoch: Option<u64>,
+    /// The inline build cache the config carries (`--cache-to type=inline`).
+    pub inline_cache: Option<serde_json::Value>,
 }
 
 /// Stores `image` (its rootfs and history completed from `snapshot`) and an OCI
@@ -85,7 +87,9 @@ pub fn export_image(
     let ExportOptions {
         platform,
         source_date_epoch,
+        ref inline_cache,
     } = *options;
+    image.inline_cache = inline_cache.clone();
     let now = source_date_epoch.unwrap_or_else(kiln_cache::unix_seconds_now);
     image.architecture = platform.architecture.clone();
     image.os = platform.os.clone();

@@ -553,6 +553,12 @@ pub fn build(
     })?;
     let mut built = Vec::with_capacity(platforms.len());
     let kiln_solver::Solved { roots, steps } = solved;
+    let cache_input = build_cache::ExportInput {
+        definition,
+        steps: &steps,
+        roots: Vec::new(),
+        worker: &worker,
+    };
     for ((platform, image), result) in lowered.images.into_iter().zip(roots) {
         let snapshot = match result {
             Some(WorkerRef::Snapshot(snapshot)) => snapshot,
@@ -561,6 +567,11 @@ pub fn build(
             }
             None => Default::default(),
         };
+        let inline_cache = request
+            .cache_to
+            .iter()
+            .any(|c| c.location == CacheLocation::Inline)
+            .then(|| build_cache::inline_cache(&cache_input, &snapshot));
         let exported = exporter::export_image(
             &content,
             image,
@@ -568,6 +579,7 @@ pub fn build(
             &exporter::ExportOptions {
                 platform: &platform,
                 source_date_epoch: request.source_date_epoch,
+                inline_cache,
             },
         )?;
         built.push(Built {
@@ -600,10 +612,8 @@ pub fn build(
         &registry,
         &request.cache_to,
         &build_cache::ExportInput {
-            definition,
-            steps: &steps,
             roots: built.iter().map(|b| &b.snapshot).collect(),
-            worker: &worker,
+            ..cache_input
         },
         notice,
     )?;

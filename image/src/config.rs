@@ -29,6 +29,15 @@ pub struct Image {
     /// One entry per instruction, with `empty_layer` for those that add no layer.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<History>,
+    /// kiln's inline build cache (`--cache-to type=inline`): which cache keys the image's
+    /// first layers answer. The exporter sets it for each image, so an image built on one
+    /// that has it does not inherit it.
+    #[serde(
+        rename = "kiln.cache.v1",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub inline_cache: Option<serde_json::Value>,
 }
 
 /// How a container of the image runs.

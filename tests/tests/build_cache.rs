@@ -201,3 +201,77 @@ fn a_local_cache_round_trips_and_a_missing_one_is_a_warning() {
         "{progress}"
     );
 }
+
+#[test]
+fn an_inline_cache_travels_in_the_pushed_image() {
+    let registry = Registry::start(None);
+    let base = busybox_archives();
+    let image_name = format!("{}/app:inline", registry.host);
+    let app = context("one\n");
+    let first = state_with(&base);
+    let (_, image) = build(
+        first.path(),
+        app.path(),
+        &["--cache-to", "type=inline", "-t", &image_name, "--push"],
+    );
+    let config = run(
+        Command::new("skopeo")
+            .args(["inspect", "--config", "--raw", "--tls-verify=false"])
+            .arg(format!("docker://{image_name}")),
+        true,
+    )
+    .stdout;
+    let config: Value = serde_json::from_slice(&config).unwrap();
+    assert!(
+        config["kiln.cache.v1"]["records"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty()),
+        "{config}"
+    );
+
+    // A fresh runner reads it from the image: the final stage's steps are cached (the
+    // `tools` stage is not in the image, so it runs), and the rebuilt image is the same.
+    let fresh = state_with(&base);
+    let (progress, again) = build(
+        fresh.path(),
+        app.path(),
+        &["--cache-from", &image_name, "--cache-to", "type=inline"],
+    );
+    assert!(!progress.contains("RAN-FINAL"), "{progress}");
+    assert_eq!(again, image);
+
+    // An image built on it does not inherit the cache.
+    let derived = tempfile::tempdir().unwrap();
+    fs::write(
+        derived.path().join("Dockerfile"),
+        format!("FROM {image_name}\nRUN true\n"),
+    )
+    .unwrap();
+    let archive = derived.path().join("derived.tar");
+    build(
+        fresh.path(),
+        derived.path(),
+        &["-o", &format!("type=oci,dest={}", archive.display())],
+    );
+    let unpacked = derived.path().join("unpacked");
+    fs::create_dir(&unpacked).unwrap();
+    run(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(&unpacked),
+        true,
+    );
+    let blob = |digest: &Value| {
+        let hex = digest.as_str().unwrap().trim_start_matches("sha256:");
+        serde_json::from_slice::<Value>(&fs::read(unpacked.join("blobs/sha256").join(hex)).unwrap())
+            .unwrap()
+    };
+    let index: Value =
+        serde_json::from_slice(&fs::read(unpacked.join("index.json")).unwrap()).unwrap();
+    let manifest = blob(&index["manifests"][0]["digest"]);
+    let config = blob(&manifest["config"]["digest"]);
+    assert!(config["rootfs"].is_object(), "{config}");
+    assert!(config.get("kiln.cache.v1").is_none(), "{config}");
+}

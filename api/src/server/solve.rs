@@ -106,7 +106,7 @@ fn caches(request: &SolveRequest) -> Result<(Vec<CacheTo>, Vec<CacheFrom>)> {
             .collect::<std::collections::BTreeMap<_, _>>()
     };
     let on_daemon = |location: &CacheLocation| match location {
-        CacheLocation::Registry(_) => Ok(()),
+        CacheLocation::Registry(_) | CacheLocation::Inline => Ok(()),
         CacheLocation::Local(_) => Err(anyhow!(
             "a remote build cannot use a type=local cache (it would live on the client); use type=registry"
         )),
