@@ -19,10 +19,10 @@ use anyhow::{Context, Result, bail};
 use kiln_cache::{BlobSource, CacheIndexStore, ContentStore, Digest, ImageStore};
 use kiln_image::{Image, Reference};
 use kiln_registry::{RegistryClient, RegistryOptions};
-use kiln_solver::{Definition, Executor};
-use kiln_worker::layer::{LayerBlob, LayerCompression, recompress_all};
+use kiln_solver::{Definition, Executor, MountKind, Op};
+use kiln_worker::layer::{LayerBlob, LayerCompression, WriteOptions, recompress_all, store_layer};
 use kiln_worker::snapshot::Snapshot;
-use kiln_worker::{Worker, WorkerRef};
+use kiln_worker::{Worker, WorkerRef, cache_mount_name};
 use serde::{Deserialize, Serialize};
 
 /// The media type of the config blob that holds the records.
@@ -78,6 +78,9 @@ pub struct CacheTo {
     pub compression: LayerCompression,
     /// A failed export is a warning instead of a failed build (`ignore-error=true`).
     pub ignore_error: bool,
+    /// Also export the contents of the build's `RUN --mount=type=cache` directories
+    /// (`cache-mounts=true`), which seed them on a runner that lacks them.
+    pub cache_mounts: bool,
 }
 
 /// A `--cache-from`: a cache to import.
@@ -159,6 +162,7 @@ impl FromStr for CacheTo {
             mode: CacheMode::Min,
             compression: LayerCompression::Gzip,
             ignore_error: false,
+            cache_mounts: false,
         };
         for (key, value) in &fields {
             match (key.as_str(), value.as_str()) {
@@ -167,6 +171,7 @@ impl FromStr for CacheTo {
                 ("compression", "gzip") => to.compression = LayerCompression::Gzip,
                 ("compression", "zstd") => to.compression = LayerCompression::Zstd,
                 ("ignore-error", value) => to.ignore_error = parse_bool(spec, key, value)?,
+                ("cache-mounts", value) => to.cache_mounts = parse_bool(spec, key, value)?,
                 // kiln's cache is always an OCI image manifest with OCI media types.
                 ("oci-mediatypes" | "image-manifest", value) => {
                     parse_bool(spec, key, value)?;
@@ -219,6 +224,9 @@ impl CacheTo {
         if self.ignore_error {
             attrs.insert("ignore-error".into(), "true".into());
         }
+        if self.cache_mounts {
+            attrs.insert("cache-mounts".into(), "true".into());
+        }
         (kind, attrs)
     }
 }
@@ -267,6 +275,17 @@ struct CacheConfig {
     version: u32,
     /// Each step's cache key and result.
     records: Vec<CacheRecord>,
+    /// The contents of cache mounts (`cache-mounts=true`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    mounts: Vec<MountRecord>,
+}
+
+/// A cache mount's contents: its directory name (see [`cache_mount_name`]) and a layer
+/// holding its files.
+#[derive(Serialize, Deserialize)]
+struct MountRecord {
+    name: String,
+    layer: LayerBlob,
 }
 
 /// One step: its cache key and the layers it made.
@@ -276,21 +295,29 @@ struct CacheRecord {
     result: WorkerRef,
 }
 
-/// Records imported with `--cache-from`, looked up after the local cache index.
+/// Records imported with `--cache-from`, looked up after the local cache index, and the
+/// cache mount contents they carry.
 #[derive(Default)]
-pub struct ImportedRecords(HashMap<String, Vec<u8>>);
+pub struct ImportedRecords {
+    results: HashMap<String, Vec<u8>>,
+    /// Cache mount contents by directory name, for the worker.
+    pub mount_seeds: HashMap<String, LayerBlob>,
+}
 
 impl ImportedRecords {
     /// The imported result of `key`, as the cache index stores results.
     pub fn get(&self, key: &str) -> Option<Vec<u8>> {
-        self.0.get(key).cloned()
+        self.results.get(key).cloned()
     }
 
     fn add(&mut self, config: CacheConfig) -> Result<usize> {
         let count = config.records.len();
         for record in config.records {
-            self.0
+            self.results
                 .insert(record.key, serde_json::to_vec(&record.result)?);
+        }
+        for mount in config.mounts {
+            self.mount_seeds.entry(mount.name).or_insert(mount.layer);
         }
         Ok(count)
     }
@@ -486,6 +513,7 @@ fn records_of_image(manifest: &serde_json::Value, config: &[u8]) -> Result<Cache
     Ok(CacheConfig {
         version: inline.version,
         records,
+        mounts: Vec::new(),
     })
 }
 
@@ -641,6 +669,8 @@ pub struct ExportInput<'a> {
     pub roots: Vec<&'a Snapshot>,
     /// The worker, which says which steps are cacheable.
     pub worker: &'a Worker,
+    /// The state directory's cache mounts.
+    pub cache_mounts: &'a Path,
 }
 
 /// Exports the cache to every `--cache-to`; a failure fails the build unless that export
@@ -719,9 +749,20 @@ fn export(
         });
     }
     let count = records.len();
+    let mounts = if to.cache_mounts {
+        export_mounts(content, memo, to.compression, input)?
+    } else {
+        Vec::new()
+    };
+    for mount in &mounts {
+        if !layers.iter().any(|l| l.digest == mount.layer.digest) {
+            layers.push(mount.layer.clone());
+        }
+    }
     let config = serde_json::to_vec(&CacheConfig {
         version: FORMAT_VERSION,
         records,
+        mounts,
     })?;
     let config_digest = content.put(&config)?;
     let manifest = serde_json::json!({
@@ -763,6 +804,44 @@ fn export(
         }
     }
     Ok(count)
+}
+
+/// The contents of the cache mounts the build's steps use, each as a compressed layer.
+fn export_mounts(
+    content: &ContentStore,
+    memo: &CacheIndexStore,
+    compression: LayerCompression,
+    input: &ExportInput<'_>,
+) -> Result<Vec<MountRecord>> {
+    let mut names: Vec<String> = Vec::new();
+    for digest in input.definition.topological_order() {
+        let Some(Op::Exec(exec)) = input.definition.vertex(digest).map(|v| &v.op) else {
+            continue;
+        };
+        for mount in &exec.mounts {
+            if let MountKind::Cache {
+                id, uid, gid, mode, ..
+            } = &mount.kind
+            {
+                let name = cache_mount_name(id, *uid, *gid, *mode);
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+    }
+    let mut mounts = Vec::new();
+    for name in names {
+        let dir = input.cache_mounts.join(&name);
+        if !dir.is_dir() {
+            continue;
+        }
+        let layer = store_layer(&dir, &[], content, WriteOptions::default())
+            .with_context(|| format!("cannot pack the cache mount {name}"))?;
+        let layer = recompress_all(content, &[layer], compression, memo)?.remove(0);
+        mounts.push(MountRecord { name, layer });
+    }
+    Ok(mounts)
 }
 
 /// Writes `blobs` and an `index.json` naming `manifest` into the OCI layout `dir`; the
@@ -812,7 +891,7 @@ mod tests {
 
     #[test]
     fn cache_specs_parse_like_buildx() {
-        let to: CacheTo = "type=registry,ref=r.io/app:cache,mode=max,compression=zstd,ignore-error=true,oci-mediatypes=true"
+        let to: CacheTo = "type=registry,ref=r.io/app:cache,mode=max,compression=zstd,ignore-error=true,oci-mediatypes=true,cache-mounts=true"
             .parse()
             .unwrap();
         assert_eq!(
@@ -822,6 +901,7 @@ mod tests {
         assert_eq!(to.mode, CacheMode::Max);
         assert_eq!(to.compression, LayerCompression::Zstd);
         assert!(to.ignore_error);
+        assert!(to.cache_mounts);
         let local: CacheTo = "type=local,dest=/c".parse().unwrap();
         assert_eq!(local.location, CacheLocation::Local("/c".into()));
         assert_eq!(local.mode, CacheMode::Min);
@@ -836,12 +916,22 @@ mod tests {
             ("type=local", "dest=DIR"),
             ("type=registry", "ref="),
             ("type=registry,ref=r/a,mode=all", "unsupported field"),
-            ("type=inline", "not supported by kiln yet"),
+            ("type=gha", "not supported by kiln yet"),
             ("type=floppy,ref=x", "unknown cache type"),
         ] {
             let err = bad.parse::<CacheTo>().unwrap_err();
             assert!(err.contains(why), "{bad}: {err}");
         }
+        assert_eq!(
+            "type=inline".parse::<CacheTo>().unwrap().location,
+            CacheLocation::Inline
+        );
+        assert!(
+            "type=inline"
+                .parse::<CacheFrom>()
+                .unwrap_err()
+                .contains("--cache-from IMAGE")
+        );
         assert!(
             "type=local,dest=/c"
                 .parse::<CacheFrom>()

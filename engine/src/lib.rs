@@ -512,6 +512,8 @@ pub fn build(
     entitlements::check(definition, &request.entitlements)?;
     check_emulation(definition)?;
 
+    let imported =
+        build_cache::import_all(&content, &request.registry, &request.cache_from, notice);
     let outputs_view = snapshots.clone();
     let layer_options = WriteOptions {
         source_date_epoch: request.source_date_epoch,
@@ -524,12 +526,13 @@ pub fn build(
         sources: request.sources,
         secrets: request.secrets,
         cache_mounts: state.cache_mounts(),
+        cache_mount_seeds: imported.mount_seeds.clone(),
         checksums: ChecksumCache::open(state.checksums()),
         layer_options,
     });
     let cache = PersistentCache {
         local: state.cache_index(),
-        imported: build_cache::import_all(&content, &request.registry, &request.cache_from, notice),
+        imported,
     };
     let options = SolveOptions {
         max_parallelism: request.max_parallelism,
@@ -553,11 +556,13 @@ pub fn build(
     })?;
     let mut built = Vec::with_capacity(platforms.len());
     let kiln_solver::Solved { roots, steps } = solved;
+    let cache_mounts = state.cache_mounts();
     let cache_input = build_cache::ExportInput {
         definition,
         steps: &steps,
         roots: Vec::new(),
         worker: &worker,
+        cache_mounts: &cache_mounts,
     };
     for ((platform, image), result) in lowered.images.into_iter().zip(roots) {
         let snapshot = match result {

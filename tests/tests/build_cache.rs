@@ -275,3 +275,57 @@ fn an_inline_cache_travels_in_the_pushed_image() {
     assert!(config["rootfs"].is_object(), "{config}");
     assert!(config.get("kiln.cache.v1").is_none(), "{config}");
 }
+
+#[test]
+fn cache_mounts_travel_with_cache_mounts_true() {
+    let base = busybox_archives();
+    let dir = tempfile::tempdir().unwrap();
+    let with_mounts = dir.path().join("with-mounts");
+    let without = dir.path().join("without");
+    let context = |word: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(
+            dir.path().join("Dockerfile"),
+            "FROM busybox:1\nCOPY word /word\n\
+             RUN --mount=type=cache,target=/cache,id=compiler \
+             ls /cache | sed 's/^/seen-/' | tr a-z A-Z; cp /word /cache/$(cat /word)\n",
+        )
+        .unwrap();
+        fs::write(dir.path().join("word"), word).unwrap();
+        dir
+    };
+    let first = state_with(&base);
+    build(
+        first.path(),
+        context("one").path(),
+        &[
+            "--cache-to",
+            &format!(
+                "type=local,dest={},cache-mounts=true",
+                with_mounts.display()
+            ),
+            "--cache-to",
+            &format!("type=local,dest={}", without.display()),
+        ],
+    );
+
+    // A changed source on a fresh runner: the step runs, with the compiler cache warm.
+    let (progress, _) = build(
+        state_with(&base).path(),
+        context("two").path(),
+        &[
+            "--cache-from",
+            &format!("type=local,src={}", with_mounts.display()),
+        ],
+    );
+    assert!(progress.contains("SEEN-ONE"), "{progress}");
+    let (progress, _) = build(
+        state_with(&base).path(),
+        context("two").path(),
+        &[
+            "--cache-from",
+            &format!("type=local,src={}", without.display()),
+        ],
+    );
+    assert!(!progress.contains("SEEN-ONE"), "{progress}");
+}

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
 
@@ -79,6 +79,9 @@ pub struct WorkerConfig {
     pub sources: Box<dyn LocalSources>,
     /// Where `RUN --mount=type=cache` directories live.
     pub cache_mounts: PathBuf,
+    /// Contents an imported build cache holds for cache mounts that do not exist yet,
+    /// by [`cache_mount_name`]: unpacked into the mount the first time a step uses it.
+    pub cache_mount_seeds: HashMap<String, LayerBlob>,
     /// Remembered digests of context files.
     pub checksums: ChecksumCache,
     /// How layers are written.
@@ -97,7 +100,50 @@ pub struct Worker {
     context_sums: Mutex<HashMap<Digest, String>>,
 }
 
+/// The directory name of a cache mount under the state's cache mounts. As in BuildKit,
+/// an owner or mode given for the cache makes it another cache than the same id's with
+/// the defaults.
+pub fn cache_mount_name(id: &str, uid: u32, gid: u32, mode: u32) -> String {
+    let key = if (uid, gid, mode) == (0, 0, 0o755) {
+        id.to_string()
+    } else {
+        format!("{id}:{uid}:{gid}:{mode:o}")
+    };
+    kiln_cache::Digest::of(key.as_bytes()).hex().to_string()
+}
+
 impl Worker {
+    /// Creates the cache mount `dir` (named `name`) owned and moded as asked, holding
+    /// what an imported cache has for it; made aside and renamed into place, so that a
+    /// concurrent step never sees it half-filled.
+    fn make_cache_mount(
+        &self,
+        dir: &Path,
+        name: &str,
+        (uid, gid, mode): (u32, u32, u32),
+    ) -> Result<()> {
+        std::fs::create_dir_all(&self.config.cache_mounts)?;
+        let fresh = tempfile::Builder::new()
+            .prefix(".new-")
+            .tempdir_in(&self.config.cache_mounts)?;
+        if let Some(seed) = self.config.cache_mount_seeds.get(name) {
+            let blob = self.config.content.open_blob(&seed.digest)?;
+            crate::layer::apply_layer(blob, fresh.path(), seed)
+                .with_context(|| format!("cannot unpack the imported cache mount {name}"))?;
+        }
+        std::os::unix::fs::chown(fresh.path(), Some(uid), Some(gid))?;
+        std::fs::set_permissions(
+            fresh.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(mode),
+        )?;
+        let made = fresh.keep();
+        if std::fs::rename(&made, dir).is_err() {
+            // Another step made it first.
+            std::fs::remove_dir_all(&made)?;
+        }
+        Ok(())
+    }
+
     /// A worker over the given stores.
     pub fn new(config: WorkerConfig) -> Self {
         Self {
@@ -226,22 +272,10 @@ impl Worker {
                 } => {
                     // As in BuildKit, an owner or mode given for the cache makes it another
                     // cache than the same id's with the defaults.
-                    let key = if (*uid, *gid, *mode) == (0, 0, 0o755) {
-                        id.clone()
-                    } else {
-                        format!("{id}:{uid}:{gid}:{mode:o}")
-                    };
-                    let dir = self
-                        .config
-                        .cache_mounts
-                        .join(kiln_cache::Digest::of(key.as_bytes()).hex());
+                    let name = cache_mount_name(id, *uid, *gid, *mode);
+                    let dir = self.config.cache_mounts.join(&name);
                     if !dir.exists() {
-                        std::fs::create_dir_all(&dir)?;
-                        std::os::unix::fs::chown(&dir, Some(*uid), Some(*gid))?;
-                        std::fs::set_permissions(
-                            &dir,
-                            std::os::unix::fs::PermissionsExt::from_mode(*mode),
-                        )?;
+                        self.make_cache_mount(&dir, &name, (*uid, *gid, *mode))?;
                     }
                     mounts.push(SandboxMount::Bind {
                         target: mount.target.clone(),

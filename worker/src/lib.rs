@@ -14,5 +14,7 @@ pub mod secrets;
 pub mod snapshot;
 mod sources;
 
-pub use executor::{Worker, WorkerConfig, WorkerRef, platform_wanted, resolve_image};
+pub use executor::{
+    Worker, WorkerConfig, WorkerRef, cache_mount_name, platform_wanted, resolve_image,
+};
 pub use sources::{LocalDirectories, LocalSources};
