@@ -20,6 +20,7 @@
 
 mod build;
 mod corpus;
+mod kills;
 mod remote;
 
 /// The hidden first argument that makes kiln-bench run a command and print the peak RSS
@@ -49,7 +50,7 @@ fn main() -> ExitCode {
                 Some(host) => docker = Some(host),
                 None => return usage("--docker takes a dockerd address (unix:///…)"),
             },
-            "parse" | "build" | "corpus" | "remote" => benches.push(arg),
+            "parse" | "build" | "corpus" | "remote" | "kills" => benches.push(arg),
             "-h" | "--help" => return usage(""),
             other => return usage(&format!("unknown benchmark {other:?}")),
         }
@@ -72,6 +73,7 @@ fn main() -> ExitCode {
             other => match sibling_kiln() {
                 Some(kiln) if other == "build" => build::bench_build(&kiln, runs),
                 Some(kiln) if other == "remote" => remote::bench_remote(&kiln, runs.min(5)),
+                Some(kiln) if other == "kills" => kills::bench_kills(&kiln, runs),
                 // The corpus is slow: 5 runs unless fewer were asked for.
                 Some(kiln) => corpus::bench_corpus(&kiln, runs.min(5), docker.as_deref()),
                 None => println!("(skipped {other}: no kiln binary beside kiln-bench)"),
@@ -103,7 +105,10 @@ fn usage(problem: &str) -> ExitCode {
     if !problem.is_empty() {
         eprintln!("error: {problem}");
     }
-    eprintln!("usage: kiln-bench [parse] [build] [corpus] [--runs N] [--docker HOST]");
+    eprintln!(
+        "usage: kiln-bench [parse] [build] [corpus] [remote] [kills] [--runs N] [--docker HOST]\n\
+         (kills is not run by default: `kiln-bench kills --runs 100` kills 100 builds per runtime)"
+    );
     if problem.is_empty() {
         ExitCode::SUCCESS
     } else {
