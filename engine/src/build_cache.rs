@@ -604,6 +604,21 @@ impl BlobSource for LayoutBlobs {
     }
 }
 
+/// The layers `layers` (digest and size) of the registry image `reference`, as a source
+/// the content store fetches them from when a build needs their bytes.
+pub fn registry_layers(
+    options: &RegistryOptions,
+    reference: Reference,
+    layers: Vec<(Digest, u64)>,
+) -> Result<Arc<dyn BlobSource>> {
+    Ok(Arc::new(RegistryBlobs {
+        options: options.clone(),
+        client: RegistryClient::new(options.clone())?,
+        reference,
+        blobs: layers.into_iter().collect(),
+    }))
+}
+
 /// The blobs of a registry repository.
 struct RegistryBlobs {
     options: RegistryOptions,
@@ -630,18 +645,13 @@ impl CacheBlobs for RegistryBlobs {
     }
 
     fn with_blobs(&self, layers: Vec<(Digest, u64)>) -> Result<Arc<dyn BlobSource>> {
-        Ok(Arc::new(RegistryBlobs {
-            options: self.options.clone(),
-            client: RegistryClient::new(self.options.clone())?,
-            reference: self.reference.clone(),
-            blobs: layers.into_iter().collect(),
-        }))
+        registry_layers(&self.options, self.reference.clone(), layers)
     }
 }
 
 impl BlobSource for RegistryBlobs {
     fn name(&self) -> String {
-        format!("the cache {}", self.reference)
+        self.reference.to_string()
     }
 
     fn has(&self, digest: &Digest) -> bool {

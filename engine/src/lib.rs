@@ -140,6 +140,8 @@ struct StoreImages<'a> {
     content: &'a ContentStore,
     images: &'a ImageStore,
     registry: &'a RegistryClient,
+    /// How the layers left in the registry are fetched when the build needs them.
+    registry_options: &'a RegistryOptions,
     always_pull: bool,
     notice: &'a (dyn Fn(&str) + Sync),
     /// References already pulled in this build (each is asked for once).
@@ -151,6 +153,16 @@ impl ImageResolver for StoreImages<'_> {
         let parsed = Reference::parse_normalized(reference).map_err(|e| e.to_string())?;
         let local = resolve_image(self.content, self.images, reference, platform);
         let pull = match &local {
+            // An image whose layers an earlier build left in the registry is pulled
+            // again (its manifest), so that this build can fetch them.
+            Ok(image)
+                if image
+                    .layers
+                    .iter()
+                    .any(|l| !self.content.available(&l.digest)) =>
+            {
+                true
+            }
             Ok(_) => self.always_pull && parsed.digest.is_none(),
             Err(_) => true,
         } && self
@@ -160,15 +172,23 @@ impl ImageResolver for StoreImages<'_> {
             .insert(format!("{parsed} {platform}"));
         if pull {
             (self.notice)(&format!("pulling {parsed}"));
-            kiln_registry::pull::pull(
+            // The manifest and config now; each layer when the build needs its bytes.
+            let pulled = kiln_registry::pull::pull_with(
                 self.registry,
                 self.content,
                 self.images,
                 &parsed,
                 &platform_wanted(platform),
+                kiln_registry::pull::Layers::Later,
                 self.notice,
             )
             .map_err(|e| format!("{e:#}"))?;
+            if !pulled.missing.is_empty() {
+                let source =
+                    build_cache::registry_layers(self.registry_options, parsed, pulled.missing)
+                        .map_err(|e| format!("{e:#}"))?;
+                self.content.add_source(source);
+            }
             return resolve_image(self.content, self.images, reference, platform)
                 .map(|image| image.config);
         }
@@ -501,6 +521,7 @@ pub fn build(
                     content: &content,
                     images: &images,
                     registry: &registry,
+                    registry_options: &request.registry,
                     always_pull: request.pull,
                     notice,
                     pulled: Default::default(),

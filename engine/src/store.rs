@@ -298,8 +298,12 @@ fn image_intact(
             .filter(|child| content.contains(child))
             .all(|child| image_intact(content, &child, damaged, depth + 1));
     }
+    // A layer may be absent: a build that pulled the image left the layers it did not
+    // need in the registry, and the next build that needs them pulls them. Present, it
+    // must be whole.
     let layers = document["layers"].as_array().cloned().unwrap_or_default();
-    std::iter::once(&document["config"])
-        .chain(&layers)
-        .all(|descriptor| digest_of(descriptor).is_some_and(|d| intact(&d)))
+    digest_of(&document["config"]).is_some_and(|d| intact(&d))
+        && layers
+            .iter()
+            .all(|descriptor| digest_of(descriptor).is_some_and(|d| !damaged.contains(&d)))
 }

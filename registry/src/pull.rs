@@ -157,6 +157,47 @@ pub fn pull(
     platform: &PlatformWanted<'_>,
     progress: &dyn Fn(&str),
 ) -> Result<Digest> {
+    let pulled = pull_with(
+        client,
+        content,
+        images,
+        reference,
+        platform,
+        Layers::Now,
+        progress,
+    )?;
+    Ok(pulled.digest)
+}
+
+/// When [`pull_with`] downloads an image's layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layers {
+    /// With the manifest and config.
+    Now,
+    /// Not at all: a build fetches them through a content store source when it needs
+    /// their bytes (a step on top runs, or an output holds them).
+    Later,
+}
+
+/// What [`pull_with`] did.
+#[derive(Debug, Clone)]
+pub struct Pulled {
+    /// What the name now points at (the index or the manifest).
+    pub digest: Digest,
+    /// The layers left for later (digest and size), with [`Layers::Later`].
+    pub missing: Vec<(Digest, u64)>,
+}
+
+/// [`pull`], downloading the layers now or leaving them for later.
+pub fn pull_with(
+    client: &RegistryClient,
+    content: &ContentStore,
+    images: &ImageStore,
+    reference: &Reference,
+    platform: &PlatformWanted<'_>,
+    layers: Layers,
+    progress: &dyn Fn(&str),
+) -> Result<Pulled> {
     let name = reference.to_string();
     let target = reference
         .digest
@@ -187,7 +228,8 @@ pub fn pull(
     let document: serde_json::Value = serde_json::from_slice(&manifest.bytes)?;
     let mut blobs = vec![document["config"].clone()];
     blobs.extend(document["layers"].as_array().cloned().unwrap_or_default());
-    for descriptor in &blobs {
+    let mut missing = Vec::new();
+    for (n, descriptor) in blobs.iter().enumerate() {
         let digest: Digest = descriptor["digest"]
             .as_str()
             .context("manifest descriptor without digest")?
@@ -199,6 +241,11 @@ pub fn pull(
         let size = descriptor["size"]
             .as_u64()
             .with_context(|| format!("{name}: a descriptor in its manifest has no size"))?;
+        // The config (first) is read while lowering; layers may wait.
+        if n > 0 && layers == Layers::Later {
+            missing.push((digest, size));
+            continue;
+        }
         let short = digest.short(12);
         progress(&format!(
             "{short} {} / {}",
@@ -238,7 +285,10 @@ pub fn pull(
         top.digest,
         top.bytes.len() as u64,
     ))?;
-    Ok(top.digest)
+    Ok(Pulled {
+        digest: top.digest,
+        missing,
+    })
 }
 
 /// The platforms an index's entries are for, as a list for messages

@@ -329,3 +329,73 @@ fn cache_mounts_travel_with_cache_mounts_true() {
     );
     assert!(!progress.contains("SEEN-ONE"), "{progress}");
 }
+
+/// A base image from the registry is pulled lazily too: a cached build that only pushes
+/// downloads neither the cache's layers nor the base's.
+#[test]
+fn a_registry_base_is_not_downloaded_by_a_cached_push() {
+    let registry = Registry::start(None);
+    let host = &registry.host;
+    let base = busybox_archives();
+    run(
+        Command::new("skopeo")
+            .args(["copy", "-q", "--dest-tls-verify=false"])
+            .arg(format!("oci-archive:{}", base.oci.display()))
+            .arg(format!("docker://{host}/busybox:1")),
+        true,
+    );
+    let app = tempfile::tempdir().unwrap();
+    fs::write(
+        app.path().join("Dockerfile"),
+        format!("FROM {host}/busybox:1\nRUN echo made > /made\n"),
+    )
+    .unwrap();
+    let cache = format!("{host}/cache:base");
+    let first = tempfile::tempdir().unwrap();
+    let (_, image) = build(
+        first.path(),
+        app.path(),
+        &["--cache-to", &format!("type=registry,ref={cache},mode=max")],
+    );
+    let blob_gets = || {
+        registry.requests("\"GET /v2/busybox/blobs/") + registry.requests("\"GET /v2/cache/blobs/")
+    };
+    let before = blob_gets();
+    let fresh = tempfile::tempdir().unwrap();
+    let (progress, again) = build(
+        fresh.path(),
+        app.path(),
+        &[
+            "--cache-from",
+            &cache,
+            "-o",
+            &format!("type=registry,name={host}/app:lazy"),
+        ],
+    );
+    assert_eq!(again, image, "{progress}");
+    // The base's config and the cache's records, nothing else.
+    assert_eq!(blob_gets() - before, 2, "{progress}");
+    run(
+        Command::new("skopeo")
+            .args(["inspect", "--tls-verify=false"])
+            .arg(format!("docker://{host}/app:lazy")),
+        true,
+    );
+    // The store says nothing is wrong with the base whose layers stayed in the registry,
+    // and a build that needs them fetches them.
+    run(kiln().arg("--root").arg(fresh.path()).arg("check"), true);
+    let out = tempfile::tempdir().unwrap();
+    build(
+        fresh.path(),
+        app.path(),
+        &[
+            "--no-cache",
+            "-o",
+            &format!("type=local,dest={}", out.path().display()),
+        ],
+    );
+    assert_eq!(
+        fs::read_to_string(out.path().join("made")).unwrap(),
+        "made\n"
+    );
+}
