@@ -575,6 +575,15 @@ fn an_independent_grpcio_client_speaks_to_the_daemon() {
             .replace("aarch64", "arm64")
     );
     assert_eq!(seen["platforms"][0], host.as_str(), "{seen}");
+    // QEMU (installed by scripts/test) makes arm64 runnable: the worker says so.
+    assert!(
+        seen["platforms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "linux/arm64"),
+        "{seen}"
+    );
     assert_eq!(seen["version"], env!("CARGO_PKG_VERSION"), "{seen}");
     assert!(seen["usage"].as_array().unwrap().len() > 1, "{seen}");
     assert!(

@@ -335,9 +335,56 @@ pub fn check_platforms(platforms: &[Platform]) -> Result<(), EmulationError> {
     Ok(())
 }
 
+/// The platforms BuildKit's workers commonly list, in its order.
+const KNOWN_PLATFORMS: &[&str] = &[
+    "linux/amd64",
+    "linux/arm64",
+    "linux/riscv64",
+    "linux/ppc64le",
+    "linux/s390x",
+    "linux/386",
+    "linux/mips64le",
+    "linux/mips64",
+    "linux/loong64",
+    "linux/arm/v7",
+    "linux/arm/v6",
+];
+
+/// The platforms RUN steps can run for on this machine: its own first, then those it
+/// runs natively or through a registered emulator (what a worker advertises).
+pub fn runnable_platforms() -> Vec<Platform> {
+    let host = Platform::host();
+    let mut platforms = vec![host.clone()];
+    for known in KNOWN_PLATFORMS {
+        let Ok(platform) = known.parse::<Platform>() else {
+            continue;
+        };
+        if !platforms.contains(&platform)
+            && (runs_natively(&platform) || emulator_for(&platform).is_ok())
+        {
+            platforms.push(platform);
+        }
+    }
+    platforms
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runnable_platforms_start_with_the_host_and_include_what_runs_natively() {
+        let platforms = runnable_platforms();
+        assert_eq!(platforms[0], Platform::host());
+        assert!(
+            platforms
+                .iter()
+                .all(|p| runs_natively(p) || emulator_for(p).is_ok())
+        );
+        if Platform::host().architecture == "amd64" {
+            assert!(platforms.contains(&"linux/386".parse().unwrap()));
+        }
+    }
 
     fn p(s: &str) -> Platform {
         s.parse().unwrap()

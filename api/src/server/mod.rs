@@ -270,9 +270,8 @@ fn version() -> BuildkitVersion {
     }
 }
 
-/// The one worker: this machine, its platform, its executor.
+/// The one worker: this machine, the platforms it runs, its executor.
 fn worker_record() -> WorkerRecord {
-    let host = kiln_solver::Platform::host();
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_default();
@@ -289,12 +288,16 @@ fn worker_record() -> WorkerRecord {
                 "overlayfs".into(),
             ),
         ]),
-        platforms: vec![PbPlatform {
-            architecture: host.architecture.clone(),
-            os: host.os.clone(),
-            variant: host.variant.clone(),
-            ..PbPlatform::default()
-        }],
+        // Its own platform first, then those it runs natively or under QEMU.
+        platforms: kiln_worker::emulation::runnable_platforms()
+            .into_iter()
+            .map(|p| PbPlatform {
+                architecture: p.architecture,
+                os: p.os,
+                variant: p.variant,
+                ..PbPlatform::default()
+            })
+            .collect(),
         gc_policy: Vec::new(),
         buildkit_version: Some(version()),
     }
