@@ -384,11 +384,15 @@ fn store_or_push(
         let reference = Reference::parse_normalized(name)
             .map_err(|e| anyhow::anyhow!("invalid image name {name:?}: {e}"))?;
         if output.push {
+            let target = Push {
+                reference: &reference,
+                by_digest: output.push_by_digest,
+            };
             push_from(
                 state,
                 content,
                 registry,
-                &reference,
+                &target,
                 image.manifest.0,
                 image.media_type,
                 notice,
@@ -419,38 +423,59 @@ pub fn push_stored(
         .get(&reference.to_string())
         .with_context(|| format!("no image {reference} in the local store"))?;
     let content = state.content()?;
+    let target = Push {
+        reference,
+        by_digest: false,
+    };
     push_from(
         state,
         &content,
         registry,
-        reference,
+        &target,
         record.digest,
         &record.media_type,
         notice,
     )
 }
 
-/// Pushes the manifest or index `digest` of `media_type` as `reference`, reading blobs
+/// Where [`push_from`] pushes.
+struct Push<'a> {
+    /// The repository and tag.
+    reference: &'a Reference,
+    /// Only by digest, leaving the tag alone (`push-by-digest=true`).
+    by_digest: bool,
+}
+
+/// Pushes the manifest or index `digest` of `media_type` as `target` says, reading blobs
 /// through `content`, whose sources (an imported cache) give what the store lacks.
 fn push_from(
     state: &StateDir,
     content: &ContentStore,
     registry: &RegistryClient,
-    reference: &Reference,
+    target: &Push<'_>,
     digest: Digest,
     media_type: &str,
     notice: &(dyn Fn(&str) + Sync),
 ) -> Result<kiln_registry::push::PushReport> {
-    notice(&format!("pushing {reference}"));
     let (digest, media_type) =
         exporter::distributable(content, &state.cache_index(), digest, media_type)?;
+    let reference = if target.by_digest {
+        Reference {
+            tag: None,
+            digest: Some(digest.to_string()),
+            ..target.reference.clone()
+        }
+    } else {
+        target.reference.clone()
+    };
+    notice(&format!("pushing {reference}"));
     kiln_registry::push::push(
         registry,
         content,
         &state.images()?,
         &digest,
         &media_type,
-        reference,
+        &reference,
         notice,
     )
     .with_context(|| format!("cannot push {reference}"))
@@ -683,11 +708,15 @@ pub fn build(
         for tag in &request.tags {
             let remote = Reference::parse_normalized(tag)
                 .map_err(|e| anyhow::anyhow!("invalid tag {tag:?}: {e}"))?;
+            let target = Push {
+                reference: &remote,
+                by_digest: false,
+            };
             let report = push_from(
                 state,
                 &content,
                 &registry,
-                &remote,
+                &target,
                 stored.0,
                 stored_type,
                 notice,

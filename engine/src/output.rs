@@ -34,6 +34,9 @@ pub struct Output {
     pub names: Vec<String>,
     /// For `type=image`: push the names to their registries (`push=true`; `type=registry`).
     pub push: bool,
+    /// Push by digest only, without the names' tags (`push-by-digest=true`): a part of an
+    /// index that a client assembles from several builders.
+    pub push_by_digest: bool,
 }
 
 /// The kinds of `--output`.
@@ -139,6 +142,7 @@ impl std::str::FromStr for Output {
             format: ManifestFormat::Oci,
             names: Vec::new(),
             push: false,
+            push_by_digest: false,
         };
         if spec == "-" {
             output.kind = OutputKind::Tar;
@@ -157,6 +161,9 @@ impl std::str::FromStr for Output {
                 Some(("dest", value)) => dest = Some(PathBuf::from(value)),
                 Some(("name", value)) => output.names.push(value.to_string()),
                 Some(("push", value)) => output.push = parse_bool("push", value)?,
+                Some(("push-by-digest", value)) => {
+                    output.push_by_digest = parse_bool("push-by-digest", value)?;
+                }
                 Some(("oci-mediatypes", value)) => {
                     output.format = if parse_bool("oci-mediatypes", value)? {
                         ManifestFormat::Oci
@@ -520,6 +527,7 @@ mod tests {
             format: ManifestFormat::Oci,
             names: Vec::new(),
             push: false,
+            push_by_digest: false,
         };
         assert_eq!(
             "type=oci,dest=a.tar".parse::<Output>(),

@@ -282,7 +282,7 @@ fn upload_once(
 }
 
 /// PUTs a manifest or index under `target` (a tag or its digest).
-fn put_manifest(
+pub fn put_manifest(
     client: &RegistryClient,
     remote: &Reference,
     target: &str,

@@ -870,3 +870,98 @@ fn cache_options_travel_to_the_builder() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cannot use a type=local cache"), "{stderr}");
 }
+
+/// `--node linux/arm64=ADDR` with `--builder` for the rest: each platform builds on its
+/// builder, which pushes its part by digest, and the client pushes the index.
+#[test]
+fn platforms_build_on_their_nodes_into_one_index() {
+    let registry = kiln_tests::registry::Registry::start(None);
+    let host = &registry.host;
+    kiln_tests::push_multi_platform_busybox(host, "busybox:1");
+    let archives = busybox_archives();
+    let amd64 = Daemon::start(&archives, &[]);
+    let arm64 = Daemon::start(&archives, &[]);
+    let context = context_of(format!("FROM {host}/busybox:1\nRUN uname -m > /arch\n"));
+    let app = format!("{host}/app:nodes");
+    let metadata = context.path().join("metadata.json");
+    let out = kiln()
+        .args(["build", "--progress", "plain", "--builder", &amd64.address])
+        .args(["--node", &format!("linux/arm64={}", arm64.address)])
+        .args([
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "-t",
+            &app,
+            "--push",
+        ])
+        .arg("--metadata-file")
+        .arg(&metadata)
+        .arg(context.path())
+        .output()
+        .unwrap();
+    let progress = ok(&out);
+    assert!(
+        progress.contains(&format!("linux/arm64 built on {}", arm64.address)),
+        "{progress}"
+    );
+    assert!(
+        progress.contains(&format!("linux/amd64 built on {}", amd64.address)),
+        "{progress}"
+    );
+    assert!(
+        progress.contains("[linux/arm64 2/2] RUN uname -m > /arch"),
+        "{progress}"
+    );
+
+    let raw = run(
+        Command::new("skopeo")
+            .args(["inspect", "--raw", "--tls-verify=false"])
+            .arg(format!("docker://{app}")),
+        true,
+    )
+    .stdout;
+    let index: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    let arches: Vec<&str> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["platform"]["architecture"].as_str().unwrap())
+        .collect();
+    assert_eq!(arches, ["amd64", "arm64"], "{index}");
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&fs::read(&metadata).unwrap()).unwrap();
+    assert_eq!(
+        metadata["containerimage.digest"].as_str().unwrap(),
+        sha256_of(&raw)
+    );
+    let arm = run(
+        Command::new("skopeo")
+            .args(["inspect", "--tls-verify=false", "--override-arch", "arm64"])
+            .arg(format!("docker://{app}")),
+        true,
+    )
+    .stdout;
+    let arm: serde_json::Value = serde_json::from_slice(&arm).unwrap();
+    assert_eq!(arm["Architecture"], "arm64");
+
+    // Without a registry to assemble in, it says what to do.
+    let out = kiln()
+        .args(["build", "--builder", &amd64.address])
+        .args(["--node", &format!("linux/arm64={}", arm64.address)])
+        .args(["--platform", "linux/amd64,linux/arm64"])
+        .arg(context.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("use -t NAME --push"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `sha256:…` of `bytes`.
+fn sha256_of(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+}

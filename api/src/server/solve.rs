@@ -142,6 +142,8 @@ fn platforms(attrs: &HashMap<String, String>) -> Result<Vec<Platform>> {
 fn build_options(attrs: &HashMap<String, String>) -> Result<BuildOptions> {
     let mut options = BuildOptions {
         target: attrs.get("target").filter(|t| !t.is_empty()).cloned(),
+        // One builder's part of a build of several platforms (buildx's attribute).
+        multi_platform: attrs.get("multi-platform").is_some_and(|v| v == "true"),
         run: RunOptions::from_attrs(attrs).map_err(|e| anyhow!(e))?,
         ..BuildOptions::default()
     };
@@ -259,6 +261,7 @@ fn output_of(
             ManifestFormat::Docker
         },
         push: kind == OutputKind::Image && attr_true(attrs, "push")?,
+        push_by_digest: kind == OutputKind::Image && attr_true(attrs, "push-by-digest")?,
         names: if kind == OutputKind::Image {
             names
         } else {

@@ -115,6 +115,11 @@ pub struct BuildArgs {
     /// Build on a remote builder instead of in this process.
     #[command(flatten)]
     pub(super) remote: super::remote::BuilderArgs,
+    /// A builder node for some platforms (repeatable): `linux/arm64[,…]=ADDR`. Each
+    /// platform builds on its node (the others on --builder) and the image index is
+    /// assembled in the registry, as buildx does for a builder of several nodes.
+    #[arg(long = "node", value_name = "PLATFORMS=ADDR")]
+    nodes: Vec<super::remote::Node>,
     /// Write the build result (digests, descriptor, names) to this file as JSON, as buildx.
     #[arg(long)]
     metadata_file: Option<PathBuf>,
@@ -181,9 +186,9 @@ impl LegacyFlags {
 }
 
 impl BuildArgs {
-    /// Whether the build runs on a remote builder.
+    /// Whether the build runs on remote builders (`--builder`, `--node`).
     pub fn is_remote(&self) -> bool {
-        self.remote.is_remote()
+        self.remote.is_remote() || !self.nodes.is_empty()
     }
 
     /// `--shm-size`, `--ulimit` and `--add-host`.
@@ -406,18 +411,20 @@ pub fn run(
                 .map_err(|_| Failure::msg(format!("invalid SOURCE_DATE_EPOCH {v:?}")))
         })
         .transpose()?;
-    if let Some(builder) = &args.remote.builder {
+    if args.is_remote() {
         let printer = Progress::stderr(args.progress_mode());
-        let result = printer.show_while(|| {
-            super::remote::build(
-                builder,
-                &args,
-                &options,
-                &context.dir,
-                &named.directories,
-                &dockerfile_path,
-                &printer,
-            )
+        let job = super::remote::Job {
+            args: &args,
+            options: &options,
+            context: &context.dir,
+            named_directories: &named.directories,
+            dockerfile: &dockerfile_path,
+            printer: &printer,
+        };
+        let builder = args.remote.builder.as_deref();
+        let result = printer.show_while(|| match builder {
+            Some(builder) if args.nodes.is_empty() => super::remote::build(builder, &job),
+            _ => super::remote::build_on_nodes(builder, &args.nodes, &job, registry),
         });
         return match result {
             Ok(done) => finish(&args, &done, docker.as_ref()),

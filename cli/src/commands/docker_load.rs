@@ -62,6 +62,7 @@ impl DockerLoad {
             format: ManifestFormat::Docker,
             names: tags.to_vec(),
             push: false,
+            push_by_digest: false,
         }
     }
 

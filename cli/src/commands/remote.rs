@@ -8,8 +8,12 @@ use clap::Args;
 use kiln_api::client::{self, ClientTls, OutputTarget, RemoteBuild};
 use kiln_api::control::Exporter;
 use kiln_api::tls::TlsFiles;
-use kiln_engine::{BuildResult, Destination, ManifestFormat, Output, OutputKind};
+use kiln_cache::Digest;
+use kiln_engine::{BuildEvent, BuildResult, Destination, ManifestFormat, Output, OutputKind};
 use kiln_frontend::lower::{BuildOptions, NamedContext};
+use kiln_image::Reference;
+use kiln_registry::{RegistryClient, RegistryOptions};
+use kiln_solver::Platform;
 use kiln_worker::layer::LayerCompression;
 
 use super::build::BuildArgs;
@@ -72,43 +76,31 @@ impl BuilderArgs {
     }
 }
 
+/// What a remote build needs besides the builder: the context and the command line.
+pub struct Job<'a> {
+    /// The command line.
+    pub args: &'a BuildArgs,
+    /// The frontend options it makes.
+    pub options: &'a BuildOptions,
+    /// The build context directory.
+    pub context: &'a Path,
+    /// The `--build-context` directories.
+    pub named_directories: &'a [(String, PathBuf)],
+    /// The Dockerfile.
+    pub dockerfile: &'a Path,
+    /// Where progress goes.
+    pub printer: &'a Progress,
+}
+
 /// Runs the build of the context directory `context` on `builder`; the error is the
 /// builder's message.
-pub fn build(
-    builder: &str,
-    args: &BuildArgs,
-    options: &BuildOptions,
-    context: &Path,
-    named_directories: &[(String, PathBuf)],
-    dockerfile: &Path,
-    printer: &Progress,
-) -> Result<BuildResult, String> {
-    if dockerfile == Path::new("-") {
-        return Err("a remote build reads the Dockerfile from a file, not standard input".into());
-    }
-    let mut attrs = client::frontend_attrs(&options.build_args, &options.labels);
-    if let Some(target) = &options.target {
-        attrs.insert("target".into(), target.clone());
-    }
-    let platforms = args.platforms()?;
-    if !platforms.is_empty() {
-        let list: Vec<String> = platforms.iter().map(ToString::to_string).collect();
-        attrs.insert("platform".into(), list.join(","));
-    }
-    if options.no_cache {
-        attrs.insert("no-cache".into(), String::new());
-    } else if !options.no_cache_stages.is_empty() {
-        attrs.insert("no-cache".into(), options.no_cache_stages.join(","));
-    }
-    if args.pull {
-        attrs.insert("image-resolve-mode".into(), "pull".into());
-    }
-    attrs.extend(options.run.to_attrs());
+pub fn build(builder: &str, job: &Job<'_>) -> Result<BuildResult, String> {
+    let platforms = job.args.platforms()?;
     let mut exporters: Vec<(Exporter, Option<OutputTarget>)> =
-        args.outputs.iter().map(exporter_of).collect();
-    if !args.tags.is_empty() {
-        let mut attrs = HashMap::from([("name".to_string(), args.tags.join(","))]);
-        if args.push {
+        job.args.outputs.iter().map(exporter_of).collect();
+    if !job.args.tags.is_empty() {
+        let mut attrs = HashMap::from([("name".to_string(), job.args.tags.join(","))]);
+        if job.args.push {
             attrs.insert("push".into(), "true".into());
         }
         exporters.push((
@@ -119,6 +111,70 @@ pub fn build(
             None,
         ));
     }
+    let response = run_on(builder, job, &platforms, false, exporters)?;
+    let digest = |key: &str| {
+        response
+            .get(key)
+            .and_then(|d| d.parse().ok())
+            .ok_or_else(|| format!("the builder's answer has no {key}"))
+    };
+    Ok(BuildResult {
+        // A multi-platform build's result is an index, without a config.
+        config_digest: digest("containerimage.config.digest").ok(),
+        manifest_digest: digest("containerimage.digest")?,
+        manifest_size: response
+            .get("containerimage.descriptor.size")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0),
+        platforms: if platforms.is_empty() {
+            vec![job.options.target_platform.clone()]
+        } else {
+            platforms
+        },
+        warnings: Vec::new(),
+    })
+}
+
+/// Runs `job` for `platforms` on `builder` with `exporters` (`multi_platform`: one
+/// builder's part of a build of several platforms); returns the builder's answer.
+fn run_on(
+    builder: &str,
+    job: &Job<'_>,
+    platforms: &[Platform],
+    multi_platform: bool,
+    exporters: Vec<(Exporter, Option<OutputTarget>)>,
+) -> Result<HashMap<String, String>, String> {
+    let Job {
+        args,
+        options,
+        context,
+        named_directories,
+        dockerfile,
+        printer,
+    } = *job;
+    if dockerfile == Path::new("-") {
+        return Err("a remote build reads the Dockerfile from a file, not standard input".into());
+    }
+    let mut attrs = client::frontend_attrs(&options.build_args, &options.labels);
+    if let Some(target) = &options.target {
+        attrs.insert("target".into(), target.clone());
+    }
+    if !platforms.is_empty() {
+        let list: Vec<String> = platforms.iter().map(ToString::to_string).collect();
+        attrs.insert("platform".into(), list.join(","));
+    }
+    if multi_platform {
+        attrs.insert("multi-platform".into(), "true".into());
+    }
+    if options.no_cache {
+        attrs.insert("no-cache".into(), String::new());
+    } else if !options.no_cache_stages.is_empty() {
+        attrs.insert("no-cache".into(), options.no_cache_stages.join(","));
+    }
+    if args.pull {
+        attrs.insert("image-resolve-mode".into(), "pull".into());
+    }
+    attrs.extend(options.run.to_attrs());
     for (name, context) in &options.named_contexts {
         let value = match context {
             NamedContext::Local { source, .. } => format!("local:{source}"),
@@ -145,26 +201,167 @@ pub fn build(
             &|event| printer.event(event),
         ))
         .map_err(|e| format!("{e:#}"))?;
-    let digest = |key: &str| {
-        done.exporter_response
-            .get(key)
-            .and_then(|d| d.parse().ok())
-            .ok_or_else(|| format!("the builder's answer has no {key}"))
-    };
-    Ok(BuildResult {
-        // A multi-platform build's result is an index, without a config.
-        config_digest: digest("containerimage.config.digest").ok(),
-        manifest_digest: digest("containerimage.digest")?,
-        manifest_size: done
-            .exporter_response
-            .get("containerimage.descriptor.size")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0),
-        platforms: if platforms.is_empty() {
-            vec![options.target_platform.clone()]
+    Ok(done.exporter_response)
+}
+
+/// `--node PLATFORMS=ADDR`: a builder node for some platforms of a multi-platform build.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    /// The platforms it builds.
+    pub platforms: Vec<Platform>,
+    /// Its address (`unix:///PATH`, `tcp://HOST:PORT`).
+    pub address: String,
+}
+
+impl std::str::FromStr for Node {
+    type Err = String;
+
+    /// `linux/arm64[,linux/arm/v7]=tcp://arm-host:1234`.
+    fn from_str(spec: &str) -> Result<Self, String> {
+        let (platforms, address) = spec
+            .split_once('=')
+            .ok_or_else(|| format!("--node {spec:?}: want PLATFORMS=ADDR"))?;
+        let platforms = Platform::parse_list(platforms).map_err(|e| e.to_string())?;
+        if platforms.is_empty() || address.is_empty() {
+            return Err(format!("--node {spec:?}: want PLATFORMS=ADDR"));
+        }
+        Ok(Node {
+            platforms,
+            address: address.to_string(),
+        })
+    }
+}
+
+/// Which builder builds which platforms: each on the first node that names it, the rest
+/// on `default`.
+fn route(
+    platforms: &[Platform],
+    default: Option<&str>,
+    nodes: &[Node],
+) -> Result<Vec<(String, Vec<Platform>)>, String> {
+    let mut groups: Vec<(String, Vec<Platform>)> = Vec::new();
+    for platform in platforms {
+        let address = match nodes.iter().find(|n| n.platforms.contains(platform)) {
+            Some(node) => node.address.clone(),
+            None => default
+                .ok_or_else(|| {
+                    format!("no builder for {platform}: add --node {platform}=ADDR or --builder")
+                })?
+                .to_string(),
+        };
+        match groups.iter_mut().find(|(a, _)| *a == address) {
+            Some((_, group)) => group.push(platform.clone()),
+            None => groups.push((address, vec![platform.clone()])),
+        }
+    }
+    Ok(groups)
+}
+
+/// Builds each platform on its builder (`--node`, else `--builder`) and assembles one
+/// image index in the registry under every tag, as buildx does for a builder of several
+/// nodes: each builder pushes its part by digest, then the index is pushed.
+pub fn build_on_nodes(
+    default: Option<&str>,
+    nodes: &[Node],
+    job: &Job<'_>,
+    registry: &RegistryOptions,
+) -> Result<BuildResult, String> {
+    let args = job.args;
+    let platforms = args.platforms()?;
+    if platforms.is_empty() {
+        return Err("--node needs --platform: it says which platforms it builds".into());
+    }
+    if !args.push || args.tags.is_empty() || !args.outputs.is_empty() {
+        return Err(
+            "a build on several builder nodes is assembled in a registry: use -t NAME --push (and no -o)"
+                .into(),
+        );
+    }
+    let groups = route(&platforms, default, nodes)?;
+    let repository = Reference::parse_normalized(&args.tags[0]).map_err(|e| e.to_string())?;
+    let parts: Vec<Result<(Vec<Platform>, Digest), String>> = std::thread::scope(|scope| {
+        let running: Vec<_> = groups
+            .iter()
+            .map(|(address, group)| {
+                scope.spawn(move || {
+                    let exporter = Exporter {
+                        r#type: "image".into(),
+                        attrs: HashMap::from([
+                            ("name".to_string(), args.tags[0].clone()),
+                            ("push".to_string(), "true".to_string()),
+                            ("push-by-digest".to_string(), "true".to_string()),
+                        ]),
+                    };
+                    let response = run_on(address, job, group, true, vec![(exporter, None)])?;
+                    let digest: Digest = response
+                        .get("containerimage.digest")
+                        .and_then(|d| d.parse().ok())
+                        .ok_or_else(|| format!("{address} answered without a digest"))?;
+                    let names: Vec<String> = group.iter().map(ToString::to_string).collect();
+                    job.printer.event(BuildEvent::Notice(format!(
+                        "{} built on {address}: {digest}",
+                        names.join(",")
+                    )));
+                    Ok((group.clone(), digest))
+                })
+            })
+            .collect();
+        running
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .unwrap_or_else(|_| Err("a builder thread panicked".into()))
+            })
+            .collect()
+    });
+    let parts = parts.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let client = RegistryClient::new(registry.clone()).map_err(|e| format!("{e:#}"))?;
+    let mut entries: Vec<serde_json::Value> = Vec::new();
+    for (group, digest) in &parts {
+        let fetched =
+            kiln_registry::pull::fetch_manifest(&client, &repository, &digest.to_string())
+                .map_err(|e| format!("{e:#}"))?;
+        if kiln_image::is_index(&fetched.media_type) {
+            let index: serde_json::Value =
+                serde_json::from_slice(&fetched.bytes).map_err(|e| e.to_string())?;
+            entries.extend(index["manifests"].as_array().cloned().unwrap_or_default());
         } else {
-            platforms
-        },
+            let platform = &group[0];
+            let mut entry = serde_json::json!({
+                "mediaType": fetched.media_type,
+                "digest": digest.to_string(),
+                "size": fetched.bytes.len(),
+                "platform": {"architecture": platform.architecture, "os": platform.os},
+            });
+            if !platform.variant.is_empty() {
+                entry["platform"]["variant"] = platform.variant.clone().into();
+            }
+            entries.push(entry);
+        }
+    }
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": ManifestFormat::Oci.index(),
+        "manifests": entries,
+    }))
+    .map_err(|e| e.to_string())?;
+    for tag in &args.tags {
+        let remote = Reference::parse_normalized(tag).map_err(|e| e.to_string())?;
+        let target = remote.tag.clone().unwrap_or_else(|| "latest".into());
+        kiln_registry::push::put_manifest(
+            &client,
+            &remote,
+            &target,
+            &index,
+            ManifestFormat::Oci.index(),
+        )
+        .map_err(|e| format!("{e:#}"))?;
+    }
+    Ok(BuildResult {
+        config_digest: None,
+        manifest_digest: Digest::of(&index),
+        manifest_size: index.len() as u64,
+        platforms,
         warnings: Vec::new(),
     })
 }

@@ -158,7 +158,8 @@ pub struct PlatformsLowered {
 }
 
 /// Lowers `dockerfile` for each of `platforms` (`options.target_platform` alone when
-/// empty); with several, step names start with their platform, as BuildKit's.
+/// empty); with several (or `options.multi_platform`, one builder's part of a
+/// multi-platform build), step names start with their platform, as BuildKit's.
 pub fn lower_platforms(
     dockerfile: &Dockerfile,
     options: &BuildOptions,
@@ -175,7 +176,7 @@ pub fn lower_platforms(
     for platform in platforms {
         let mut options = options.clone();
         options.target_platform = platform.clone();
-        options.multi_platform = platforms.len() > 1;
+        options.multi_platform |= platforms.len() > 1;
         let lowered = lower(dockerfile, &options, resolver)?;
         parts.push(lowered.definition);
         images.push((platform.clone(), lowered.image));
