@@ -464,3 +464,45 @@ fn remote_builds_get_the_materialised_context() {
     let made = builds.built(&remote, "-", dockerfile.as_bytes(), "made");
     assert_eq!(made, "downloaded\n");
 }
+
+/// `ADD <git URL>` checks the repository out at the fragment's reference (and
+/// subdirectory), without `.git` unless `--keep-git-dir=true`; a branch that moves is
+/// another source.
+#[test]
+fn add_checks_out_git_repositories() {
+    let builds = Builds::new();
+    let (served, _) = repository();
+    let daemon = GitDaemon::start(served.path());
+    let url = format!("{}/repo", daemon.base);
+    let context = tempfile::tempdir().unwrap();
+    fs::write(
+        context.path().join("Dockerfile"),
+        format!(
+            "FROM scratch\nADD {url}#v1 /tagged\nADD {url}#main:sub /sub\n\
+             ADD --keep-git-dir=true {url}#other /with-git\nADD {url} /main\n"
+        ),
+    )
+    .unwrap();
+    let context_arg = context.path().to_str().unwrap();
+    let out = builds.build(&[], context_arg, b"");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read = |path: &str| fs::read_to_string(builds.out.path().join(path)).unwrap();
+    assert_eq!(read("tagged/version.txt"), "one\n");
+    assert!(!builds.out.path().join("tagged/.git").exists());
+    assert_eq!(read("sub/inner.txt"), "inner\n");
+    assert_eq!(read("with-git/version.txt"), "other\n");
+    assert!(builds.out.path().join("with-git/.git").is_dir());
+    assert_eq!(read("main/version.txt"), "two\n");
+
+    // A new commit on main: that ADD takes it; the tagged one stays cached.
+    commit(&served.path().join("repo"), &[("version.txt", "three\n")]);
+    let out = builds.build(&[], context_arg, b"");
+    let progress = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{progress}");
+    assert_eq!(read("main/version.txt"), "three\n");
+    assert_eq!(read("tagged/version.txt"), "one\n");
+}

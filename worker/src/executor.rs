@@ -414,6 +414,22 @@ impl Worker {
         )?))
     }
 
+    /// `ADD <git URL>`: the repository checked out at `reference` as a snapshot (with its
+    /// `.git` only with `keep_git_dir`), as BuildKit's git source.
+    fn clone_git(&self, remote: &str, reference: &str, keep_git_dir: bool) -> Result<WorkerRef> {
+        let active = self
+            .config
+            .snapshots
+            .prepare(&Snapshot::default(), &self.config.content)?;
+        crate::git::checkout(remote, reference, active.rootfs(), keep_git_dir)
+            .map_err(|e| anyhow!(e))?;
+        Ok(WorkerRef::Snapshot(active.commit(
+            &Snapshot::default(),
+            &self.config.content,
+            self.config.layer_options,
+        )?))
+    }
+
     /// Runs one COPY into `dest`, writing files straight into its upper directory where it
     /// may (and linking unchanged files of a snapshot source); then `dest` is remounted if
     /// `more_follow`, so later actions see them. For a copy from a local context, returns
@@ -472,6 +488,12 @@ impl Worker {
                 self.resolve_image(reference, platform)?
                     .manifest_digest
                     .to_string(),
+            )),
+            // A git source is the commit its reference names now.
+            Op::Source(SourceOp::Git {
+                remote, reference, ..
+            }) => Ok(Some(
+                crate::git::resolve(remote, reference).map_err(|e| anyhow!(e))?,
             )),
             // With --checksum the content is known without asking the server.
             Op::Source(SourceOp::Http {
@@ -600,9 +622,11 @@ impl Executor for Worker {
                 checksum,
                 filename,
             }) => self.fetch(url, checksum.as_deref(), filename),
-            Op::Source(SourceOp::Git { remote, .. }) => {
-                bail!("ADD from a git repository is not supported yet: {remote}")
-            }
+            Op::Source(SourceOp::Git {
+                remote,
+                reference,
+                keep_git_dir,
+            }) => self.clone_git(remote, reference, *keep_git_dir),
             Op::Exec(op) => self.run_exec(op, inputs, step),
             Op::File(op) => {
                 let (made, sums) = self.run_file(op, inputs, step.cancel)?;

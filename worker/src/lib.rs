@@ -6,6 +6,7 @@ pub mod emulation;
 pub mod exec;
 mod executor;
 pub mod fileop;
+pub mod git;
 pub mod http;
 pub mod layer;
 mod parallel;

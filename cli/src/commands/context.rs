@@ -7,7 +7,6 @@ use std::fs::{self, File, Permissions};
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use kiln_worker::layer::{extract_archive, is_tar_archive};
 use kiln_worker::rootfs::resolve_in_root;
@@ -192,58 +191,15 @@ impl GitUrl {
     /// named). A branch or tag name, or a full commit ID, is fetched alone and shallow;
     /// anything else (an abbreviated commit) after fetching every branch and tag.
     fn clone_into(&self, checkout: &Path) -> Result<PathBuf, Failure> {
-        let failed = |what: &str, message: String| {
-            Failure::msg(format!("failed to {what} {}: {message}", self.remote))
-        };
-        let in_checkout = |args: &[&str]| git(checkout, args);
-        if self.reference.starts_with('-') {
-            // git would read it as an option.
-            return Err(unable(format!(
-                "invalid git reference {:?} in {}",
-                self.reference, self.remote
-            )));
-        }
-        fs::create_dir(checkout)
-            .map_err(|e| unable(format!("cannot create {}: {e}", checkout.display())))?;
-        in_checkout(&["init", "-q"])
-            .and_then(|_| in_checkout(&["remote", "add", "origin", &self.remote]))
-            .map_err(|message| failed("clone", message))?;
-        let wanted = if self.reference.is_empty() {
-            "HEAD"
-        } else {
-            &self.reference
-        };
-        let checked_out =
-            match in_checkout(&["fetch", "-q", "--depth=1", "--no-tags", "origin", wanted]) {
-                Ok(_) => in_checkout(&["checkout", "-q", "--detach", "FETCH_HEAD"]),
-                Err(shallow) => {
-                    in_checkout(&[
-                        "fetch",
-                        "-q",
-                        "--no-tags",
-                        "origin",
-                        "+refs/heads/*:refs/remotes/origin/*",
-                        "+refs/tags/*:refs/tags/*",
-                    ])
-                    .map_err(|message| failed("fetch", message))?;
-                    let commit = [format!("origin/{wanted}"), wanted.to_string()]
-                        .into_iter()
-                        .find_map(|name| {
-                            in_checkout(&[
-                                "rev-parse",
-                                "-q",
-                                "--verify",
-                                &format!("{name}^{{commit}}"),
-                            ])
-                            .ok()
-                        })
-                        .ok_or_else(|| failed("fetch", shallow))?;
-                    in_checkout(&["checkout", "-q", "--detach", commit.trim()])
+        kiln_worker::git::checkout(&self.remote, &self.reference, checkout, false).map_err(
+            |message| {
+                if message.starts_with("invalid git reference") {
+                    unable(message)
+                } else {
+                    Failure::msg(message)
                 }
-            };
-        checked_out.map_err(|message| failed("check out", message))?;
-        fs::remove_dir_all(checkout.join(".git"))
-            .map_err(|e| unable(format!("cannot remove the .git of {}: {e}", self.remote)))?;
+            },
+        )?;
         let dir = resolve_in_root(checkout, &self.subdir, true)
             .map_err(|e| unable(format!("{}: {e:#}", self.remote)))?;
         if !dir.is_dir() {
@@ -253,24 +209,6 @@ impl GitUrl {
             )));
         }
         Ok(dir)
-    }
-}
-
-/// Runs the system `git` with `args` in `dir`, never over `file://` nor asking for a
-/// password; returns its standard output, or its own message when it fails.
-fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
-    let out = Command::new("git")
-        .args(["-c", "protocol.file.allow=never"])
-        .current_dir(dir)
-        .args(args)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run git (is it installed?): {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
     }
 }
 
