@@ -56,6 +56,9 @@ pub enum SourceOp {
         reference: String,
         /// Keep the `.git` directory (ADD --keep-git-dir).
         keep_git_dir: bool,
+        /// The commit (or a prefix of it) the checkout must be (ADD --checksum).
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        checksum: String,
     },
 }
 

@@ -471,15 +471,16 @@ fn remote_builds_get_the_materialised_context() {
 #[test]
 fn add_checks_out_git_repositories() {
     let builds = Builds::new();
-    let (served, _) = repository();
+    let (served, first) = repository();
     let daemon = GitDaemon::start(served.path());
     let url = format!("{}/repo", daemon.base);
     let context = tempfile::tempdir().unwrap();
     fs::write(
         context.path().join("Dockerfile"),
         format!(
-            "FROM scratch\nADD {url}#v1 /tagged\nADD {url}#main:sub /sub\n\
-             ADD --keep-git-dir=true {url}#other /with-git\nADD {url} /main\n"
+            "FROM scratch\nADD --checksum={} {url}#v1 /tagged\nADD {url}#main:sub /sub\n\
+             ADD --keep-git-dir=true {url}#other /with-git\nADD {url} /main\n",
+            &first[..12]
         ),
     )
     .unwrap();
@@ -505,4 +506,18 @@ fn add_checks_out_git_repositories() {
     assert!(out.status.success(), "{progress}");
     assert_eq!(read("main/version.txt"), "three\n");
     assert_eq!(read("tagged/version.txt"), "one\n");
+
+    // --checksum is the commit the ref must check out.
+    fs::write(
+        context.path().join("Dockerfile"),
+        format!("FROM scratch\nADD --checksum=0123abcd {url}#v1 /tagged\n"),
+    )
+    .unwrap();
+    let out = builds.build(&[], context_arg, b"");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!("expected checksum to match 0123abcd, got {first}")),
+        "{stderr}"
+    );
 }

@@ -415,13 +415,20 @@ impl Worker {
     }
 
     /// `ADD <git URL>`: the repository checked out at `reference` as a snapshot (with its
-    /// `.git` only with `keep_git_dir`), as BuildKit's git source.
-    fn clone_git(&self, remote: &str, reference: &str, keep_git_dir: bool) -> Result<WorkerRef> {
+    /// `.git` only with `keep_git_dir`; its commit must start with a non-empty
+    /// `checksum`), as BuildKit's git source.
+    fn clone_git(
+        &self,
+        remote: &str,
+        reference: &str,
+        keep_git_dir: bool,
+        checksum: &str,
+    ) -> Result<WorkerRef> {
         let active = self
             .config
             .snapshots
             .prepare(&Snapshot::default(), &self.config.content)?;
-        crate::git::checkout(remote, reference, active.rootfs(), keep_git_dir)
+        crate::git::checkout_verified(remote, reference, active.rootfs(), keep_git_dir, checksum)
             .map_err(|e| anyhow!(e))?;
         Ok(WorkerRef::Snapshot(active.commit(
             &Snapshot::default(),
@@ -626,7 +633,8 @@ impl Executor for Worker {
                 remote,
                 reference,
                 keep_git_dir,
-            }) => self.clone_git(remote, reference, *keep_git_dir),
+                checksum,
+            }) => self.clone_git(remote, reference, *keep_git_dir, checksum),
             Op::Exec(op) => self.run_exec(op, inputs, step),
             Op::File(op) => {
                 let (made, sums) = self.run_file(op, inputs, step.cancel)?;

@@ -17,6 +17,18 @@ pub fn checkout(
     checkout: &Path,
     keep_git_dir: bool,
 ) -> Result<(), String> {
+    checkout_verified(remote, reference, checkout, keep_git_dir, "")
+}
+
+/// [`checkout`], failing unless the commit checked out starts with `checksum` (when it
+/// is not empty), as BuildKit's `ADD --checksum` of a git source.
+pub fn checkout_verified(
+    remote: &str,
+    reference: &str,
+    checkout: &Path,
+    keep_git_dir: bool,
+    checksum: &str,
+) -> Result<(), String> {
     let failed = |what: &str, message: String| format!("failed to {what} {remote}: {message}");
     if reference.starts_with('-') {
         // git would read it as an option.
@@ -57,6 +69,15 @@ pub fn checkout(
             }
         };
     checked_out.map_err(|message| failed("check out", message))?;
+    if !checksum.is_empty() {
+        let head = in_checkout(&["rev-parse", "HEAD"]).map_err(|m| failed("check out", m))?;
+        let head = head.trim();
+        if !head.starts_with(&checksum.to_ascii_lowercase()) {
+            return Err(format!(
+                "{remote}: expected checksum to match {checksum}, got {head}"
+            ));
+        }
+    }
     if !keep_git_dir {
         fs::remove_dir_all(checkout.join(".git"))
             .map_err(|e| format!("cannot remove the .git of {remote}: {e}"))?;

@@ -106,12 +106,13 @@ fn lower_copy_request(
                 "checksum can't be specified for multiple sources".into()
             ));
         }
-        if !is_http(&paths[0]) {
-            return Err(err(
-                "checksum can't be specified for non-HTTP(S) sources".into()
-            ));
+        if is_git(&paths[0]) {
+            check_commit(sum).map_err(err)?;
+        } else if is_http(&paths[0]) {
+            check_digest(sum).map_err(err)?;
+        } else {
+            return Err(err("checksum requires HTTP(S) or Git sources".into()));
         }
-        check_digest(sum).map_err(err)?;
     }
     let sources = paths.len() + req.files.contents.len();
     if sources > 1 && !dest.ends_with('/') {
@@ -179,6 +180,7 @@ fn lower_copy_request(
                 remote: remote.to_string(),
                 reference: reference.to_string(),
                 keep_git_dir: req.keep_git_dir,
+                checksum: checksum.clone().unwrap_or_default(),
             });
             let digest = lowerer.builder.add(op, Vec::new(), st.meta(instruction));
             let mut action = base_action(inputs.index(digest), join_path("/", subdir));
@@ -332,6 +334,17 @@ fn is_symbolic_clause(clause: &str) -> bool {
     !rest.is_empty()
         && rest.starts_with(['+', '-', '='])
         && rest.chars().all(|c| "+-=rwxXst".contains(c))
+}
+
+/// A git source's `--checksum` is its commit, or a prefix of it: hex digits.
+fn check_commit(sum: &str) -> std::result::Result<(), String> {
+    if sum.bytes().all(|b| b.is_ascii_hexdigit()) && (1..=64).contains(&sum.len()) {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid checksum {sum:?} for a git source (expected a commit ID)"
+        ))
+    }
 }
 
 /// `--checksum` must be a digest: `sha256:` and 64 hex digits (or sha384/sha512).

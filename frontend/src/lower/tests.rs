@@ -482,7 +482,7 @@ fn copy_errors() {
     );
     assert!(
         lower_err("FROM busybox\nADD --checksum=sha256:00 a /z\n")
-            .contains("checksum can't be specified for non-HTTP(S) sources")
+            .contains("checksum requires HTTP(S) or Git sources")
     );
     assert!(
         lower_err("FROM busybox\nADD --checksum=md5:00 https://x/y /z\n")
