@@ -484,19 +484,11 @@ fn records_of_image(manifest: &serde_json::Value, config: &[u8]) -> Result<Cache
         .zip(&image.rootfs.diff_ids)
         .enumerate()
         .map(|(n, (descriptor, diff_id))| {
-            Ok(LayerBlob {
-                diff_id: diff_id.parse()?,
-                digest: descriptor["digest"]
-                    .as_str()
-                    .context("layer without digest")?
-                    .parse()?,
-                size: descriptor["size"].as_u64().unwrap_or(0),
-                media_type: descriptor["mediaType"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                created: inline.created.get(n).copied().flatten(),
-            })
+            crate::exporter::layer_of(
+                descriptor,
+                diff_id,
+                inline.created.get(n).copied().flatten(),
+            )
         })
         .collect::<Result<Vec<_>>>()?;
     let records = inline

@@ -297,22 +297,7 @@ pub fn distributable(
     let layers = descriptors
         .iter()
         .zip(&config.rootfs.diff_ids)
-        .map(|(descriptor, diff_id)| {
-            let layer = LayerBlob {
-                diff_id: diff_id.parse()?,
-                digest: descriptor["digest"]
-                    .as_str()
-                    .context("layer without digest")?
-                    .parse()?,
-                size: descriptor["size"].as_u64().unwrap_or(0),
-                media_type: descriptor["mediaType"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                created: None,
-            };
-            Ok(layer)
-        })
+        .map(|(descriptor, diff_id)| layer_of(descriptor, diff_id, None))
         .collect::<Result<Vec<_>>>()?;
     let layers = recompress_all(content, &layers, LayerCompression::Gzip, memo)?;
     let format = if media_type.contains("docker") {
@@ -323,6 +308,28 @@ pub fn distributable(
     let config_size = manifest["config"]["size"].as_u64().unwrap_or(0);
     let (digest, _) = store_manifest(content, (config_digest, config_size), &layers, format)?;
     Ok((digest, format.manifest().to_string()))
+}
+
+/// The layer a manifest's layer `descriptor` names, with the config's `diff_id` for it
+/// and the time its step ran, if known.
+pub fn layer_of(
+    descriptor: &serde_json::Value,
+    diff_id: &str,
+    created: Option<u64>,
+) -> Result<LayerBlob> {
+    Ok(LayerBlob {
+        diff_id: diff_id.parse()?,
+        digest: descriptor["digest"]
+            .as_str()
+            .context("layer without digest")?
+            .parse()?,
+        size: descriptor["size"].as_u64().unwrap_or(0),
+        media_type: descriptor["mediaType"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        created,
+    })
 }
 
 /// [`distributable`] for an index: each of its manifests in the store made

@@ -145,6 +145,19 @@ pub fn push_multi_platform_busybox(host: &str, name: &str) {
     );
 }
 
+/// Extracts the tar `archive` into the new directory `dest` with the system `tar`.
+pub fn untar(archive: &Path, dest: &Path) {
+    std::fs::create_dir_all(dest).expect("create the directory");
+    run(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(archive)
+            .arg("-C")
+            .arg(dest),
+        true,
+    );
+}
+
 /// A fresh state directory with the busybox test image (`busybox:1`) loaded.
 pub fn state_with_busybox() -> tempfile::TempDir {
     let archives = busybox_archives();

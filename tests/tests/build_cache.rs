@@ -254,15 +254,7 @@ fn an_inline_cache_travels_in_the_pushed_image() {
         &["-o", &format!("type=oci,dest={}", archive.display())],
     );
     let unpacked = derived.path().join("unpacked");
-    fs::create_dir(&unpacked).unwrap();
-    run(
-        Command::new("tar")
-            .arg("-xf")
-            .arg(&archive)
-            .arg("-C")
-            .arg(&unpacked),
-        true,
-    );
+    kiln_tests::untar(&archive, &unpacked);
     let blob = |digest: &Value| {
         let hex = digest.as_str().unwrap().trim_start_matches("sha256:");
         serde_json::from_slice::<Value>(&fs::read(unpacked.join("blobs/sha256").join(hex)).unwrap())

@@ -182,15 +182,7 @@ fn two_platforms_make_one_index_with_a_shared_cross_stage() {
 
     // The OCI archive holds the same index, valid by the image-spec's schemas.
     let unpacked = out_dir.path().join("unpacked");
-    fs::create_dir(&unpacked).unwrap();
-    run(
-        Command::new("tar")
-            .arg("-xf")
-            .arg(&archive)
-            .arg("-C")
-            .arg(&unpacked),
-        true,
-    );
+    kiln_tests::untar(&archive, &unpacked);
     assert_valid_layout(&unpacked);
     let top: Value =
         serde_json::from_slice(&fs::read(unpacked.join("index.json")).unwrap()).unwrap();
