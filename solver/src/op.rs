@@ -215,15 +215,41 @@ impl std::fmt::Display for ExtraHost {
 }
 
 /// Network modes of `RUN --network`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NetworkMode {
     /// The sandbox's own network namespace with outbound access (the default).
+    #[default]
     Default,
     /// No network at all, only loopback.
     None,
     /// The host's network namespace.
     Host,
+}
+
+impl std::str::FromStr for NetworkMode {
+    type Err = String;
+
+    /// `default` (or `sandbox`), `none` or `host`, in any case.
+    fn from_str(mode: &str) -> Result<Self, String> {
+        match mode.to_ascii_lowercase().as_str() {
+            "default" | "sandbox" => Ok(NetworkMode::Default),
+            "none" => Ok(NetworkMode::None),
+            "host" => Ok(NetworkMode::Host),
+            other => Err(format!("unsupported network mode {other:?}")),
+        }
+    }
+}
+
+impl NetworkMode {
+    /// Its name, as `--network` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            NetworkMode::Default => "default",
+            NetworkMode::None => "none",
+            NetworkMode::Host => "host",
+        }
+    }
 }
 
 /// Security modes of `RUN --security`.

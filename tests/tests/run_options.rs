@@ -202,3 +202,53 @@ fn bad_values_fail_before_the_build() {
         );
     }
 }
+
+/// `--network none` is the network of every RUN that does not choose one (a step's own
+/// `--network=host` still needs `--allow network.host`), and travels to a remote builder
+/// as BuildKit's `force-network-mode` attribute.
+#[test]
+fn the_builds_network_is_the_default_of_its_steps() {
+    let root = state_with_busybox();
+    let context = tempfile::tempdir().unwrap();
+    fs::write(
+        context.path().join("Dockerfile"),
+        "FROM busybox:1\nRUN ls /sys/class/net > /nets\nRUN --network=default ls /sys/class/net > /nets-default\n",
+    )
+    .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    run(
+        kiln()
+            .arg("--root")
+            .arg(root.path())
+            .args(["build", "--network", "none", "-o"])
+            .arg(format!("type=local,dest={}", out.path().display()))
+            .arg(context.path()),
+        true,
+    );
+    for file in ["nets", "nets-default"] {
+        assert_eq!(
+            fs::read_to_string(out.path().join(file)).unwrap(),
+            "lo\n",
+            "{file}"
+        );
+    }
+    let refused = run(
+        kiln()
+            .arg("--root")
+            .arg(root.path())
+            .args(["build", "--network", "host"])
+            .arg(context.path()),
+        false,
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("network.host"), "{stderr}");
+    let attrs = kiln_frontend::lower::RunOptions {
+        network: kiln_solver::NetworkMode::None,
+        ..Default::default()
+    }
+    .to_attrs();
+    assert_eq!(
+        attrs,
+        [("force-network-mode".to_string(), "none".to_string())]
+    );
+}

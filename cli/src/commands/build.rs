@@ -12,7 +12,7 @@ use kiln_cache::StateDir;
 use kiln_frontend::lower::{BuildOptions, NamedContext, RunOptions, parse_size};
 use kiln_image::Reference;
 use kiln_registry::RegistryOptions;
-use kiln_solver::{ExtraHost, Platform, Ulimit};
+use kiln_solver::{ExtraHost, NetworkMode, Platform, Ulimit};
 
 use super::context::BuildContext;
 use super::docker_load::DockerLoad;
@@ -109,6 +109,10 @@ pub struct BuildArgs {
     /// docker's names (nofile, nproc, core, memlock, stack, …); -1 is unlimited.
     #[arg(long = "ulimit", value_name = "NAME=SOFT[:HARD]")]
     ulimits: Vec<Ulimit>,
+    /// The network of RUN steps that do not choose one: `default`, `none`, or `host`
+    /// (which needs `--allow network.host`).
+    #[arg(long, value_name = "MODE")]
+    network: Option<NetworkMode>,
     /// A line in RUN steps' /etc/hosts (repeatable): `NAME:IP` or `NAME=IP`.
     #[arg(long = "add-host", value_name = "NAME:IP")]
     add_hosts: Vec<ExtraHost>,
@@ -196,6 +200,7 @@ impl BuildArgs {
         let mut options = RunOptions {
             shm_size: self.shm_size.unwrap_or(0),
             extra_hosts: self.add_hosts.clone(),
+            network: self.network.unwrap_or_default(),
             ..RunOptions::default()
         };
         for ulimit in &self.ulimits {

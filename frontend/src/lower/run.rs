@@ -28,6 +28,9 @@ pub struct RunOptions {
     pub ulimits: Vec<Ulimit>,
     /// Entries added to `/etc/hosts`, in order.
     pub extra_hosts: Vec<ExtraHost>,
+    /// The network of RUN steps that do not name one (`--network`; BuildKit's
+    /// `force-network-mode` attribute).
+    pub network: NetworkMode,
 }
 
 impl RunOptions {
@@ -59,6 +62,10 @@ impl RunOptions {
                 .map(str::parse)
                 .collect::<std::result::Result<_, _>>()?,
             ulimits: Vec::new(),
+            network: match attrs.get("force-network-mode").filter(|v| !v.is_empty()) {
+                Some(mode) => mode.parse()?,
+                None => NetworkMode::Default,
+            },
         };
         for ulimit in list("ulimit") {
             options.set_ulimit(ulimit.parse()?);
@@ -79,6 +86,9 @@ impl RunOptions {
         if !self.extra_hosts.is_empty() {
             let hosts: Vec<String> = self.extra_hosts.iter().map(ToString::to_string).collect();
             attrs.push(("add-hosts".into(), hosts.join(",")));
+        }
+        if self.network != NetworkMode::Default {
+            attrs.push(("force-network-mode".into(), self.network.name().into()));
         }
         attrs
     }
@@ -259,21 +269,11 @@ pub(super) fn lower_run(
         });
     }
 
-    let network = match run
-        .network
-        .as_deref()
-        .map(str::to_ascii_lowercase)
-        .as_deref()
-    {
-        None | Some("default") | Some("sandbox") => NetworkMode::Default,
-        Some("none") => NetworkMode::None,
-        Some("host") => NetworkMode::Host,
-        Some(other) => {
-            return Err(Error::at(
-                format!("unsupported network mode {other:?}"),
-                loc,
-            ));
-        }
+    // A step without --network (or with `default`) gets the build's (`--network`).
+    let network = match run.network.as_deref().map(str::parse::<NetworkMode>) {
+        None | Some(Ok(NetworkMode::Default)) => lowerer.options.run.network,
+        Some(Ok(mode)) => mode,
+        Some(Err(message)) => return Err(Error::at(message, loc)),
     };
     let security = match run
         .security

@@ -65,6 +65,7 @@ fn run_options_reach_every_exec_and_its_digest() {
         shm_size: 128 << 20,
         ulimits: vec!["nofile=100:200".parse().unwrap()],
         extra_hosts: vec!["db=10.0.0.5".parse().unwrap()],
+        network: NetworkMode::None,
     };
     let l = try_lower_with(src, &with, &EmptyConfigs).unwrap();
     for exec in execs(&l) {
@@ -75,11 +76,13 @@ fn run_options_reach_every_exec_and_its_digest() {
         );
         assert_eq!(exec.ulimits, with.run.ulimits);
         assert_eq!(exec.extra_hosts, with.run.extra_hosts);
+        assert_eq!(exec.network, NetworkMode::None);
     }
     assert_ne!(root(&l).digest(), root(&plain).digest());
     for exec in execs(&plain) {
         assert!(exec.mounts.iter().all(|m| m.target != "/dev/shm"));
         assert!(exec.ulimits.is_empty() && exec.extra_hosts.is_empty());
+        assert_eq!(exec.network, NetworkMode::Default);
     }
 }
 
