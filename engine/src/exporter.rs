@@ -196,6 +196,20 @@ pub fn fetch_missing_blobs(content: &ContentStore, digest: Digest, media_type: &
     Ok(())
 }
 
+/// What a build's manifests make: the one manifest of a single platform, or an index
+/// of all of them stored with this format's media types; returns its digest and size,
+/// and its media type.
+pub fn store_top(
+    content: &ContentStore,
+    manifests: &[((Digest, u64), &Platform)],
+    format: ManifestFormat,
+) -> Result<((Digest, u64), &'static str)> {
+    match manifests {
+        [(manifest, _)] => Ok((*manifest, format.manifest())),
+        several => Ok((store_index(content, several, format)?, format.index())),
+    }
+}
+
 /// Stores an image index of `manifests` (digest, size, platform), with this format's
 /// media types (an OCI index, or Docker's manifest list); returns its digest and size.
 pub fn store_index(
@@ -206,16 +220,12 @@ pub fn store_index(
     let entries: Vec<serde_json::Value> = manifests
         .iter()
         .map(|((digest, size), platform)| {
-            let mut entry = serde_json::json!({
+            serde_json::json!({
                 "mediaType": format.manifest(),
                 "digest": digest.to_string(),
                 "size": size,
-                "platform": {"architecture": platform.architecture, "os": platform.os},
-            });
-            if !platform.variant.is_empty() {
-                entry["platform"]["variant"] = platform.variant.clone().into();
-            }
-            entry
+                "platform": platform,
+            })
         })
         .collect();
     let index = serde_json::json!({

@@ -335,18 +335,12 @@ fn image_for<'a>(
         .iter()
         .map(|b| platform_image_for(content, memo, &b.exported, &b.snapshot, output))
         .collect::<Result<Vec<_>>>()?;
-    let (manifest, media_type) = match images.as_slice() {
-        [(manifest, _)] => (*manifest, output.format.manifest()),
-        _ => {
-            let entries: Vec<_> = images
-                .iter()
-                .zip(built)
-                .map(|((manifest, _), b)| (*manifest, &b.platform))
-                .collect();
-            let index = exporter::store_index(content, &entries, output.format)?;
-            (index, output.format.index())
-        }
-    };
+    let entries: Vec<_> = images
+        .iter()
+        .zip(built)
+        .map(|((manifest, _), b)| (*manifest, &b.platform))
+        .collect();
+    let (manifest, media_type) = exporter::store_top(content, &entries, output.format)?;
     Ok(output::ImageBlobs {
         manifest,
         media_type,
@@ -530,8 +524,8 @@ pub fn build(
             .any(|o| o.kind == output::OutputKind::Docker)
     {
         return Err(anyhow::anyhow!(
-            "docker exporter does not currently support exporting manifest lists; \
-             use -o type=oci, --push, or build one --platform at a time"
+            "{}; use -o type=oci, --push, or build one --platform at a time",
+            output::DOCKER_ARCHIVE_OF_INDEX
         )
         .into());
     }
@@ -639,23 +633,14 @@ pub fn build(
             exported,
         });
     }
-    let (stored, stored_type) = match built.as_slice() {
-        [one] => (
-            (one.exported.manifest_digest, one.exported.manifest_size),
-            ManifestFormat::Oci.manifest(),
-        ),
-        _ => {
-            let entries: Vec<_> = built
-                .iter()
-                .map(|b| {
-                    let manifest = (b.exported.manifest_digest, b.exported.manifest_size);
-                    (manifest, &b.platform)
-                })
-                .collect();
-            let index = exporter::store_index(&content, &entries, ManifestFormat::Oci)?;
-            (index, ManifestFormat::Oci.index())
-        }
-    };
+    let entries: Vec<_> = built
+        .iter()
+        .map(|b| {
+            let manifest = (b.exported.manifest_digest, b.exported.manifest_size);
+            (manifest, &b.platform)
+        })
+        .collect();
+    let (stored, stored_type) = exporter::store_top(&content, &entries, ManifestFormat::Oci)?;
     build_cache::export_all(
         &content,
         &images,

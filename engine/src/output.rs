@@ -226,6 +226,10 @@ impl std::str::FromStr for Output {
     }
 }
 
+/// Why a `docker save` archive cannot hold a multi-platform image (buildx's words).
+pub(crate) const DOCKER_ARCHIVE_OF_INDEX: &str =
+    "docker exporter does not currently support exporting manifest lists";
+
 /// One image for the archive outputs: what an image export wrote, or what `kiln save`
 /// found in the store; a single-platform image or an index of several.
 pub struct ImageBlobs<'a> {
@@ -425,7 +429,7 @@ fn write_archive(
         })
         .collect::<Result<_>>()?;
     if docker && images.iter().any(ImageBlobs::is_index) {
-        anyhow::bail!("docker exporter does not currently support exporting manifest lists");
+        anyhow::bail!(DOCKER_ARCHIVE_OF_INDEX);
     }
     let mut seen = HashSet::new();
     let blobs: Vec<Digest> = images

@@ -5,7 +5,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// A target platform such as `linux/amd64` or `linux/arm/v7`.
+/// A target platform such as `linux/amd64` or `linux/arm/v7`. Serialised, it is the OCI
+/// platform object of descriptors and configs (`os`, `architecture`, `variant` when set).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Platform {
     /// Operating system, e.g. `linux`.

@@ -386,15 +386,7 @@ fn mount_overlay(lowers: &[&Path], upper: &Path, work: &Path, target: &Path) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn entries(content: &ContentStore, layer: &LayerBlob) -> Vec<String> {
-        let blob = content.open_blob(&layer.digest).unwrap();
-        tar::Archive::new(blob)
-            .entries()
-            .unwrap()
-            .map(|e| e.unwrap().path().unwrap().display().to_string())
-            .collect()
-    }
+    use crate::layer::layer_paths;
 
     #[test]
     fn changes_become_a_layer_with_whiteouts() {
@@ -409,7 +401,7 @@ mod tests {
         let base = base
             .commit(&Snapshot::default(), &content, WriteOptions::default())
             .unwrap();
-        assert_eq!(entries(&content, &base.layers[0]), ["a", "d/", "d/x"]);
+        assert_eq!(layer_paths(&content, &base.layers[0]), ["a", "d/", "d/x"]);
 
         let step = snapshots.prepare(&base, &content).unwrap();
         let root = step.rootfs().to_path_buf();
@@ -424,7 +416,7 @@ mod tests {
             .unwrap();
         assert!(!root.join("b").exists(), "unmounted after commit");
         assert_eq!(
-            entries(&content, &next.layers[1]),
+            layer_paths(&content, &next.layers[1]),
             [".wh.a", "b", "d/", "d/.wh..wh..opq", "d/z"]
         );
 

@@ -634,14 +634,7 @@ fn metadata(done: &BuildResult, tags: &[String]) -> Result<serde_json::Value, Fa
     // One image: its config and platform; an index has neither (as buildx writes it).
     if let (Some(config), [platform]) = (done.config_digest, done.platforms.as_slice()) {
         metadata["containerimage.config.digest"] = config.to_string().into();
-        let mut platform_json = serde_json::json!({
-            "architecture": platform.architecture,
-            "os": platform.os,
-        });
-        if !platform.variant.is_empty() {
-            platform_json["variant"] = platform.variant.clone().into();
-        }
-        metadata["containerimage.descriptor"]["platform"] = platform_json;
+        metadata["containerimage.descriptor"]["platform"] = serde_json::json!(platform);
     }
     if !names.is_empty() {
         metadata["image.name"] = names.join(",").into();

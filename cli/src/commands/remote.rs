@@ -326,17 +326,12 @@ pub fn build_on_nodes(
                 serde_json::from_slice(&fetched.bytes).map_err(|e| e.to_string())?;
             entries.extend(index["manifests"].as_array().cloned().unwrap_or_default());
         } else {
-            let platform = &group[0];
-            let mut entry = serde_json::json!({
+            entries.push(serde_json::json!({
                 "mediaType": fetched.media_type,
                 "digest": digest.to_string(),
                 "size": fetched.bytes.len(),
-                "platform": {"architecture": platform.architecture, "os": platform.os},
-            });
-            if !platform.variant.is_empty() {
-                entry["platform"]["variant"] = platform.variant.clone().into();
-            }
-            entries.push(entry);
+                "platform": &group[0],
+            }));
         }
     }
     let index = serde_json::to_vec(&serde_json::json!({

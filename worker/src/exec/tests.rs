@@ -246,13 +246,7 @@ fn arm64_busybox() -> Fixture {
 
 /// The paths in a snapshot's top layer.
 fn top_layer_entries(fixture: &Fixture, snapshot: &Snapshot) -> Vec<String> {
-    let layer = snapshot.layers.last().unwrap();
-    let blob = fixture.content.open_blob(&layer.digest).unwrap();
-    tar::Archive::new(blob)
-        .entries()
-        .unwrap()
-        .map(|e| e.unwrap().path().unwrap().display().to_string())
-        .collect()
+    crate::layer::layer_paths(&fixture.content, snapshot.layers.last().unwrap())
 }
 
 #[test]

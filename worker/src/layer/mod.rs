@@ -32,5 +32,16 @@ const LAYER_XATTR: &str = "security.capability";
 /// PAX record prefix for extended attributes (as written by GNU tar/Go).
 const PAX_XATTR_PREFIX: &str = "SCHILY.xattr.";
 
+/// The paths in the stored layer blob `layer`, in archive order (for tests).
+#[cfg(test)]
+pub(crate) fn layer_paths(content: &kiln_cache::ContentStore, layer: &LayerBlob) -> Vec<String> {
+    let blob = content.open_blob(&layer.digest).unwrap();
+    tar::Archive::new(blob)
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests;
