@@ -1,6 +1,8 @@
 //! The OCI distribution API over HTTP(S), authenticating as docker does: anonymously,
 //! with basic auth, or with a bearer token from the registry's token service (Docker Hub's
-//! flow), using credentials from `~/.docker/config.json` and its credential helpers.
+//! flow, or an OAuth2 refresh token for identity tokens), using credentials from
+//! `~/.docker/config.json` and its credential helpers, and the registry's own CAs and
+//! client certificate from its `certs.d` directory.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -9,9 +11,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use kiln_image::{DOCKER_HUB, Reference};
 
-use crate::credentials::{CredentialSource, credential_for};
+use crate::certs;
+use crate::credentials::{Credential, CredentialSource, stored_credential};
 use reqwest::StatusCode;
-use reqwest::blocking::{Client, RequestBuilder, Response};
+use reqwest::blocking::{Client, ClientBuilder, RequestBuilder, Response};
 use reqwest::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 
 /// How long a registry may keep kiln waiting for an answer or the next bytes of one.
@@ -23,11 +26,14 @@ pub const UPLOAD_TIMEOUT: Duration = Duration::from_secs(3600);
 /// The largest token service answer kiln reads.
 const MAX_TOKEN_REPLY_BYTES: u64 = 1 << 20;
 
+/// The OAuth2 client id kiln gives token services when it trades an identity token.
+const OAUTH_CLIENT_ID: &str = "kiln";
+
 /// How to reach registries.
 #[derive(Debug, Clone, Default)]
 pub struct RegistryOptions {
-    /// Hosts (`host:port`) spoken to over plain HTTP besides loopback ones
-    /// (`--insecure-registry`).
+    /// Hosts (`host:port`) spoken to over plain HTTP besides loopback ones without a
+    /// `certs.d` directory (`--insecure-registry`).
     pub insecure_registries: Vec<String>,
     /// Where credentials come from; `None` for docker's configuration on this machine.
     pub credentials: Option<std::sync::Arc<dyn CredentialSource>>,
@@ -54,40 +60,83 @@ impl Access {
 /// A client for every registry a build talks to; it caches each repository's
 /// `Authorization` header.
 pub struct RegistryClient {
+    /// The HTTP client of registries without TLS material of their own.
     http: Client,
     options: RegistryOptions,
     /// (registry, repository, access) → the header that worked.
     authorizations: Mutex<HashMap<(String, String, Access), String>>,
+    /// Registry → the HTTP client with its `certs.d` material (TLS settings are per
+    /// client), built when first needed.
+    host_clients: Mutex<HashMap<String, Client>>,
+}
+
+/// The settings every registry HTTP client shares.
+fn client_builder() -> ClientBuilder {
+    Client::builder()
+        .connect_timeout(Duration::from_secs(30))
+        // Each wait for an answer, and each read of a body, ends after this: a stalled
+        // registry fails the build instead of hanging it.
+        .timeout(STALL_TIMEOUT)
+        .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
 }
 
 impl RegistryClient {
     /// A client with `options`.
     pub fn new(options: RegistryOptions) -> Result<Self> {
-        let http = Client::builder()
-            .connect_timeout(Duration::from_secs(30))
-            // Each wait for an answer, and each read of a body, ends after this: a stalled
-            // registry fails the build instead of hanging it.
-            .timeout(STALL_TIMEOUT)
-            .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
-            .build()?;
         Ok(Self {
-            http,
+            http: client_builder().build()?,
             options,
             authorizations: Mutex::default(),
+            host_clients: Mutex::default(),
         })
     }
 
-    /// The base URL of `domain`'s API: `https://host/v2/`, or `http://` for loopback
-    /// hosts and insecure registries.
+    /// Whether `domain` is spoken to over plain HTTP: it is named with
+    /// `--insecure-registry`, or it is a loopback host without a `certs.d` directory.
+    fn plain_http(&self, domain: &str) -> bool {
+        self.options.insecure_registries.iter().any(|r| r == domain)
+            || (is_loopback(domain) && certs::host_dir(domain).is_none())
+    }
+
+    /// The base URL of `domain`'s API: `https://host/v2/`, or `http://` for insecure
+    /// registries and loopback hosts without TLS material in `certs.d`.
     pub fn api_base(&self, domain: &str) -> String {
         let host = if domain == DOCKER_HUB {
             "registry-1.docker.io"
         } else {
             domain
         };
-        let insecure =
-            is_loopback(domain) || self.options.insecure_registries.iter().any(|r| r == domain);
-        format!("{}://{host}/v2/", if insecure { "http" } else { "https" })
+        let scheme = if self.plain_http(domain) {
+            "http"
+        } else {
+            "https"
+        };
+        format!("{scheme}://{host}/v2/")
+    }
+
+    /// The HTTP client for registry `domain` (and its token service): one with the CAs
+    /// and client certificate of its `certs.d` directory, else the shared one.
+    fn http_for(&self, domain: &str) -> Result<Client> {
+        if self.plain_http(domain) {
+            return Ok(self.http.clone());
+        }
+        let Some(dir) = certs::host_dir(domain) else {
+            return Ok(self.http.clone());
+        };
+        let mut clients = self.host_clients.lock().unwrap();
+        if let Some(client) = clients.get(domain) {
+            return Ok(client.clone());
+        }
+        let client = certs::configure(client_builder(), &dir)
+            .and_then(|builder| Ok(builder.build()?))
+            .with_context(|| {
+                format!(
+                    "cannot use the TLS material for {domain} in {}",
+                    dir.display()
+                )
+            })?;
+        clients.insert(domain.to_string(), client.clone());
+        Ok(client)
     }
 
     /// `{api}/{repository}/{rest}` for `reference`'s repository.
@@ -110,14 +159,15 @@ impl RegistryClient {
     ) -> Result<Response> {
         let key = (reference.domain.clone(), reference.path.clone(), access);
         let known = self.authorizations.lock().unwrap().get(&key).cloned();
+        let http = self.http_for(&reference.domain)?;
         let attempt = |authorization: Option<&str>| {
-            let mut request = build(&self.http);
+            let mut request = build(&http);
             if let Some(value) = authorization {
                 request = request.header(AUTHORIZATION, value);
             }
             request
                 .send()
-                .with_context(|| format!("cannot reach the registry {}", reference.domain))
+                .map_err(|err| unreachable(&reference.domain, err))
         };
         let response = attempt(known.as_deref())?;
         if response.status() != StatusCode::UNAUTHORIZED {
@@ -139,11 +189,11 @@ impl RegistryClient {
         Ok(response)
     }
 
-    /// The stored credentials for `domain`.
-    fn credential_for(&self, domain: &str) -> Option<(String, String)> {
+    /// The stored credential for `domain`.
+    fn credential(&self, domain: &str) -> Option<Credential> {
         match &self.options.credentials {
-            Some(source) => source.credential_for(domain),
-            None => credential_for(domain),
+            Some(source) => source.credential(domain),
+            None => stored_credential(domain),
         }
     }
 
@@ -154,8 +204,8 @@ impl RegistryClient {
         self.answer(
             &reference.domain,
             challenge,
-            Some(&scope),
-            self.credential_for(&reference.domain).as_ref(),
+            &[&scope],
+            self.credential(&reference.domain).as_ref(),
         )
         .map_err(|err| match err {
             Refusal::NeedsLogin => anyhow::anyhow!(
@@ -168,43 +218,56 @@ impl RegistryClient {
     }
 
     /// The `Authorization` header that answers `domain`'s `challenge` (basic, or a bearer
-    /// token for `scope` from the token service) with `credential`. The credential goes to
+    /// token for `scopes` from the token service) with `credential`. The credential goes to
     /// a token service only over HTTPS or on the registry's own host: a registry must not
     /// be able to send them anywhere in plain text.
     fn answer(
         &self,
         domain: &str,
         challenge: &str,
-        scope: Option<&str>,
-        credential: Option<&(String, String)>,
+        scopes: &[&str],
+        credential: Option<&Credential>,
     ) -> Result<String, Refusal> {
         let (scheme, params) = parse_challenge(challenge);
         match scheme.to_ascii_lowercase().as_str() {
             "basic" => match credential {
-                Some((user, password)) => Ok(basic(user, password)),
+                Some(Credential::Password { user, password }) => Ok(basic(user, password)),
+                Some(Credential::IdentityToken(_)) => Err(Refusal::Other(anyhow::anyhow!(
+                    "the registry {domain} asks for basic auth, but its stored credential \
+                     is an identity token, which only a token service takes"
+                ))),
                 None => Err(Refusal::NeedsLogin),
             },
             "bearer" => {
                 let realm = params
                     .get("realm")
                     .context("the registry's bearer challenge names no realm")?;
-                let mut query = Vec::new();
-                if let Some(scope) = scope {
-                    query.push(("scope", scope));
-                }
-                if let Some(service) = params.get("service") {
-                    query.push(("service", service.as_str()));
-                }
-                let mut request = self.http.get(realm).query(&query);
                 if credential.is_some() && !may_receive_credentials(realm, domain) {
                     return Err(Refusal::Other(anyhow::anyhow!(
                         "not sending the credentials for {domain} to the token service \
                          {realm}: it is neither HTTPS nor on the registry's host"
                     )));
                 }
-                if let Some((user, password)) = credential {
-                    request = request.header(AUTHORIZATION, basic(user, password));
-                }
+                let service = params.get("service").map(String::as_str);
+                let http = self.http_for(domain)?;
+                let request = match credential {
+                    // OAuth2's refresh-token grant, as containerd trades identity tokens.
+                    Some(Credential::IdentityToken(token)) => http
+                        .post(realm)
+                        .form(&refresh_token_form(token, service, scopes)),
+                    // Docker's token flow: a GET, with basic auth when logged in.
+                    _ => {
+                        let mut query: Vec<_> = scopes.iter().map(|s| ("scope", *s)).collect();
+                        query.extend(service.map(|service| ("service", service)));
+                        let request = http.get(realm).query(&query);
+                        match credential {
+                            Some(Credential::Password { user, password }) => {
+                                request.header(AUTHORIZATION, basic(user, password))
+                            }
+                            _ => request,
+                        }
+                    }
+                };
                 let response = request
                     .send()
                     .with_context(|| format!("cannot reach the token service {realm}"))?;
@@ -248,28 +311,30 @@ impl RegistryClient {
     /// Checks that `user` and `password` open `domain` (`kiln login`).
     pub fn check_login(&self, domain: &str, user: &str, password: &str) -> Result<()> {
         let base = self.api_base(domain);
-        let response = self
-            .http
+        let http = self.http_for(domain)?;
+        let response = http
             .get(&base)
             .send()
-            .with_context(|| format!("cannot reach the registry {domain}"))?;
+            .map_err(|err| unreachable(domain, err))?;
         if response.status() != StatusCode::UNAUTHORIZED {
             check(response, domain)?;
             return Ok(());
         }
-        let credential = (user.to_string(), password.to_string());
+        let credential = Credential::Password {
+            user: user.to_string(),
+            password: password.to_string(),
+        };
         let authorization = self
-            .answer(domain, &challenge_of(&response), None, Some(&credential))
+            .answer(domain, &challenge_of(&response), &[], Some(&credential))
             .map_err(|err| match err {
                 Refusal::NeedsLogin => anyhow::anyhow!("{domain}: login refused"),
                 Refusal::Other(err) => err.context(format!("{domain}: login refused")),
             })?;
-        let response = self
-            .http
+        let response = http
             .get(&base)
             .header(AUTHORIZATION, authorization)
             .send()
-            .with_context(|| format!("cannot reach the registry {domain}"))?;
+            .map_err(|err| unreachable(domain, err))?;
         if response.status() == StatusCode::UNAUTHORIZED {
             bail!("{domain}: login refused: wrong user name or password");
         }
@@ -292,6 +357,25 @@ fn may_receive_credentials(realm: &str, domain: &str) -> bool {
         || url.host_str().is_some_and(|host| {
             host.trim_matches(['[', ']']) == registry_host.trim_matches(['[', ']'])
         })
+}
+
+/// The form that trades identity token `token` for an access token to `scopes` (OAuth2's
+/// refresh-token grant, as containerd sends it: the scopes joined by spaces).
+fn refresh_token_form(
+    token: &str,
+    service: Option<&str>,
+    scopes: &[&str],
+) -> Vec<(&'static str, String)> {
+    let mut form = vec![
+        ("grant_type", "refresh_token".to_string()),
+        ("refresh_token", token.to_string()),
+        ("client_id", OAUTH_CLIENT_ID.to_string()),
+    ];
+    form.extend(service.map(|service| ("service", service.to_string())));
+    if !scopes.is_empty() {
+        form.push(("scope", scopes.join(" ")));
+    }
+    form
 }
 
 /// Why a challenge could not be answered.
@@ -334,6 +418,29 @@ fn challenge_of(response: &Response) -> String {
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string()
+}
+
+/// The error for a request to registry `domain` that got no answer; when TLS failed, it
+/// says where the registry's CA or kiln's client certificate go.
+fn unreachable(domain: &str, err: reqwest::Error) -> anyhow::Error {
+    let err = anyhow::Error::from(err);
+    // rustls's words for an unknown CA, and for a handshake the server broke off.
+    let chain = format!("{err:#}");
+    let hint = if chain.contains("invalid peer certificate") {
+        format!(
+            " (if a private CA signed its certificate, put the CA in {})",
+            certs::suggested_dir(domain).join("ca.crt").display()
+        )
+    } else if chain.contains("received fatal alert") {
+        format!(
+            " (the registry refused the TLS handshake; if it wants a client certificate, \
+             put it and its key in {} as client.cert and client.key)",
+            certs::suggested_dir(domain).display()
+        )
+    } else {
+        String::new()
+    };
+    err.context(format!("cannot reach the registry {domain}{hint}"))
 }
 
 fn login_hint(domain: &str) -> String {
@@ -469,6 +576,31 @@ mod tests {
             "https://registry-1.docker.io/v2/"
         );
         assert_eq!(client.api_base("ghcr.io"), "https://ghcr.io/v2/");
+    }
+
+    #[test]
+    fn identity_tokens_are_traded_with_the_refresh_token_grant() {
+        let form = refresh_token_form(
+            "refresh-me",
+            Some("reg.example"),
+            &["repository:app:pull", "repository:base:pull"],
+        );
+        let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        assert_eq!(
+            form,
+            [
+                ("grant_type", "refresh_token"),
+                ("refresh_token", "refresh-me"),
+                ("client_id", "kiln"),
+                ("service", "reg.example"),
+                ("scope", "repository:app:pull repository:base:pull"),
+            ]
+        );
+        let form = refresh_token_form("t", None, &[]);
+        assert!(
+            form.iter().all(|(k, _)| *k != "service" && *k != "scope"),
+            "{form:?}"
+        );
     }
 
     #[test]

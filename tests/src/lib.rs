@@ -3,6 +3,7 @@
 
 pub mod oci_schema;
 pub mod registry;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -187,6 +188,8 @@ pub struct Request {
     pub target: String,
     /// Header names in lower case, with their values.
     pub headers: Vec<(String, String)>,
+    /// The body ([`serve_reading_bodies`] reads it; [`serve`] leaves it empty).
+    pub body: Vec<u8>,
 }
 
 impl Request {
@@ -206,7 +209,21 @@ pub type Response = (&'static str, Vec<(String, String)>, Vec<u8>);
 /// A minimal HTTP/1.1 server on 127.0.0.1 that answers every request with `handler`; it
 /// lives until the test process exits. Returns the base URL (`http://127.0.0.1:PORT`).
 pub fn serve(handler: impl Fn(&Request) -> Response + Send + 'static) -> String {
-    use std::io::{BufRead, BufReader, Write};
+    serve_requests(false, handler)
+}
+
+/// [`serve`] that reads each request's body (its `Content-Length` bytes) into
+/// [`Request::body`] before calling `handler`.
+pub fn serve_reading_bodies(handler: impl Fn(&Request) -> Response + Send + 'static) -> String {
+    serve_requests(true, handler)
+}
+
+/// [`serve`], reading the bodies when `read_bodies` says so.
+fn serve_requests(
+    read_bodies: bool,
+    handler: impl Fn(&Request) -> Response + Send + 'static,
+) -> String {
+    use std::io::{BufRead, BufReader, Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
     let base = format!("http://{}", listener.local_addr().unwrap());
     std::thread::spawn(move || {
@@ -225,11 +242,24 @@ pub fn serve(handler: impl Fn(&Request) -> Response + Send + 'static) -> String 
                 }
                 line.clear();
             }
+            let mut body = Vec::new();
+            if read_bodies {
+                let length = headers
+                    .iter()
+                    .find(|(name, _)| name == "content-length")
+                    .and_then(|(_, value)| value.parse::<usize>().ok())
+                    .unwrap_or(0);
+                body.resize(length, 0);
+                if reader.read_exact(&mut body).is_err() {
+                    continue;
+                }
+            }
             let mut parts = request_line.split(' ');
             let request = Request {
                 method: parts.next().unwrap_or_default().to_string(),
                 target: parts.next().unwrap_or_default().to_string(),
                 headers,
+                body,
             };
             let (status, extra, body) = handler(&request);
             let mut head = format!("HTTP/1.1 {status}\r\nConnection: close\r\n");

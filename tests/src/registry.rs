@@ -1,9 +1,9 @@
 //! A real registry for the tests: Debian's `docker-registry`, on a free loopback port, with
 //! its storage and access log in a temporary directory, optionally behind htpasswd basic
-//! auth. It stops when the value drops.
+//! auth, optionally over TLS. It stops when the value drops.
 
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
@@ -16,9 +16,26 @@ pub struct Registry {
     _dir: tempfile::TempDir,
 }
 
+/// The TLS a registry serves: its certificate and key (PEM), and the CA its clients'
+/// certificates must come from when it asks for them.
+pub struct RegistryTls<'a> {
+    /// The server certificate.
+    pub certificate: &'a Path,
+    /// Its key.
+    pub key: &'a Path,
+    /// When set, clients must present a certificate this CA signed.
+    pub client_ca: Option<&'a Path>,
+}
+
 impl Registry {
-    /// Starts a registry; with `user`, only that user and password get in.
+    /// Starts a registry on plain HTTP; with `user`, only that user and password get in.
     pub fn start(user: Option<(&str, &str)>) -> Registry {
+        Registry::start_with(user, None)
+    }
+
+    /// Starts a registry, over TLS when `tls` says how; with `user`, only that user and
+    /// password get in.
+    pub fn start_with(user: Option<(&str, &str)>, tls: Option<&RegistryTls>) -> Registry {
         let dir = tempfile::tempdir().unwrap();
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -32,6 +49,16 @@ impl Registry {
              http:\n  addr: {host}\n",
             dir.path().join("data").display()
         );
+        if let Some(tls) = tls {
+            config.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                tls.certificate.display(),
+                tls.key.display()
+            ));
+            if let Some(ca) = tls.client_ca {
+                config.push_str(&format!("    clientcas:\n      - {}\n", ca.display()));
+            }
+        }
         if let Some((name, password)) = user {
             let hash = bcrypt::hash(password, 5).unwrap();
             let htpasswd = dir.path().join("htpasswd");

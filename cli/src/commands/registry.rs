@@ -119,7 +119,8 @@ fn server_domain(server: Option<&str>) -> String {
 }
 
 /// `kiln login [SERVER] -u USER (-p PASS | --password-stdin)`: checks the credentials
-/// with the registry, then stores them in docker's config.json.
+/// with the registry, then stores them with the credential helper docker's config.json
+/// names for it (`credHelpers`, `credsStore`), else in the file.
 pub fn login(options: &RegistryOptions, args: LoginArgs) -> Result<(), Failure> {
     let domain = server_domain(args.server.as_deref());
     let password = match (&args.password, args.password_stdin) {
@@ -135,13 +136,14 @@ pub fn login(options: &RegistryOptions, args: LoginArgs) -> Result<(), Failure> 
     client(options)?
         .check_login(&domain, &args.username, &password)
         .map_err(|e| Failure::msg(format!("{e:#}")))?;
-    let path = kiln_registry::credentials::store(&domain, &args.username, &password)
+    let stored_in = kiln_registry::credentials::store(&domain, &args.username, &password)
         .map_err(|e| Failure::msg(format!("{e:#}")))?;
-    println!("Login Succeeded (credentials in {})", path.display());
+    println!("Login Succeeded (credentials in {stored_in})");
     Ok(())
 }
 
-/// `kiln logout [SERVER]`.
+/// `kiln logout [SERVER]`: has the credential helper erase the credentials it keeps, and
+/// drops the server's entry from docker's config.json.
 pub fn logout(args: LogoutArgs) -> Result<(), Failure> {
     let domain = server_domain(args.server.as_deref());
     let removed =
