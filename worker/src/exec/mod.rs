@@ -1,6 +1,7 @@
 //! RUN: a process in an OCI runtime bundle over a mounted snapshot.
 
 pub mod embedded;
+mod network;
 mod runtime;
 mod spec;
 
@@ -10,7 +11,7 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result, bail};
 use filetime::FileTime;
-use kiln_solver::{ExecOp, NetworkMode};
+use kiln_solver::ExecOp;
 
 use crate::rootfs::{exec_user, resolve_in_root};
 use crate::secrets::{MemoryDir, StepSecret};
@@ -99,15 +100,7 @@ pub fn run(
     }
     fs::write(&hosts, hosts_text)?;
     let resolv = bundle.join("resolv.conf");
-    let host_resolv = fs::read("/etc/resolv.conf").unwrap_or_default();
-    fs::write(
-        &resolv,
-        if op.network == NetworkMode::None {
-            Vec::new()
-        } else {
-            host_resolv
-        },
-    )?;
+    fs::write(&resolv, network::resolv_conf(op.network))?;
     let mut mounts = vec![
         SandboxMount::Bind {
             target: "/etc/hosts".into(),
@@ -123,7 +116,8 @@ pub fn run(
     mounts.extend(request.mounts.iter().cloned());
     mounts.extend(secret_files(&bundle, request.secrets)?);
 
-    let spec = spec::build(request, &user, cwd, &mounts)?;
+    let network = network::SandboxNetwork::start(op.network, request.scratch)?;
+    let spec = spec::build(request, &user, cwd, &mounts, network.namespace())?;
     let created =
         MountPoints::create(request.rootfs, spec.mounts().as_deref().unwrap_or_default())?;
     fs::write(

@@ -11,6 +11,7 @@ use oci_spec::runtime::{
     get_default_readonly_paths,
 };
 use std::collections::HashSet;
+use std::path::Path;
 
 use super::{ExecRequest, SANDBOX_HOSTNAME, SandboxMount};
 use crate::rootfs::ExecUser;
@@ -43,6 +44,7 @@ pub fn build(
     user: &ExecUser,
     cwd: &str,
     mounts: &[SandboxMount],
+    network_namespace: Option<&Path>,
 ) -> Result<Spec> {
     let op = request.op;
     let secret_env = request.secrets.iter().filter_map(|secret| match secret {
@@ -93,19 +95,29 @@ pub fn build(
     });
 
     let mut namespaces = vec![
-        LinuxNamespaceType::Pid,
-        LinuxNamespaceType::Ipc,
-        LinuxNamespaceType::Uts,
-        LinuxNamespaceType::Mount,
+        LinuxNamespaceBuilder::default()
+            .typ(LinuxNamespaceType::Pid)
+            .build()?,
+        LinuxNamespaceBuilder::default()
+            .typ(LinuxNamespaceType::Ipc)
+            .build()?,
+        LinuxNamespaceBuilder::default()
+            .typ(LinuxNamespaceType::Uts)
+            .build()?,
+        LinuxNamespaceBuilder::default()
+            .typ(LinuxNamespaceType::Mount)
+            .build()?,
     ];
-    let own_network = op.network == NetworkMode::None;
+    // The default network's namespace is prepared beforehand (see `network`); `none`
+    // gets an empty one from the runtime; `host` shares kiln's.
+    let own_network = op.network != NetworkMode::Host;
     if own_network {
-        namespaces.push(LinuxNamespaceType::Network);
+        let mut namespace = LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Network);
+        if let Some(path) = network_namespace {
+            namespace = namespace.path(path);
+        }
+        namespaces.push(namespace.build()?);
     }
-    let namespaces = namespaces
-        .into_iter()
-        .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build())
-        .collect::<Result<Vec<_>, _>>()?;
 
     let mut all_mounts: Vec<Mount> = get_default_mounts()
         .into_iter()
