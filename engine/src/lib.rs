@@ -164,7 +164,13 @@ impl ImageResolver for StoreImages<'_> {
                 true
             }
             Ok(_) => self.always_pull && parsed.digest.is_none(),
-            Err(_) => true,
+            // An image pinned by a digest whose every blob the store holds (one imported
+            // from an OCI layout) is not pulled: a registry has no other bytes for it.
+            Err(_) => parsed
+                .digest
+                .as_deref()
+                .and_then(|d| d.parse().ok())
+                .is_none_or(|d| kiln_image::check_complete(self.content, &d).is_err()),
         } && self
             .pulled
             .lock()

@@ -63,14 +63,9 @@ pub fn import_archive(
             let expected: Digest = format!("sha256:{hex}")
                 .parse()
                 .map_err(|_| ArchiveError::Format(format!("blob with a malformed name: {path}")))?;
-            let mut w = store.writer()?;
-            io::copy(&mut entry, &mut w)?;
-            let stored = w.commit(Some(expected))?;
-            files.insert(path, stored);
+            files.insert(path, store_blob(&mut entry, Some(expected), store)?);
         } else if path.ends_with(".tar") || path.ends_with(".tar.gz") {
-            let mut w = store.writer()?;
-            io::copy(&mut entry, &mut w)?;
-            files.insert(path, w.commit(None)?);
+            files.insert(path, store_blob(&mut entry, None, store)?);
         } else if entry.header().size()? <= MAX_METADATA {
             let mut data = Vec::new();
             entry.read_to_end(&mut data)?;
@@ -83,7 +78,7 @@ pub fn import_archive(
             let digest: Digest = image.target.digest().to_string().parse().map_err(|_| {
                 ArchiveError::Format(format!("index.json: bad digest {}", image.target.digest()))
             })?;
-            check_complete(store, &digest, 0)?;
+            check_complete(store, &digest)?;
         }
         Ok(images)
     } else if let Some(manifest) = metadata.get("manifest.json") {
@@ -121,18 +116,52 @@ fn import_oci(index: &[u8]) -> Result<Vec<ImportedImage>, ArchiveError> {
     Ok(out)
 }
 
-/// Fails unless the store holds the manifest or index `digest` and every blob it reaches
-/// (an archive that names what it lacks is not an image).
-fn check_complete(store: &ContentStore, digest: &Digest, depth: usize) -> Result<(), ArchiveError> {
-    let missing = || {
-        ArchiveError::Format(format!(
-            "it names the blob {digest}, which it does not hold"
-        ))
-    };
+/// Streams a blob from `reader` into `store`; with `expected`, fails, storing nothing,
+/// when the bytes are not that digest's.
+pub(crate) fn store_blob(
+    reader: &mut impl Read,
+    expected: Option<Digest>,
+    store: &ContentStore,
+) -> Result<(Digest, u64), ArchiveError> {
+    let mut w = store.writer()?;
+    io::copy(reader, &mut w)?;
+    Ok(w.commit(expected)?)
+}
+
+/// The error for an image that names the blob `digest` without holding it.
+pub(crate) fn missing_blob(digest: &Digest) -> ArchiveError {
+    ArchiveError::Format(format!(
+        "it names the blob {digest}, which it does not hold"
+    ))
+}
+
+/// Fails unless the store holds the manifest or index `digest` and every blob it reaches,
+/// layers included: an archive that names what it lacks is not an image, and an image
+/// the store holds whole needs no registry.
+pub fn check_complete(store: &ContentStore, digest: &Digest) -> Result<(), ArchiveError> {
+    walk_image(store, digest, 0, &mut |blob| {
+        if store.contains(blob) {
+            Ok(())
+        } else {
+            Err(missing_blob(blob))
+        }
+    })
+}
+
+/// Walks the manifest or index `digest` and every blob it reaches (an index's manifests,
+/// a manifest's config and layers), calling `fetch` on each blob before it is read from
+/// `store`: `fetch` brings the blob into the store, or fails.
+pub(crate) fn walk_image(
+    store: &ContentStore,
+    digest: &Digest,
+    depth: usize,
+    fetch: &mut dyn FnMut(&Digest) -> Result<(), ArchiveError>,
+) -> Result<(), ArchiveError> {
     if depth > 8 {
         return Err(ArchiveError::Format("indexes nested too deep".into()));
     }
-    let bytes = store.read(digest).map_err(|_| missing())?;
+    fetch(digest)?;
+    let bytes = store.read(digest)?;
     let document: serde_json::Value = serde_json::from_slice(&bytes)
         .map_err(|e| ArchiveError::Format(format!("blob {digest}: {e}")))?;
     let digest_of = |descriptor: &serde_json::Value| -> Result<Digest, ArchiveError> {
@@ -145,18 +174,13 @@ fn check_complete(store: &ContentStore, digest: &Digest, depth: usize) -> Result
     };
     if let Some(manifests) = document["manifests"].as_array() {
         for manifest in manifests {
-            check_complete(store, &digest_of(manifest)?, depth + 1)?;
+            walk_image(store, &digest_of(manifest)?, depth + 1, fetch)?;
         }
         return Ok(());
     }
     let layers = document["layers"].as_array().cloned().unwrap_or_default();
     for descriptor in std::iter::once(&document["config"]).chain(&layers) {
-        let blob = digest_of(descriptor)?;
-        if !store.contains(&blob) {
-            return Err(ArchiveError::Format(format!(
-                "it names the blob {blob}, which it does not hold"
-            )));
-        }
+        fetch(&digest_of(descriptor)?)?;
     }
     Ok(())
 }

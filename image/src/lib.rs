@@ -6,12 +6,14 @@
 
 mod archive;
 mod config;
+mod layout;
 mod local;
 mod reference;
 mod time;
 
-pub use archive::{ArchiveError, ImportedImage, import_archive};
+pub use archive::{ArchiveError, ImportedImage, check_complete, import_archive};
 pub use config::{ContainerConfig, Empty, HealthConfig, History, Image, RootFs};
+pub use layout::{LayoutError, LayoutSource};
 pub use local::{ImageContent, ImageLayer, PlatformWanted, ResolvedImage, is_index, resolve_local};
 pub use reference::{DOCKER_HUB, Reference, ReferenceError};
 pub use time::{format_rfc3339, parse_rfc3339};

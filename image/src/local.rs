@@ -84,20 +84,33 @@ pub fn resolve_local(
     reference: &str,
     platform: &PlatformWanted<'_>,
 ) -> Result<ResolvedImage, String> {
-    let name = Reference::parse_normalized(reference)
-        .map_err(|e| e.to_string())?
-        .to_string();
-    let record = images.get(&name).map_err(|_| {
-        format!("image {reference} is not in the local store (pull it, or import it with `kiln load -i FILE`)")
-    })?;
+    let parsed = Reference::parse_normalized(reference).map_err(|e| e.to_string())?;
+    let name = parsed.to_string();
     let read = |digest: &Digest| {
         content
             .read(digest)
             .map_err(|e| format!("image {reference}: blob {digest} is unreadable: {e}"))
     };
-    let mut manifest_digest = record.digest;
+    let (mut manifest_digest, media_type) = match images.get(&name) {
+        Ok(record) => (record.digest, Some(record.media_type)),
+        // Pinned by a digest that the store holds, the image needs no name (an image
+        // imported from an OCI layout has none).
+        Err(_) => match parsed.digest.as_deref().and_then(|d| d.parse().ok()) {
+            Some(digest) if content.contains(&digest) => (digest, None),
+            _ => {
+                return Err(format!(
+                    "image {reference} is not in the local store (pull it, or import it with `kiln load -i FILE`)"
+                ));
+            }
+        },
+    };
     let mut bytes = read(&manifest_digest)?;
-    if is_index(&record.media_type) {
+    let index = match media_type {
+        Some(media_type) => is_index(&media_type),
+        None => serde_json::from_slice::<serde_json::Value>(&bytes)
+            .is_ok_and(|document| document.get("manifests").is_some()),
+    };
+    if index {
         let index: ImageIndex = serde_json::from_slice(&bytes)
             .map_err(|e| format!("image {reference}: bad index: {e}"))?;
         let chosen = index
@@ -112,7 +125,12 @@ pub fn resolve_local(
                     )
                 })
             })
-            .ok_or_else(|| format!("image {reference} has no manifest for {platform}"))?;
+            .ok_or_else(|| {
+                format!(
+                    "image {reference} has no manifest for {platform} (it has {})",
+                    platforms_of(&index)
+                )
+            })?;
         manifest_digest = chosen
             .digest()
             .to_string()
@@ -162,6 +180,27 @@ pub fn resolve_local(
         config,
         layers,
     })
+}
+
+/// The platforms of an index's entries, for messages (`linux/amd64, linux/arm/v7`).
+fn platforms_of(index: &ImageIndex) -> String {
+    let platforms: Vec<String> = index
+        .manifests()
+        .iter()
+        .filter_map(|entry| entry.platform().as_ref())
+        .map(|p| {
+            let mut platform = format!("{}/{}", p.os(), p.architecture());
+            if let Some(variant) = p.variant().as_deref().filter(|v| !v.is_empty()) {
+                platform = format!("{platform}/{variant}");
+            }
+            platform
+        })
+        .collect();
+    if platforms.is_empty() {
+        "no platform".into()
+    } else {
+        platforms.join(", ")
+    }
 }
 
 /// Everything in the content store that some images need.
@@ -218,6 +257,59 @@ impl ImageContent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_image_pinned_by_a_stored_digest_needs_no_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let content = ContentStore::open(dir.path().join("content")).unwrap();
+        let images = ImageStore::new(dir.path().join("kiln.redb"));
+        let config = content
+            .put(br#"{"architecture":"amd64","os":"linux","config":{"Env":["A=1"]},"rootfs":{"type":"layers","diff_ids":[]}}"#)
+            .unwrap();
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config.to_string(), "size": 1},
+            "layers": [],
+        });
+        let manifest = content.put(manifest.to_string().as_bytes()).unwrap();
+        let entry = |architecture: &str| {
+            serde_json::json!({
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": manifest.to_string(),
+                "size": 1,
+                "platform": {"os": "linux", "architecture": architecture},
+            })
+        };
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [entry("amd64"), entry("s390x")],
+        });
+        let index = content.put(index.to_string().as_bytes()).unwrap();
+        let platform = |architecture| PlatformWanted {
+            os: "linux",
+            architecture,
+            variant: None,
+        };
+        let resolve = |reference: &str, architecture| {
+            resolve_local(&content, &images, reference, &platform(architecture))
+        };
+        let by_manifest = resolve(&format!("base@{manifest}"), "arm64").unwrap();
+        assert_eq!(by_manifest.manifest_digest, manifest);
+        assert_eq!(by_manifest.config.config.env, ["A=1"]);
+        let by_index = resolve(&format!("base@{index}"), "s390x").unwrap();
+        assert_eq!(by_index.manifest_digest, manifest);
+        let error = resolve(&format!("base@{index}"), "arm64").unwrap_err();
+        assert_eq!(
+            error,
+            format!(
+                "image base@{index} has no manifest for linux/arm64 (it has linux/amd64, linux/s390x)"
+            )
+        );
+        let absent = Digest::of(b"absent");
+        let error = resolve(&format!("base@{absent}"), "amd64").unwrap_err();
+        assert!(error.contains("is not in the local store"), "{error}");
+        assert!(resolve("base", "amd64").is_err(), "a name needs a record");
+    }
 
     #[test]
     fn platforms_match_on_os_architecture_and_a_wanted_variant() {

@@ -210,7 +210,7 @@ fn valid_path_component(c: &str) -> bool {
 }
 
 /// `[\w][\w.-]{0,127}`.
-fn valid_tag(t: &str) -> bool {
+pub(crate) fn valid_tag(t: &str) -> bool {
     let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
     !t.is_empty()
         && t.len() <= 128

@@ -180,6 +180,12 @@ fn named_context(name: &str, value: &str) -> Result<NamedContext> {
         Ok(NamedContext::Image(reference.to_string()))
     } else if let Some(stage) = value.strip_prefix("target:") {
         Ok(NamedContext::Stage(stage.to_string()))
+    } else if value.starts_with("oci-layout://") {
+        // The layout is read through the session's content store, which kiln's builder
+        // does not use; `kiln build` reads layouts for local builds.
+        bail!(
+            "build context {name}: kiln's builder does not read oci-layout:// contexts (use them in local builds)"
+        )
     } else {
         bail!("build context {name}: kiln does not read {value:?} build contexts yet")
     }

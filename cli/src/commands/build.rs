@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use clap::Args;
 use kiln_cache::StateDir;
 use kiln_frontend::lower::{BuildOptions, NamedContext, RunOptions, parse_size};
-use kiln_image::Reference;
+use kiln_image::{LayoutSource, Reference};
 use kiln_registry::RegistryOptions;
 use kiln_solver::{ExtraHost, NetworkMode, Platform, Ulimit};
 
@@ -55,7 +55,8 @@ pub struct BuildArgs {
     /// Add a label to the image (`KEY=VALUE`).
     #[arg(long = "label")]
     labels: Vec<String>,
-    /// Another build context (repeatable): `NAME=DIR`, `NAME=docker-image://REF` or
+    /// Another build context (repeatable): `NAME=DIR`, `NAME=docker-image://REF`,
+    /// `NAME=oci-layout://PATH[:TAG][@sha256:DIGEST]` (local builds) or
     /// `NAME=target:STAGE`; `FROM NAME` and `COPY --from=NAME` read it.
     #[arg(long = "build-context", value_name = "NAME=VALUE")]
     build_contexts: Vec<String>,
@@ -210,8 +211,9 @@ impl BuildArgs {
     }
 
     /// The `--build-context`s: what each name stands for, and the local directories among
-    /// them (named as the contexts).
-    pub(super) fn build_contexts(&self) -> Result<NamedContexts, Failure> {
+    /// them (named as the contexts). The images of `oci-layout://` contexts are brought
+    /// into `state`'s content store.
+    pub(super) fn build_contexts(&self, state: &StateDir) -> Result<NamedContexts, Failure> {
         let mut named = NamedContexts::default();
         for raw in &self.build_contexts {
             let (name, value) = raw.split_once('=').ok_or_else(|| {
@@ -223,9 +225,11 @@ impl BuildArgs {
                 NamedContext::Image(reference.to_string())
             } else if let Some(stage) = value.strip_prefix("target:") {
                 NamedContext::Stage(stage.to_string())
+            } else if let Some(layout) = value.strip_prefix("oci-layout://") {
+                self.oci_layout_context(state, name, layout)?
             } else if value.contains("://") || value.starts_with("git@") {
                 return Err(Failure::msg(format!(
-                    "build context {name}={value}: kiln does not read this kind of build context yet (directories, docker-image:// and target: work)"
+                    "build context {name}={value}: kiln does not read this kind of build context yet (directories, docker-image://, oci-layout:// and target: work)"
                 )));
             } else {
                 let dir = PathBuf::from(value);
@@ -248,6 +252,44 @@ impl BuildArgs {
             named.contexts.insert(name.to_string(), context);
         }
         Ok(named)
+    }
+
+    /// The `oci-layout://PATH[:TAG][@sha256:DIGEST]` context `name`: the image the layout
+    /// names, brought into `state`'s content store without an image name and pinned by its
+    /// digest. Local builds only: a remote builder would read the layout through the
+    /// session's content store, which kiln does not offer.
+    fn oci_layout_context(
+        &self,
+        state: &StateDir,
+        name: &str,
+        layout: &str,
+    ) -> Result<NamedContext, Failure> {
+        let failed = |e: &dyn std::fmt::Display| Failure::msg(format!("build context {name}: {e}"));
+        if self.is_remote() {
+            return Err(failed(&format!(
+                "oci-layout://{layout}: OCI layout contexts work for local builds only, not on a remote builder"
+            )));
+        }
+        let named = Reference::parse_normalized(name).map_err(|e| {
+            failed(&format!(
+                "an oci-layout context needs a name that is a valid image name: {e}"
+            ))
+        })?;
+        let source = LayoutSource::parse(layout).map_err(|e| failed(&e))?;
+        let digest = {
+            let _lock = state.lock(false).map_err(|e| failed(&e))?;
+            let content = state.content().map_err(|e| failed(&e))?;
+            source.import(&content).map_err(|e| failed(&e))?
+        };
+        let reference = Reference {
+            tag: None,
+            digest: Some(digest.to_string()),
+            ..named
+        };
+        Ok(NamedContext::OciLayout {
+            layout: source.path.display().to_string(),
+            reference: reference.to_string(),
+        })
     }
 
     /// The `--secret`s by id.
@@ -400,7 +442,7 @@ pub fn run(
     if let [one] = platforms.as_slice() {
         options.target_platform = one.clone();
     }
-    let named = args.build_contexts()?;
+    let named = args.build_contexts(state)?;
     options.named_contexts = named.contexts.clone();
     for label in &args.labels {
         let (key, value) = label.split_once('=').unwrap_or((label, ""));

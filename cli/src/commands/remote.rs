@@ -180,6 +180,12 @@ fn run_on(
             NamedContext::Local { source, .. } => format!("local:{source}"),
             NamedContext::Image(reference) => format!("docker-image://{reference}"),
             NamedContext::Stage(stage) => format!("target:{stage}"),
+            // `kiln build` refuses these before a remote build starts.
+            NamedContext::OciLayout { layout, .. } => {
+                return Err(format!(
+                    "build context {name}: oci-layout://{layout} works for local builds only"
+                ));
+            }
         };
         attrs.insert(format!("context:{name}"), value);
     }

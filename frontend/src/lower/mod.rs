@@ -69,6 +69,14 @@ pub enum NamedContext {
     Image(String),
     /// A stage of the Dockerfile (`target:STAGE`).
     Stage(String),
+    /// An image of an OCI image layout directory (`oci-layout://PATH[:TAG][@DIGEST]`),
+    /// which the client has put in the content store without a name: found by its digest.
+    OciLayout {
+        /// The layout directory, for messages.
+        layout: String,
+        /// The image pinned by its manifest or index digest (`NAME@sha256:…`).
+        reference: String,
+    },
 }
 
 impl Default for BuildOptions {
@@ -475,13 +483,13 @@ impl<'a> Lowerer<'a> {
                 Ok((None, stage::empty_image(), None))
             }
             NamedContext::Image(reference) => {
-                let image = self
-                    .resolver
-                    .resolve_config(&reference, platform)
-                    .map_err(|e| Error::unresolved(&reference, e, location))?;
                 let description = format!("[context {name}] {reference}");
-                let state = self.image_source(&reference, platform, location, description);
-                Ok((Some(state), image, None))
+                self.named_image(&reference, None, description, platform, location)
+            }
+            NamedContext::OciLayout { layout, reference } => {
+                // BuildKit's name for the step.
+                let description = format!("[context {name}] OCI load from client");
+                self.named_image(&reference, Some(&layout), description, platform, location)
             }
             NamedContext::Stage(target) => {
                 let index = self.stage_named(&target).ok_or_else(|| {
@@ -494,6 +502,31 @@ impl<'a> Lowerer<'a> {
                 Ok((result.state, result.image, Some(result.platform)))
             }
         }
+    }
+
+    /// What a named context that is the image `reference` gives (see
+    /// [`load_named`](Self::load_named)); errors name the OCI layout `layout` it comes
+    /// from, if it comes from one.
+    fn named_image(
+        &mut self,
+        reference: &str,
+        layout: Option<&str>,
+        description: String,
+        platform: &Platform,
+        location: Location,
+    ) -> Result<(Option<Digest>, Image, Option<Platform>)> {
+        let image = self
+            .resolver
+            .resolve_config(reference, platform)
+            .map_err(|e| {
+                let cause = match layout {
+                    Some(layout) => format!("oci-layout {layout}: {e}"),
+                    None => e,
+                };
+                Error::unresolved(reference, cause, location)
+            })?;
+        let state = self.image_source(reference, platform, location, description);
+        Ok((Some(state), image, None))
     }
 
     /// The source vertex of an image.

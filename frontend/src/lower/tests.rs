@@ -716,6 +716,60 @@ fn named_contexts_stand_in_for_images_and_stages() {
 }
 
 #[test]
+fn an_oci_layout_context_is_its_image_by_digest_and_errors_name_the_layout() {
+    let pinned = format!("docker.io/library/base@sha256:{}", "ab".repeat(32));
+    let mut o = options();
+    o.named_contexts.insert(
+        "base".into(),
+        NamedContext::OciLayout {
+            layout: "/out/layout".into(),
+            reference: pinned.clone(),
+        },
+    );
+    let l = try_lower_with(
+        "FROM base
+RUN env
+",
+        &o,
+        &OnbuildImage,
+    )
+    .unwrap();
+    let sources: Vec<&Vertex> = vertices(&l)
+        .into_iter()
+        .filter(|v| matches!(&v.op, Op::Source(SourceOp::Image { .. })))
+        .collect();
+    let Op::Source(SourceOp::Image { reference, .. }) = &sources[0].op else {
+        unreachable!()
+    };
+    assert_eq!(reference, &pinned);
+    assert!(l.definition.topological_order().iter().any(|d| {
+        l.definition.meta(d).unwrap().description == "[context base] OCI load from client"
+    }));
+    // The image's config applies as a base image's does.
+    assert_eq!(execs(&l)[1].env, ["PATH=/bin", "LANG=C"]);
+
+    o.named_contexts.insert(
+        "base".into(),
+        NamedContext::OciLayout {
+            layout: "/out/layout".into(),
+            reference: "missing".into(),
+        },
+    );
+    let error = try_lower_with(
+        "FROM base
+",
+        &o,
+        &OnbuildImage,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains("oci-layout /out/layout: image \"missing\" is not in the local store"),
+        "{error}"
+    );
+}
+
+#[test]
 fn deep_dockerfiles_are_lowered_or_refused_without_overflowing() {
     let mut chain = String::from("FROM scratch AS s0\nCOPY a /a\n");
     for i in 1..3000 {
