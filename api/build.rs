@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "health.proto",
         "ops.proto",
         "secrets.proto",
+        "sshforward.proto",
         "wire.proto",
         "worker.proto",
     ];

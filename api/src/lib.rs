@@ -6,6 +6,7 @@
 //! relative paths); the short names below are what the rest of kiln uses.
 
 pub mod client;
+mod pipe;
 mod raw;
 pub mod server;
 pub mod session;
@@ -32,6 +33,11 @@ pub mod generated {
         pub mod filesync {
             pub mod v1 {
                 tonic::include_proto!("moby.filesync.v1");
+            }
+        }
+        pub mod sshforward {
+            pub mod v1 {
+                tonic::include_proto!("moby.sshforward.v1");
             }
         }
     }
@@ -64,5 +70,10 @@ pub use generated::moby::buildkit::v1 as control;
 pub use generated::moby::buildkit::v1::types;
 /// `moby.filesync.v1`: file sync, file send and auth.
 pub use generated::moby::filesync::v1 as filesync;
+/// `moby.sshforward.v1`: SSH agents a client's session lends the daemon's steps.
+pub use generated::moby::sshforward::v1 as sshforward;
+
+/// The metadata naming the agent a `ForwardAgent` stream is for (BuildKit's `KeySSHID`).
+pub const SSH_ID_METADATA: &str = "buildkit.ssh.id";
 /// `pb`: the LLB types the Control API refers to.
 pub use generated::pb;

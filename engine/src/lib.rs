@@ -33,6 +33,9 @@ use kiln_worker::exec::ExternalRuntime;
 use kiln_worker::layer::{LayerCompression, WriteOptions, recompress_all};
 pub use kiln_worker::secrets::{LocalSecrets, MAX_SECRET_SIZE, SecretSource, SecretStore};
 use kiln_worker::snapshot::{Snapshot, Snapshotter};
+pub use kiln_worker::ssh::{
+    AgentStream, DEFAULT_ID as SSH_DEFAULT_ID, LocalSshAgents, SshAgents, SshSpec, relay,
+};
 pub use kiln_worker::{LocalDirectories, LocalSources};
 use kiln_worker::{Worker, WorkerConfig, WorkerRef, platform_wanted, resolve_image};
 
@@ -44,6 +47,8 @@ pub struct BuildRequest {
     pub sources: Box<dyn LocalSources>,
     /// The secrets `RUN --mount=type=secret` may use (`--secret`).
     pub secrets: Box<dyn SecretStore>,
+    /// The SSH agents `RUN --mount=type=ssh` may use (`--ssh`).
+    pub ssh: Box<dyn SshAgents>,
     /// `.dockerignore` text, if there is one.
     pub dockerignore: Option<Vec<u8>>,
     /// Frontend options (target, args, platforms, cache filters, labels).
@@ -571,6 +576,7 @@ pub fn build(
         runtime: Box::new(runtime),
         sources: request.sources,
         secrets: request.secrets,
+        ssh: request.ssh,
         cache_mounts: state.cache_mounts(),
         cache_mount_seeds: imported.mount_seeds.clone(),
         checksums: ChecksumCache::open(state.checksums()),

@@ -86,6 +86,7 @@ fn builds_from_named_sources_into_client_outputs_with_typed_events() {
         dockerfile: b"FROM scratch\nCOPY . /\n".to_vec(),
         sources: Box::new(sources.clone()),
         secrets: Box::new(kiln_engine::LocalSecrets::default()),
+        ssh: Box::new(kiln_engine::LocalSshAgents::default()),
         dockerignore: Some(b"secret.txt\n".to_vec()),
         options: Default::default(),
         tags: Vec::new(),

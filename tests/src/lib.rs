@@ -3,6 +3,7 @@
 
 pub mod oci_schema;
 pub mod registry;
+pub mod ssh;
 pub mod tls;
 
 use std::path::{Path, PathBuf};

@@ -6,6 +6,7 @@ use std::fs;
 use std::io::Write;
 use std::process::{Output, Stdio};
 
+use kiln_tests::ssh::Agent;
 use kiln_tests::{kiln, state_with_busybox};
 
 const DOCKERFILE: &str = "\
@@ -16,14 +17,22 @@ COPY --from=extra note.txt /note.txt
 RUN echo $VERSION > /version
 ";
 
-/// `kiln --root ROOT` + `line` (split on spaces) run in `dir`, with `stdin`.
-fn run_line(root: &std::path::Path, dir: &std::path::Path, line: &str, stdin: &[u8]) -> Output {
+/// `kiln --root ROOT` + `line` (split on spaces) run in `dir`, with `stdin` and an SSH
+/// agent's socket in `SSH_AUTH_SOCK`.
+fn run_line(
+    root: &std::path::Path,
+    dir: &std::path::Path,
+    agent: &Agent,
+    line: &str,
+    stdin: &[u8],
+) -> Output {
     let mut child = kiln()
         .arg("--root")
         .arg(root)
         .args(line.split(' '))
         .current_dir(dir)
         .env("TOKEN", "s3cret")
+        .env("SSH_AUTH_SOCK", &agent.socket)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -36,6 +45,7 @@ fn run_line(root: &std::path::Path, dir: &std::path::Path, line: &str, stdin: &[
 #[test]
 fn ci_command_lines_work_or_name_what_is_missing() {
     let root = state_with_busybox();
+    let agent = Agent::start(&[]);
     let work = tempfile::tempdir().unwrap();
     let dir = work.path();
     fs::write(dir.join("Dockerfile"), DOCKERFILE).unwrap();
@@ -43,7 +53,7 @@ fn ci_command_lines_work_or_name_what_is_missing() {
     fs::write(dir.join("extra/note.txt"), "note\n").unwrap();
 
     let supported = [
-        "build --secret id=token,env=TOKEN --build-context extra=extra \
+        "build --secret id=token,env=TOKEN --ssh default --build-context extra=extra \
          --cache-to type=local,dest=cache,mode=max -q -f - .",
         "build --secret id=token,env=TOKEN --build-context extra=./extra \
          --cache-from type=local,src=cache --build-arg VERSION=1.2.3 \
@@ -55,7 +65,7 @@ fn ci_command_lines_work_or_name_what_is_missing() {
          --iidfile iid --metadata-file meta.json --no-cache-filter base -o type=local,dest=out .",
     ];
     for line in supported {
-        let out = run_line(root.path(), dir, line, DOCKERFILE.as_bytes());
+        let out = run_line(root.path(), dir, &agent, line, DOCKERFILE.as_bytes());
         assert!(
             out.status.success(),
             "{line}\n{}",
@@ -84,7 +94,6 @@ fn ci_command_lines_work_or_name_what_is_missing() {
 
     // Not supported yet (or not allowed): each fails, naming its flag (or entitlement).
     let missing = [
-        ("build --ssh default .", "--ssh"),
         ("build --network=host .", "network.host"),
         (
             "build --annotation index:org.opencontainers.image.title=x .",
@@ -96,7 +105,7 @@ fn ci_command_lines_work_or_name_what_is_missing() {
         ("build --cache-to type=gha .", "type=gha"),
     ];
     for (line, flag) in missing {
-        let out = run_line(root.path(), dir, line, b"");
+        let out = run_line(root.path(), dir, &agent, line, b"");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{line} was accepted");
         assert!(stderr.contains(flag), "{line}: {stderr}");

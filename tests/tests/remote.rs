@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use kiln_tests::ssh::{Agent, context_with_ssh_tools, keygen};
 use kiln_tests::{BusyboxArchives, busybox_archives, kiln, load_into, run};
 
 /// A running `kiln serve` with busybox loaded; stopped with SIGTERM on drop.
@@ -467,6 +468,48 @@ fn secrets_come_from_the_client_session() {
         String::from_utf8_lossy(&failed.stderr).contains("secret nope: not found"),
         "{}",
         String::from_utf8_lossy(&failed.stderr)
+    );
+}
+
+/// `--ssh` agents stay on the client: the daemon's step talks to them through the
+/// session's SSH service (BuildKit's `ForwardAgent` streams), read-only.
+#[test]
+fn ssh_agents_are_lent_through_the_client_session() {
+    let archives = busybox_archives();
+    let daemon = Daemon::start(&archives, &[]);
+    let keys = tempfile::tempdir().unwrap();
+    let (key, fingerprint) = keygen(keys.path(), "remote");
+    let agent = Agent::start(&[&key]);
+    let context = context_with_ssh_tools(
+        "RUN --mount=type=ssh ssh-add -l > /listed && { ssh-add -D 2>&1 || echo refused; } > /removed\n",
+    );
+    let out = tempfile::tempdir().unwrap();
+    let built = kiln()
+        .args(["build", "--progress", "plain", "--builder", &daemon.address])
+        .args(["--ssh", "default", "-o"])
+        .arg(format!("type=local,dest={}", out.path().display()))
+        .arg(context.path())
+        .env("SSH_AUTH_SOCK", &agent.socket)
+        .output()
+        .unwrap();
+    ok(&built);
+    let read = |name: &str| fs::read_to_string(out.path().join(name)).unwrap();
+    assert_eq!(read("listed").trim(), fingerprint);
+    assert!(read("removed").contains("refused"), "{}", read("removed"));
+    let listed = run(agent.ssh_add().arg("-l"), true);
+    assert_eq!(String::from_utf8_lossy(&listed.stdout).trim(), fingerprint);
+    // Without --ssh, a required agent is missing, in BuildKit's words.
+    fs::write(
+        context.path().join("Dockerfile"),
+        "FROM busybox:1\nRUN --mount=type=ssh,required=true true\n",
+    )
+    .unwrap();
+    let failed = daemon.build(context.path(), &[]);
+    assert!(!failed.status.success());
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        stderr.contains("no SSH key \"default\" forwarded from the client"),
+        "{stderr}"
     );
 }
 

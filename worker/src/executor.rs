@@ -6,7 +6,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, anyhow, bail};
 use kiln_cache::{ChecksumCache, ContentStore, Digest, ImageStore};
@@ -27,6 +27,7 @@ use crate::rootfs::resolve_in_root;
 use crate::secrets::{SecretStore, StepSecret};
 use crate::snapshot::{ActiveSnapshot, Snapshot, Snapshotter};
 use crate::sources::LocalSources;
+use crate::ssh::{SshAgents, StepSocket};
 
 /// Looks `reference` up in the local store for `platform`; errors are
 /// user-facing sentences. The frontend (base configs) and the worker (base
@@ -88,6 +89,8 @@ pub struct WorkerConfig {
     pub layer_options: WriteOptions,
     /// The build's secrets, for `RUN --mount=type=secret`.
     pub secrets: Box<dyn SecretStore>,
+    /// The build's SSH agents, for `RUN --mount=type=ssh`.
+    pub ssh: Box<dyn SshAgents>,
 }
 
 /// Executes vertices on this machine.
@@ -249,6 +252,7 @@ impl Worker {
         let mut views = Vec::new();
         let mut mounts = Vec::new();
         let mut secrets = Vec::new();
+        let mut ssh_mounts = Vec::new();
         for mount in op.mounts.iter().filter(|m| !std::ptr::eq(*m, root_mount)) {
             match &mount.kind {
                 MountKind::Layer | MountKind::Bind => {
@@ -320,11 +324,18 @@ impl Worker {
                         None => {}
                     }
                 }
-                MountKind::Ssh { required, .. } => {
-                    if *required {
-                        bail!("no SSH agent was provided (kiln build has no --ssh yet)");
-                    }
-                }
+                MountKind::Ssh {
+                    id,
+                    required,
+                    mode,
+                    uid,
+                    gid,
+                } => match self.config.ssh.check(id) {
+                    Ok(()) => ssh_mounts.push((mount.target.clone(), id, (*mode, *uid, *gid))),
+                    // An optional agent the build was not given is left out, as BuildKit.
+                    Err(_) if !*required => {}
+                    Err(err) => return Err(err),
+                },
             }
         }
         // A handler registered without the `F` flag needs its interpreter in the sandbox
@@ -332,6 +343,24 @@ impl Worker {
         mounts.extend(emulator.as_ref().and_then(emulation::Emulator::mount));
         // In the state directory, not /tmp: a killed kiln's leftovers are found there.
         let scratch = self.config.snapshots.scratch("exec-")?;
+        let ssh_sockets = ssh_mounts
+            .iter()
+            .enumerate()
+            .map(|(n, (target, id, (mode, uid, gid)))| {
+                let socket = StepSocket::bind(
+                    &scratch.path().join(format!("ssh-{n}.sock")),
+                    id,
+                    *mode,
+                    *uid,
+                    *gid,
+                )?;
+                mounts.push(SandboxMount::Socket {
+                    target: target.clone(),
+                    source: socket.path().to_path_buf(),
+                });
+                Ok(socket)
+            })
+            .collect::<Result<Vec<_>>>()?;
         let extra_env = step.meta.map(|m| m.proxy_env.clone()).unwrap_or_default();
         let request = ExecRequest {
             op,
@@ -341,12 +370,22 @@ impl Worker {
             secrets: &secrets,
             scratch: scratch.path(),
         };
-        exec::run(
-            self.config.runtime.as_ref(),
-            &request,
-            step.log,
-            step.cancel,
-        )?;
+        // Each agent socket is served while the step runs.
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            for socket in &ssh_sockets {
+                scope.spawn(|| socket.serve(scope, self.config.ssh.as_ref(), &stop));
+            }
+            let ran = exec::run(
+                self.config.runtime.as_ref(),
+                &request,
+                step.log,
+                step.cancel,
+            );
+            stop.store(true, Ordering::SeqCst);
+            ssh_sockets.iter().for_each(StepSocket::wake);
+            ran
+        })?;
         drop(views);
         Ok(WorkerRef::Snapshot(root.commit(
             &base,

@@ -14,6 +14,7 @@ pub mod rootfs;
 pub mod secrets;
 pub mod snapshot;
 mod sources;
+pub mod ssh;
 
 pub use executor::{
     Worker, WorkerConfig, WorkerRef, cache_mount_name, platform_wanted, resolve_image,

@@ -1,6 +1,6 @@
 //! What a client serves the daemon through its session: its local directories (FileSync),
-//! a place for outputs (FileSend), registry credentials (Auth), secrets (Secrets) and a
-//! health check.
+//! a place for outputs (FileSend), registry credentials (Auth), secrets (Secrets), SSH
+//! agents (SSH) and a health check.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -26,15 +26,19 @@ use crate::raw::RawMessage;
 use crate::raw::file_send::file_send_server::{FileSend, FileSendServer};
 use crate::secrets::secrets_server::{Secrets, SecretsServer};
 use crate::secrets::{GetSecretRequest, GetSecretResponse};
+use crate::sshforward::ssh_server::{Ssh, SshServer};
+use crate::sshforward::{BytesMessage as AgentBytes, CheckAgentRequest, CheckAgentResponse};
 use crate::transfer::{self, Selection};
-use kiln_engine::{LocalSecrets, SecretStore as _};
+use kiln_engine::{LocalSecrets, LocalSshAgents, SecretStore as _, SshAgents as _};
 
 /// The methods a client's session serves, as its headers list them.
-pub const METHODS: [&str; 5] = [
+pub const METHODS: [&str; 7] = [
     "/moby.filesync.v1.FileSync/DiffCopy",
     "/moby.filesync.v1.FileSend/DiffCopy",
     "/moby.filesync.v1.Auth/Credentials",
     "/moby.buildkit.secrets.v1.Secrets/GetSecret",
+    "/moby.sshforward.v1.SSH/CheckAgent",
+    "/moby.sshforward.v1.SSH/ForwardAgent",
     "/grpc.health.v1.Health/Check",
 ];
 
@@ -245,6 +249,59 @@ impl Secrets for ClientSecrets {
     }
 }
 
+/// The build's `--ssh` agents, lent to the daemon's steps through a read-only relay (as
+/// BuildKit's client lends them).
+pub struct ClientSsh(pub Arc<LocalSshAgents>);
+
+type AgentByteStream = Pin<Box<dyn Stream<Item = Result<AgentBytes, Status>> + Send>>;
+
+/// An empty agent id means `default`, as in BuildKit.
+fn agent_id(id: Option<String>) -> String {
+    id.filter(|id| !id.is_empty())
+        .unwrap_or_else(|| kiln_engine::SSH_DEFAULT_ID.to_string())
+}
+
+#[tonic::async_trait]
+impl Ssh for ClientSsh {
+    async fn check_agent(
+        &self,
+        request: Request<CheckAgentRequest>,
+    ) -> Result<Response<CheckAgentResponse>, Status> {
+        let id = agent_id(Some(request.into_inner().id));
+        self.0
+            .check(&id)
+            .map_err(|e| Status::not_found(format!("{e:#}")))?;
+        Ok(Response::new(CheckAgentResponse {}))
+    }
+
+    type ForwardAgentStream = AgentByteStream;
+
+    async fn forward_agent(
+        &self,
+        request: Request<Streaming<AgentBytes>>,
+    ) -> Result<Response<Self::ForwardAgentStream>, Status> {
+        let id = agent_id(
+            values(request.metadata(), crate::SSH_ID_METADATA)
+                .into_iter()
+                .next(),
+        );
+        let agents = Arc::clone(&self.0);
+        let mut agent = tokio::task::spawn_blocking(move || agents.connect(&id))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::not_found(format!("{e:#}")))?;
+        let incoming = request.into_inner().map(|m| m.map(|m| m.data));
+        let (answers, outgoing) = mpsc::channel(16);
+        let mut daemon =
+            crate::pipe::BlockingPipe::new(&tokio::runtime::Handle::current(), incoming, answers);
+        tokio::task::spawn_blocking(move || {
+            let _ = kiln_engine::relay(&mut daemon, agent.as_mut());
+        });
+        let answers = ReceiverStream::new(outgoing).map(|data| Ok(AgentBytes { data }));
+        Ok(Response::new(Box::pin(answers)))
+    }
+}
+
 /// Always serving: the daemon checks that the session is alive.
 pub struct Alive;
 
@@ -265,11 +322,13 @@ pub fn router(
     directories: HashMap<String, PathBuf>,
     outputs: Arc<HashMap<usize, OutputTarget>>,
     secrets: LocalSecrets,
+    ssh: Arc<LocalSshAgents>,
 ) -> tonic::transport::server::Router {
     crate::session::server()
         .add_service(FileSyncServer::new(Directories(directories)))
         .add_service(FileSendServer::new(Outputs(outputs)))
         .add_service(AuthServer::new(Credentials))
         .add_service(SecretsServer::new(ClientSecrets(secrets)))
+        .add_service(SshServer::new(ClientSsh(ssh)))
         .add_service(HealthServer::new(Alive))
 }

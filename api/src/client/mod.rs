@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
 use hyper_util::rt::TokioIo;
-use kiln_engine::{BuildEvent, LocalSecrets};
+use kiln_engine::{BuildEvent, LocalSecrets, LocalSshAgents};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
@@ -96,6 +96,8 @@ pub struct RemoteBuild {
     pub entitlements: Vec<String>,
     /// The `--secret`s, handed to the daemon one by one as steps mount them.
     pub secrets: LocalSecrets,
+    /// The `--ssh` agents, relayed to the daemon's steps that mount them.
+    pub ssh: Arc<LocalSshAgents>,
     /// `--cache-to` and `--cache-from`, as BuildKit's cache options.
     pub cache: CacheOptions,
 }
@@ -182,7 +184,12 @@ pub async fn build(
         shared_key: shared_key(&build.context),
         methods: attachables::METHODS.iter().map(|m| m.to_string()).collect(),
     };
-    let attached = attachables::router(directories, Arc::new(outputs), build.secrets.clone());
+    let attached = attachables::router(
+        directories,
+        Arc::new(outputs),
+        build.secrets.clone(),
+        Arc::clone(&build.ssh),
+    );
     let session = open_session(address, &mut control, &headers, attached).await?;
 
     let mut attrs = build.frontend_attrs.clone();

@@ -4,6 +4,7 @@
 mod files;
 mod sessions;
 mod solve;
+mod ssh;
 mod status;
 
 use std::collections::{BTreeSet, HashMap};

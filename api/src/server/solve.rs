@@ -19,6 +19,7 @@ use tokio::runtime::Handle;
 use super::Daemon;
 use super::files::{SessionCredentials, SessionSecrets, SessionSources, SessionTarget, sync_dir};
 use super::sessions::Session;
+use super::ssh::SessionSshAgents;
 use crate::control::{CacheOptionsEntry, Exporter, SolveRequest};
 
 /// The frontend kiln serves: BuildKit's Dockerfile frontend.
@@ -350,6 +351,10 @@ pub async fn solve(
             log: Arc::clone(&log),
         }),
         secrets: Box::new(SessionSecrets {
+            handle: handle.clone(),
+            session: Arc::clone(&session),
+        }),
+        ssh: Box::new(SessionSshAgents {
             handle: handle.clone(),
             session: Arc::clone(&session),
         }),

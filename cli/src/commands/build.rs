@@ -21,7 +21,7 @@ use crate::progress::{Progress, ProgressMode};
 use kiln_api::client::{CacheOptions, CacheOptionsEntry};
 use kiln_engine::{
     BuildError, BuildRequest, BuildResult, CacheFrom, CacheTo, Destination, Entitlement,
-    LocalDirectories, LocalSecrets, Output, SecretSource, build,
+    LocalDirectories, LocalSecrets, LocalSshAgents, Output, SecretSource, SshSpec, build,
 };
 
 /// Arguments of `kiln build`.
@@ -64,6 +64,11 @@ pub struct BuildArgs {
     /// (repeatable). With only an id, the variable ID if it is set, else the file ID.
     #[arg(long = "secret", value_parser = parse_secret, value_name = "SPEC")]
     secrets: Vec<(String, SecretSource)>,
+    /// An SSH agent RUN steps may mount (`--mount=type=ssh`), repeatable: `default` (the
+    /// agent of `$SSH_AUTH_SOCK`) or `ID=SOCKET|KEY[,KEY…]` (keys are served by an
+    /// `ssh-agent` kiln runs for the build).
+    #[arg(long = "ssh", value_name = "ID[=SOCKET|KEY,…]")]
+    ssh: Vec<SshSpec>,
     /// Export the build cache (repeatable): `type=registry,ref=R[,mode=min|max]`
     /// or `type=local,dest=DIR[,mode=…]`, with `compression=gzip|zstd`, `ignore-error=true`.
     #[arg(long = "cache-to", value_parser = parse_cache::<CacheTo>, value_name = "SPEC")]
@@ -297,6 +302,23 @@ impl BuildArgs {
         LocalSecrets(self.secrets.iter().cloned().collect())
     }
 
+    /// The `--ssh` agents, and the private directory where the agents kiln starts for key
+    /// files keep their sockets (dropped after the agents, which remove their own).
+    pub(super) fn ssh_agents(
+        &self,
+    ) -> Result<(LocalSshAgents, Option<tempfile::TempDir>), Failure> {
+        if self.ssh.is_empty() {
+            return Ok((LocalSshAgents::default(), None));
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("kiln-ssh-")
+            .tempdir()
+            .map_err(|e| Failure::msg(format!("cannot make a directory for SSH agents: {e}")))?;
+        let agents = LocalSshAgents::new(&self.ssh, dir.path())
+            .map_err(|e| Failure::msg(format!("{e:#}")))?;
+        Ok((agents, Some(dir)))
+    }
+
     /// How to show progress: `-q` is `--progress=quiet`.
     fn progress_mode(&self) -> ProgressMode {
         if self.quiet {
@@ -458,9 +480,11 @@ pub fn run(
                 .map_err(|_| Failure::msg(format!("invalid SOURCE_DATE_EPOCH {v:?}")))
         })
         .transpose()?;
+    let (ssh_agents, _ssh_dir) = args.ssh_agents()?;
     if args.is_remote() {
         let printer = Progress::stderr(args.progress_mode());
         let job = super::remote::Job {
+            ssh: std::sync::Arc::new(ssh_agents),
             args: &args,
             options: &options,
             context: &context.dir,
@@ -484,6 +508,7 @@ pub fn run(
         // Canonical, so that the checksum cache (keyed by path) is shared by `kiln build .`
         // and `kiln build /abs/path` of the same context.
         secrets: Box::new(args.secrets()),
+        ssh: Box::new(ssh_agents),
         sources: Box::new(LocalDirectories(
             std::iter::once(("context".to_string(), context.dir.clone()))
                 .chain(named.directories)

@@ -90,6 +90,8 @@ pub struct Job<'a> {
     pub dockerfile: &'a Path,
     /// Where progress goes.
     pub printer: &'a Progress,
+    /// The `--ssh` agents, lent to the builder through the session.
+    pub ssh: std::sync::Arc<kiln_engine::LocalSshAgents>,
 }
 
 /// Runs the build of the context directory `context` on `builder`; the error is the
@@ -151,6 +153,7 @@ fn run_on(
         named_directories,
         dockerfile,
         printer,
+        ..
     } = *job;
     if dockerfile == Path::new("-") {
         return Err("a remote build reads the Dockerfile from a file, not standard input".into());
@@ -197,6 +200,7 @@ fn run_on(
         exporters,
         entitlements: args.allow.iter().map(ToString::to_string).collect(),
         secrets: args.secrets(),
+        ssh: std::sync::Arc::clone(&job.ssh),
         cache: args.cache_options(),
     };
     let done = super::runtime()?

@@ -167,7 +167,7 @@ pub(super) fn lower_run(
     let args = st.argv(&command);
     let workdir = st.workdir();
 
-    for (n, raw) in run.mounts.iter().enumerate() {
+    for raw in &run.mounts {
         let spec = parse_mount(raw).map_err(|e| Error::at(e, loc))?;
         let expand = |v: &Option<String>| st.expand_opt(v.as_deref(), loc);
         let target = expand(&spec.target)?.map(|t| join_path(&workdir, &t));
@@ -236,6 +236,14 @@ pub(super) fn lower_run(
                 (target, kind)
             }
             MountType::Ssh => {
+                if spec.source.is_some() {
+                    return Err(Error::at("ssh does not support source", loc));
+                }
+                // Numbered among the step's SSH mounts, as BuildKit's llb numbers them.
+                let n = mounts
+                    .iter()
+                    .filter(|m: &&Mount| matches!(m.kind, MountKind::Ssh { .. }))
+                    .count();
                 let target = target.unwrap_or_else(|| format!("/run/buildkit/ssh_agent.{n}"));
                 let kind = MountKind::Ssh {
                     id: id.unwrap_or_else(|| "default".into()),
@@ -290,7 +298,17 @@ pub(super) fn lower_run(
             ));
         }
     };
-    let env: Vec<String> = st.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut env: Vec<String> = st.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    // A step with an SSH agent finds the first one through SSH_AUTH_SOCK, unless it sets
+    // the variable itself (BuildKit's llb adds it so).
+    let first_agent = mounts
+        .iter()
+        .find(|m| matches!(m.kind, MountKind::Ssh { .. }));
+    if let Some(agent) = first_agent
+        && !st.env.iter().any(|(name, _)| name == "SSH_AUTH_SOCK")
+    {
+        env.push(format!("SSH_AUTH_SOCK={}", agent.target));
+    }
     let op = Op::Exec(ExecOp {
         args: args.clone(),
         env,

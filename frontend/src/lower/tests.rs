@@ -407,6 +407,45 @@ fn run_heredocs_mounts_and_modes() {
     );
 }
 
+/// As BuildKit's llb: SSH mounts without a target are numbered among the step's SSH
+/// mounts, and the first one is `SSH_AUTH_SOCK` unless the step has that variable.
+#[test]
+fn ssh_mounts_are_numbered_and_found_through_ssh_auth_sock() {
+    let l = lower_src(
+        "FROM busybox\nRUN --mount=type=tmpfs,target=/t --mount=type=ssh,id=a \
+         --mount=type=ssh,id=b,uid=7,mode=0640 true\n",
+    );
+    let run = execs(&l).pop().unwrap();
+    let targets: Vec<&str> = run.mounts.iter().map(|m| m.target.as_str()).collect();
+    assert_eq!(
+        targets[2..],
+        ["/run/buildkit/ssh_agent.0", "/run/buildkit/ssh_agent.1"]
+    );
+    assert!(matches!(
+        &run.mounts[3].kind,
+        MountKind::Ssh { id, required: false, mode: 0o640, uid: 7, gid: 0 } if id == "b"
+    ));
+    assert!(
+        run.env
+            .contains(&"SSH_AUTH_SOCK=/run/buildkit/ssh_agent.0".to_string()),
+        "{:?}",
+        run.env
+    );
+
+    let l =
+        lower_src("FROM busybox\nENV SSH_AUTH_SOCK=/mine\nRUN --mount=type=ssh,target=/s true\n");
+    let run = execs(&l).pop().unwrap();
+    assert!(
+        !run.env.iter().any(|e| e == "SSH_AUTH_SOCK=/s"),
+        "{:?}",
+        run.env
+    );
+    assert!(
+        lower_err("FROM busybox\nRUN --mount=type=ssh,source=/x true\n")
+            .contains("ssh does not support source")
+    );
+}
+
 #[test]
 fn copy_forms() {
     let l = lower_src(

@@ -34,6 +34,15 @@ pub enum SandboxMount {
         /// Mounted read-only.
         readonly: bool,
     },
+    /// A unix socket (an SSH agent's) bound at `target`. kiln binds it into the root
+    /// filesystem itself before the runtime starts: runtimes bind files and directories
+    /// (libcontainer makes a directory for anything else).
+    Socket {
+        /// Absolute path in the sandbox.
+        target: String,
+        /// The socket on the host.
+        source: PathBuf,
+    },
     /// An empty tmpfs at `target`.
     Tmpfs {
         /// Absolute path in the sandbox.
@@ -118,13 +127,25 @@ pub fn run(
 
     let network = network::SandboxNetwork::start(op.network, request.scratch)?;
     let spec = spec::build(request, &user, cwd, &mounts, network.namespace())?;
-    let created =
-        MountPoints::create(request.rootfs, spec.mounts().as_deref().unwrap_or_default())?;
+    let sockets = mounts
+        .iter()
+        .filter_map(|mount| match mount {
+            SandboxMount::Socket { target, source } => Some((target.as_str(), source.as_path())),
+            _ => None,
+        })
+        .collect::<Vec<_>>();
+    let mut stubs = spec.mounts().clone().unwrap_or_default();
+    for (target, source) in &sockets {
+        stubs.push(spec::bind(target, &source.to_string_lossy(), false)?);
+    }
+    let created = MountPoints::create(request.rootfs, &stubs)?;
     fs::write(
         bundle.join("config.json"),
         serde_json::to_vec_pretty(&spec)?,
     )?;
+    let bound = SocketBinds::mount(request.rootfs, &sockets)?;
     let status = runtime.run(&bundle, log, cancel);
+    drop(bound);
     created.remove()?;
     let code = status?;
     if code != 0 {
@@ -166,6 +187,31 @@ fn secret_files(bundle: &Path, secrets: &[StepSecret]) -> Result<Vec<SandboxMoun
     Ok(mounts)
 }
 
+/// Sockets bound onto their stubs in the root filesystem (whose recursive bind carries
+/// them into the sandbox); unbound on drop, before the stubs are removed.
+struct SocketBinds(Vec<PathBuf>);
+
+impl SocketBinds {
+    fn mount(rootfs: &Path, sockets: &[(&str, &Path)]) -> Result<Self> {
+        let mut bound = Self(Vec::new());
+        for (target, source) in sockets {
+            let stub = resolve_in_root(rootfs, target, true)?;
+            rustix::mount::mount_bind(*source, &stub)
+                .with_context(|| format!("cannot bind the socket at {target}"))?;
+            bound.0.push(stub);
+        }
+        Ok(bound)
+    }
+}
+
+impl Drop for SocketBinds {
+    fn drop(&mut self) {
+        for stub in &self.0 {
+            let _ = rustix::mount::unmount(stub, rustix::mount::UnmountFlags::DETACH);
+        }
+    }
+}
+
 /// Mount points that did not exist in the root filesystem and were created
 /// for this run, deepest last (BuildKit calls them mount stubs), and the times of the
 /// existing directories they were created in.
@@ -181,8 +227,12 @@ impl MountPoints {
         let mut created = Vec::new();
         let mut parents = Vec::new();
         for mount in mounts {
+            // Files and sockets (SSH agents) are bound onto a file.
             let is_file = mount.typ().as_deref() == Some("bind")
-                && mount.source().as_ref().is_some_and(|s| s.is_file());
+                && mount
+                    .source()
+                    .as_ref()
+                    .is_some_and(|s| s.exists() && !s.is_dir());
             let host = resolve_in_root(rootfs, &mount.destination().to_string_lossy(), true)?;
             let mut missing = Vec::new();
             let mut cursor = host.as_path();

@@ -150,6 +150,8 @@ pub fn build(
                     .options(options)
                     .build()?
             }
+            // Bound by kiln itself (see `SandboxMount::Socket`).
+            SandboxMount::Socket { .. } => continue,
         });
     }
 
@@ -264,7 +266,8 @@ fn dedup_mounts(mounts: Vec<Mount>) -> Vec<Mount> {
     deduped
 }
 
-fn bind(target: &str, source: &str, readonly: bool) -> Result<Mount> {
+/// A bind mount of host path `source` at `target`, without setuid or devices.
+pub(super) fn bind(target: &str, source: &str, readonly: bool) -> Result<Mount> {
     let mut options = vec![
         "rbind".to_string(),
         "nosuid".to_string(),
