@@ -336,7 +336,11 @@ fn run_steps_are_sandboxed_like_docker(runtime: Runtime) {
              RUN --network=none while read -r line; do echo \"net $line\"; done < /proc/net/dev\n\
              RUN mknod /disk b {major} {minor} && echo node made; \\\n\
              \x20   if head -c 512 /disk >/dev/null; then echo disk readable; else echo disk refused; fi; \\\n\
-             \x20   echo x > /dev/null && head -c 1 /dev/urandom >/dev/null && echo null and urandom usable\n",
+             \x20   echo x > /dev/null && head -c 1 /dev/urandom >/dev/null && echo null and urandom usable\n\
+             RUN unshare -Urm true && echo user namespace made || echo user namespace refused; \\\n\
+             \x20   unshare -n true || echo network namespace refused\n\
+             USER 1000\n\
+             RUN while read -r key value; do case $key in Cap*:) echo \"user $key $value\";; esac; done < /proc/self/status\n",
             host = marker.path().display()
         ),
     );
@@ -350,6 +354,15 @@ fn run_steps_are_sandboxed_like_docker(runtime: Runtime) {
         "node made",
         "disk refused",
         "null and urandom usable",
+        // Docker's seccomp profile: no new namespaces without CAP_SYS_ADMIN.
+        "user namespace refused",
+        "network namespace refused",
+        // Another user than root has no capabilities but the bounding set.
+        "user CapInh: 0000000000000000",
+        "user CapPrm: 0000000000000000",
+        "user CapEff: 0000000000000000",
+        "user CapBnd: 00000000a80425fb",
+        "user CapAmb: 0000000000000000",
     ] {
         assert!(printed(&progress, line), "{line:?} missing:\n{progress}");
     }

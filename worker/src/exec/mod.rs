@@ -3,6 +3,7 @@
 pub mod embedded;
 mod network;
 mod runtime;
+mod seccomp;
 mod spec;
 
 use std::fs;

@@ -77,15 +77,21 @@ pub fn build(
                 .additional_gids(user.additional_gids.clone())
                 .build()?,
         )
+        // No inheritable or ambient capabilities (the builder's default has three): a
+        // step run as another user than root has none, as in docker.
         .capabilities(
             LinuxCapabilitiesBuilder::default()
                 .bounding(capabilities.clone())
                 .effective(capabilities.clone())
                 .permitted(capabilities)
+                .inheritable(HashSet::new())
+                .ambient(HashSet::new())
                 .build()?,
         )
-        .no_new_privileges(false)
         .build()?;
+    // Unset rather than false (the same to runc): libcontainer loads the seccomp filter
+    // while it still holds the capabilities to only when the field is absent.
+    process.set_no_new_privileges(None);
     // As BuildKit: the step's --ulimits, else none set, so steps inherit kiln's limits
     // (not the runtime spec's default of 1024 open files).
     process.set_rlimits(if op.ulimits.is_empty() {
@@ -155,7 +161,7 @@ pub fn build(
         });
     }
 
-    let linux = LinuxBuilder::default()
+    let mut linux = LinuxBuilder::default()
         .namespaces(namespaces)
         .resources(
             LinuxResourcesBuilder::default()
@@ -173,6 +179,9 @@ pub fn build(
             get_default_readonly_paths()
         })
         .build()?;
+    if op.security == SecurityMode::Sandbox {
+        linux.set_seccomp(Some(super::seccomp::profile()?));
+    }
     let mut spec = Spec::default();
     spec.set_process(Some(process))
         .set_hostname(Some(SANDBOX_HOSTNAME.to_string()))
