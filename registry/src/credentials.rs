@@ -42,6 +42,16 @@ pub enum Credential {
     IdentityToken(String),
 }
 
+impl Credential {
+    /// The user name and password, when it is a password.
+    pub fn into_password(self) -> Option<(String, String)> {
+        match self {
+            Credential::Password { user, password } => Some((user, password)),
+            Credential::IdentityToken(_) => None,
+        }
+    }
+}
+
 impl std::fmt::Debug for Credential {
     /// Names the kind and the user, never the secret.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -79,10 +89,7 @@ fn credential_in(config: impl std::io::Read, domain: &str) -> Option<Credential>
 
 /// The user name and password stored for `domain`, if any (an identity token is not one).
 pub fn credential_for(domain: &str) -> Option<(String, String)> {
-    match stored_credential(domain)? {
-        Credential::Password { user, password } => Some((user, password)),
-        Credential::IdentityToken(_) => None,
-    }
+    stored_credential(domain)?.into_password()
 }
 
 /// Where a client's registry credentials come from: docker's configuration on this

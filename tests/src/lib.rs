@@ -1,6 +1,7 @@
 //! Helpers shared by kiln's integration tests: locating the built `kiln` binary and the
 //! conformance data, and running commands with clear failure messages.
 
+pub mod daemon;
 pub mod oci_schema;
 pub mod registry;
 pub mod ssh;

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use kiln_tests::daemon::Daemon;
 use kiln_tests::registry::{Registry, RegistryTls};
 use kiln_tests::tls::TestPki;
 use kiln_tests::{kiln, run, state_with_busybox};
@@ -342,6 +343,30 @@ fn identity_tokens_are_traded_for_access_tokens() {
         &[("PATH", &path_with(helper_dir.path()))],
     );
     expect_trade("refresh-2");
+
+    // Through kiln serve: the client's session answers an identity token as a secret
+    // without a user name (BuildKit's form), and the daemon trades it.
+    let daemon = Daemon::start(&kiln_tests::busybox_archives(), &[]);
+    let context = tempfile::tempdir().unwrap();
+    fs::write(
+        context.path().join("Dockerfile"),
+        format!("FROM {host}/app:1\n"),
+    )
+    .unwrap();
+    let built = kiln_with(
+        docker_config.path(),
+        &[],
+        &[
+            "build",
+            "--builder",
+            &daemon.address,
+            "--platform",
+            "linux/amd64",
+            context.path().to_str().unwrap(),
+        ],
+    );
+    assert!(built.status.success(), "{}", stderr(&built));
+    expect_trade("refresh-1");
 }
 
 /// Writes the executable script `path`.

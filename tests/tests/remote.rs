@@ -7,71 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use kiln_tests::daemon::Daemon;
 use kiln_tests::ssh::{Agent, context_with_ssh_tools, keygen};
-use kiln_tests::{BusyboxArchives, busybox_archives, kiln, load_into, run};
-
-/// A running `kiln serve` with busybox loaded; stopped with SIGTERM on drop.
-struct Daemon {
-    child: Child,
-    root: tempfile::TempDir,
-    address: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Daemon {
-    /// Starts a daemon on a unix socket, with the image of `archives` loaded and `extra`
-    /// arguments to `kiln serve` (more addresses, TLS).
-    fn start(archives: &BusyboxArchives, extra: &[&str]) -> Daemon {
-        let root = tempfile::tempdir().unwrap();
-        load_into(root.path(), &archives.oci);
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("kiln.sock");
-        let address = format!("unix://{}", socket.display());
-        let mut command = kiln();
-        command
-            .arg("--root")
-            .arg(root.path())
-            .args(["serve", "--addr", &address])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        command.args(extra);
-        let child = command.spawn().unwrap();
-        let started = Instant::now();
-        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "kiln serve did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Daemon {
-            child,
-            root,
-            address,
-            _dir: dir,
-        }
-    }
-
-    /// `kiln build --builder` against this daemon.
-    fn build(&self, context: &Path, extra: &[&str]) -> Output {
-        kiln()
-            .args(["build", "--progress", "plain", "--builder", &self.address])
-            .args(extra)
-            .arg(context)
-            .output()
-            .unwrap()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = rustix::process::kill_process(
-            rustix::process::Pid::from_child(&self.child),
-            rustix::process::Signal::TERM,
-        );
-        let _ = self.child.wait();
-    }
-}
+use kiln_tests::{busybox_archives, kiln, load_into, run};
 
 /// A build context holding only `dockerfile`.
 fn context_of(dockerfile: impl AsRef<[u8]>) -> tempfile::TempDir {

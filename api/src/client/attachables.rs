@@ -30,6 +30,7 @@ use crate::sshforward::ssh_server::{Ssh, SshServer};
 use crate::sshforward::{BytesMessage as AgentBytes, CheckAgentRequest, CheckAgentResponse};
 use crate::transfer::{self, Selection};
 use kiln_engine::{LocalSecrets, LocalSshAgents, SecretStore as _, SshAgents as _};
+use kiln_registry::credentials::Credential;
 
 /// The methods a client's session serves, as its headers list them.
 pub const METHODS: [&str; 7] = [
@@ -222,11 +223,18 @@ impl Auth for Credentials {
         request: Request<CredentialsRequest>,
     ) -> Result<Response<CredentialsResponse>, Status> {
         let host = request.into_inner().host;
-        let (username, secret) = tokio::task::spawn_blocking(move || {
-            kiln_registry::credentials::credential_for(&host).unwrap_or_default()
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?;
+        // An identity token goes as a secret without a user name, as BuildKit's client
+        // sends it.
+        let (username, secret) =
+            tokio::task::spawn_blocking(
+                move || match kiln_registry::credentials::stored_credential(&host) {
+                    Some(Credential::Password { user, password }) => (user, password),
+                    Some(Credential::IdentityToken(token)) => (String::new(), token),
+                    None => Default::default(),
+                },
+            )
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(CredentialsResponse { username, secret }))
     }
 }

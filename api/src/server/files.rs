@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, bail};
 use kiln_engine::{ClientTarget, LocalSources};
+use kiln_registry::credentials::Credential;
 use tokio::runtime::Handle;
 use tokio::sync::{OwnedMutexGuard, mpsc};
 use tokio_stream::StreamExt as _;
@@ -159,6 +160,12 @@ pub struct SessionCredentials {
 
 impl kiln_registry::credentials::CredentialSource for SessionCredentials {
     fn credential_for(&self, domain: &str) -> Option<(String, String)> {
+        self.credential(domain)?.into_password()
+    }
+
+    /// The client's answer; a secret without a user name is an identity token, as
+    /// BuildKit's client sends one (and containerd's resolver reads it).
+    fn credential(&self, domain: &str) -> Option<Credential> {
         if !self.session.serves(AUTH) {
             return None;
         }
@@ -176,8 +183,14 @@ impl kiln_registry::credentials::CredentialSource for SessionCredentials {
                 .credentials(request),
         );
         let answer = answer.ok()?.into_inner();
-        (!answer.username.is_empty() || !answer.secret.is_empty())
-            .then_some((answer.username, answer.secret))
+        match (answer.username.is_empty(), answer.secret.is_empty()) {
+            (true, true) => None,
+            (true, false) => Some(Credential::IdentityToken(answer.secret)),
+            _ => Some(Credential::Password {
+                user: answer.username,
+                password: answer.secret,
+            }),
+        }
     }
 }
 
