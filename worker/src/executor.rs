@@ -19,7 +19,7 @@ use kiln_solver::{
 use serde::{Deserialize, Serialize};
 
 use crate::emulation;
-use crate::exec::{self, ExecRequest, OciRuntime, SandboxMount};
+use crate::exec::{self, ExecRequest, NetworkPool, OciRuntime, SandboxMount};
 use crate::fileop::{self, SourceTree, UpperWriter};
 use crate::http::{self, Download};
 use crate::layer::{LayerBlob, WriteOptions};
@@ -96,6 +96,8 @@ pub struct WorkerConfig {
 /// Executes vertices on this machine.
 pub struct Worker {
     config: WorkerConfig,
+    /// The default networks of RUN steps, made ahead.
+    networks: NetworkPool,
     /// URL → its download, made when the cache key needed the content and used by the step.
     downloads: Mutex<HashMap<String, Download>>,
     /// Vertex → the checksum of the context files it copies, as its cache key took it: the
@@ -150,6 +152,7 @@ impl Worker {
     /// A worker over the given stores.
     pub fn new(config: WorkerConfig) -> Self {
         Self {
+            networks: NetworkPool::new(config.snapshots.scratch_root()),
             config,
             downloads: Mutex::default(),
             context_sums: Mutex::default(),
@@ -369,6 +372,7 @@ impl Worker {
             mounts,
             secrets: &secrets,
             scratch: scratch.path(),
+            networks: &self.networks,
         };
         // Each agent socket is served while the step runs.
         let stop = AtomicBool::new(false);

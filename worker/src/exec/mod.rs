@@ -17,6 +17,7 @@ use kiln_solver::ExecOp;
 use crate::rootfs::{exec_user, resolve_in_root};
 use crate::secrets::{MemoryDir, StepSecret};
 pub use kiln_solver::LogStream;
+pub use network::NetworkPool;
 pub use runtime::{EMBEDDED_RUNTIME_COMMAND, ExternalRuntime, OciRuntime};
 use std::os::unix::fs::PermissionsExt as _;
 
@@ -67,6 +68,8 @@ pub struct ExecRequest<'a> {
     pub secrets: &'a [StepSecret],
     /// Scratch space for the bundle; deleted by the caller.
     pub scratch: &'a Path,
+    /// Where the step's network comes from.
+    pub networks: &'a NetworkPool,
 }
 
 /// Runs `request` with `runtime`, streaming output to `log`. A non-zero
@@ -126,7 +129,7 @@ pub fn run(
     mounts.extend(request.mounts.iter().cloned());
     mounts.extend(secret_files(&bundle, request.secrets)?);
 
-    let network = network::SandboxNetwork::start(op.network, request.scratch)?;
+    let network = request.networks.take(op.network)?;
     let spec = spec::build(request, &user, cwd, &mounts, network.namespace())?;
     let sockets = mounts
         .iter()

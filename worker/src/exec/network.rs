@@ -7,6 +7,8 @@ use std::io::Read;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 use anyhow::{Context, Result, bail};
 use kiln_solver::NetworkMode;
@@ -24,7 +26,64 @@ const DEFAULT_NAMESERVERS: [&str; 4] = [
     "2001:4860:4860::8844",
 ];
 
+/// Default networks for a build's steps, made ahead: creating a namespace and starting
+/// slirp4netns take milliseconds a step need not wait for. Each network serves one step;
+/// taking one makes the next in the background, so one spare is ready for the next step.
+/// Dropping the pool waits for a network being made, so none outlives the build.
+pub struct NetworkPool {
+    /// Where the networks' namespaces are bind-mounted, a directory each (the state
+    /// directory's scratch space, where a killed kiln's are found).
+    scratch: PathBuf,
+    spare: Arc<Mutex<Option<SandboxNetwork>>>,
+    /// The thread making the next spare.
+    making: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl NetworkPool {
+    /// A pool whose networks live in directories under `scratch`.
+    pub fn new(scratch: impl Into<PathBuf>) -> Self {
+        Self {
+            scratch: scratch.into(),
+            spare: Arc::default(),
+            making: Mutex::default(),
+        }
+    }
+
+    /// The network for a step of network `mode`: for `default`, the spare one if it is
+    /// ready, else one made now.
+    pub fn take(&self, mode: NetworkMode) -> Result<SandboxNetwork> {
+        if mode != NetworkMode::Default {
+            return Ok(SandboxNetwork::default());
+        }
+        let spare = self.spare.lock().unwrap().take();
+        let network = match spare {
+            Some(network) => network,
+            None => SandboxNetwork::create(&self.scratch)?,
+        };
+        let mut making = self.making.lock().unwrap();
+        if making.as_ref().is_none_or(|thread| thread.is_finished()) {
+            let (scratch, slot) = (self.scratch.clone(), Arc::clone(&self.spare));
+            *making = Some(std::thread::spawn(move || {
+                // A failure here shows when a step makes its own network.
+                if let Ok(network) = SandboxNetwork::create(&scratch) {
+                    slot.lock().unwrap().get_or_insert(network);
+                }
+            }));
+        }
+        Ok(network)
+    }
+}
+
+impl Drop for NetworkPool {
+    fn drop(&mut self) {
+        if let Some(thread) = self.making.get_mut().unwrap().take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// The network namespace prepared for one step, released on drop.
+#[derive(Default)]
 pub struct SandboxNetwork {
     /// The namespace the sandbox joins, bind-mounted at this path; `None` when the
     /// runtime makes an empty one (`none`) or the step shares the host's.
@@ -32,22 +91,21 @@ pub struct SandboxNetwork {
     /// `slirp4netns` serving the namespace; it exits when its stdin closes, also when kiln
     /// is killed.
     slirp: Option<(Child, ChildStdin)>,
+    /// The directory holding the namespace's mount point.
+    dir: Option<tempfile::TempDir>,
 }
 
 impl SandboxNetwork {
-    /// Prepares the network of `mode` for a step whose scratch directory is `scratch`.
-    pub fn start(mode: NetworkMode, scratch: &Path) -> Result<Self> {
-        if mode != NetworkMode::Default {
-            return Ok(Self {
-                namespace: None,
-                slirp: None,
-            });
-        }
-        let path = scratch.join("netns");
-        let mut network = Self {
-            namespace: None,
-            slirp: None,
-        };
+    /// A namespace of its own, served by slirp4netns, mounted in a new directory under
+    /// `scratch`.
+    fn create(scratch: &Path) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("net-")
+            .tempdir_in(scratch)
+            .with_context(|| format!("cannot create a directory in {}", scratch.display()))?;
+        let path = dir.path().join("netns");
+        let mut network = Self::default();
+        network.dir = Some(dir);
         create_namespace(&path)?;
         network.namespace = Some(path.clone());
         network.slirp = Some(start_slirp(&path)?);

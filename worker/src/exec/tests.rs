@@ -123,6 +123,7 @@ fn run_op_with(
         mounts,
         secrets: &[],
         scratch: scratch.path(),
+        networks: &NetworkPool::new(fixture.snapshots.scratch_root()),
     };
     let result = run(
         &runtime,
