@@ -2,9 +2,9 @@
 
 use std::path::Path;
 use std::process::{Child, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::{BusyboxArchives, kiln, load_into};
+use crate::{BusyboxArchives, kiln, load_into, wait_until};
 
 /// A running `kiln serve` with busybox loaded; stopped with SIGTERM on drop.
 pub struct Daemon {
@@ -35,14 +35,11 @@ impl Daemon {
             .stderr(Stdio::null());
         command.args(extra);
         let child = command.spawn().unwrap();
-        let started = Instant::now();
-        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "kiln serve did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_until(
+            Duration::from_secs(20),
+            || std::os::unix::net::UnixStream::connect(&socket).is_ok(),
+            || "kiln serve did not start".into(),
+        );
         Daemon {
             child,
             root,

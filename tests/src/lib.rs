@@ -2,6 +2,7 @@
 //! conformance data, and running commands with clear failure messages.
 
 pub mod daemon;
+pub mod images;
 pub mod oci_schema;
 pub mod registry;
 pub mod ssh;
@@ -51,6 +52,20 @@ pub fn conformance_dir(sub: &str) -> PathBuf {
         dir.display()
     );
     dir
+}
+
+/// Polls `ready` every 20 ms until it holds; panics with `what()` (say, a server's log)
+/// after `limit`.
+pub fn wait_until(
+    limit: std::time::Duration,
+    mut ready: impl FnMut() -> bool,
+    what: impl Fn() -> String,
+) {
+    let started = std::time::Instant::now();
+    while !ready() {
+        assert!(started.elapsed() < limit, "{}", what());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// Runs `cmd` and returns its output, panicking with both streams if the exit status is not

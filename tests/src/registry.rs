@@ -5,7 +5,7 @@
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A running `docker-registry`.
 pub struct Registry {
@@ -79,15 +79,16 @@ impl Registry {
             .stderr(log_file)
             .spawn()
             .expect("start docker-registry (scripts/test installs it)");
-        let started = Instant::now();
-        while TcpStream::connect(&host).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "docker-registry did not start: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        crate::wait_until(
+            Duration::from_secs(20),
+            || TcpStream::connect(&host).is_ok(),
+            || {
+                format!(
+                    "docker-registry did not start: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            },
+        );
         Registry {
             host,
             child,

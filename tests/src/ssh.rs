@@ -5,9 +5,9 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::run;
+use crate::{run, wait_until};
 
 /// A new passphrase-less ed25519 key `dir/name`; returns its path and its fingerprint
 /// line as `ssh-add -l` prints it.
@@ -44,11 +44,11 @@ impl Agent {
             .stdout(Stdio::null())
             .spawn()
             .expect("ssh-agent (openssh-client, installed by scripts/test)");
-        let started = Instant::now();
-        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(10), "no ssh-agent");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_until(
+            Duration::from_secs(10),
+            || std::os::unix::net::UnixStream::connect(&socket).is_ok(),
+            || "no ssh-agent".into(),
+        );
         let agent = Agent {
             child,
             socket,

@@ -8,9 +8,9 @@ use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use kiln_tests::{busybox_archives, kiln, run, serve_http};
+use kiln_tests::{busybox_archives, kiln, run, serve_http, wait_until};
 
 /// A Dockerfile that copies the whole context to `/ctx`.
 const COPY_ALL: &str = "FROM scratch\nCOPY . /ctx/\n";
@@ -293,14 +293,11 @@ impl GitDaemon {
             .stderr(Stdio::null())
             .spawn()
             .expect("git-daemon (scripts/test installs git)");
-        let started = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "git daemon did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_until(
+            Duration::from_secs(20),
+            || TcpStream::connect(("127.0.0.1", port)).is_ok(),
+            || "git daemon did not start".into(),
+        );
         GitDaemon {
             child,
             base: format!("git://127.0.0.1:{port}"),
@@ -442,14 +439,11 @@ fn remote_builds_get_the_materialised_context() {
         address,
         _dir: dir,
     };
-    let started = Instant::now();
-    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "kiln serve did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(
+        Duration::from_secs(20),
+        || std::os::unix::net::UnixStream::connect(&socket).is_ok(),
+        || "kiln serve did not start".into(),
+    );
     let builds = Builds::new();
     let remote = ["--builder", server.address.as_str()];
     let tar = compressed("xz", &context_tar());

@@ -5,6 +5,7 @@ use std::fs;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use kiln_tests::images::{sha256, single_layer_image};
 use kiln_tests::oci_schema::OciSchemas;
 use kiln_tests::registry::Registry;
 use kiln_tests::{busybox_archives, docker_config_with_login, kiln, run};
@@ -399,11 +400,6 @@ fn a_corrupt_blob_is_refused_and_nothing_is_named() {
     assert!(ingest.is_empty(), "half-written blobs: {ingest:?}");
 }
 
-fn sha256(data: &[u8]) -> String {
-    use sha2::Digest as _;
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
-}
-
 #[test]
 fn bearer_tokens_and_the_platform_of_an_index() {
     use std::sync::{Arc, Mutex, OnceLock};
@@ -412,19 +408,7 @@ fn bearer_tokens_and_the_platform_of_an_index() {
     let mut entries = Vec::new();
     for (arch, variant) in [("amd64", None), ("arm64", Some("v8"))] {
         let layer = format!("layer for {arch}").into_bytes();
-        let config = format!(
-            r#"{{"architecture":"{arch}","os":"linux","rootfs":{{"type":"layers","diff_ids":["{}"]}},"config":{{}}}}"#,
-            sha256(&layer)
-        )
-        .into_bytes();
-        let manifest = format!(
-            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{}","size":{}}}]}}"#,
-            sha256(&config),
-            config.len(),
-            sha256(&layer),
-            layer.len()
-        )
-        .into_bytes();
+        let (manifest, config) = single_layer_image(arch, &layer);
         let variant = variant
             .map(|v| format!(r#","variant":"{v}""#))
             .unwrap_or_default();

@@ -8,6 +8,7 @@ use std::process::{Command, Output};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use kiln_tests::daemon::Daemon;
+use kiln_tests::images::{sha256, single_layer_image};
 use kiln_tests::registry::{Registry, RegistryTls};
 use kiln_tests::tls::TestPki;
 use kiln_tests::{kiln, run, state_with_busybox};
@@ -153,25 +154,8 @@ fn a_private_ca_and_a_client_certificate_from_certs_d() {
 /// A single-layer linux/amd64 image: (manifest, [config, layer]).
 fn tiny_image() -> (Vec<u8>, Vec<Vec<u8>>) {
     let layer = b"layer".to_vec();
-    let config = format!(
-        r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["{}"]}},"config":{{}}}}"#,
-        sha256(&layer)
-    )
-    .into_bytes();
-    let manifest = format!(
-        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{}","size":{}}}]}}"#,
-        sha256(&config),
-        config.len(),
-        sha256(&layer),
-        layer.len()
-    )
-    .into_bytes();
+    let (manifest, config) = single_layer_image("amd64", &layer);
     (manifest, vec![config, layer])
-}
-
-fn sha256(data: &[u8]) -> String {
-    use sha2::Digest as _;
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
 }
 
 /// What a fake server saw, shared with its handler.
