@@ -68,6 +68,21 @@ pub fn wait_until(
     }
 }
 
+/// Runs `cmd` with `stdin` written to its standard input (a failing command may not read
+/// it all) and returns its output.
+pub fn output_with_stdin(cmd: &mut Command, stdin: &[u8]) -> Output {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let _ = child.stdin.take().expect("piped stdin").write_all(stdin);
+    child.wait_with_output().expect("wait")
+}
+
 /// Runs `cmd` and returns its output, panicking with both streams if the exit status is not
 /// what `expect_success` says.
 pub fn run(cmd: &mut Command, expect_success: bool) -> Output {

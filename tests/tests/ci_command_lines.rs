@@ -3,11 +3,10 @@
 //! it does not support yet fails with an error naming the flag (never silently accepted).
 
 use std::fs;
-use std::io::Write;
-use std::process::{Output, Stdio};
+use std::process::Output;
 
 use kiln_tests::ssh::Agent;
-use kiln_tests::{kiln, state_with_busybox};
+use kiln_tests::{kiln, output_with_stdin, state_with_busybox};
 
 const DOCKERFILE: &str = "\
 FROM busybox:1 AS base
@@ -26,20 +25,16 @@ fn run_line(
     line: &str,
     stdin: &[u8],
 ) -> Output {
-    let mut child = kiln()
-        .arg("--root")
-        .arg(root)
-        .args(line.split(' '))
-        .current_dir(dir)
-        .env("TOKEN", "s3cret")
-        .env("SSH_AUTH_SOCK", &agent.socket)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let _ = child.stdin.take().unwrap().write_all(stdin);
-    child.wait_with_output().unwrap()
+    output_with_stdin(
+        kiln()
+            .arg("--root")
+            .arg(root)
+            .args(line.split(' '))
+            .current_dir(dir)
+            .env("TOKEN", "s3cret")
+            .env("SSH_AUTH_SOCK", &agent.socket),
+        stdin,
+    )
 }
 
 #[test]

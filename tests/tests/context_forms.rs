@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use kiln_tests::{busybox_archives, kiln, run, serve_http, wait_until};
+use kiln_tests::{busybox_archives, kiln, output_with_stdin, run, serve_http, wait_until};
 
 /// A Dockerfile that copies the whole context to `/ctx`.
 const COPY_ALL: &str = "FROM scratch\nCOPY . /ctx/\n";
@@ -36,23 +36,18 @@ impl Builds {
     /// a fresh output directory; afterwards kiln has left nothing in `TMPDIR`.
     fn build(&self, extra: &[&str], context: &str, stdin: &[u8]) -> Output {
         let _ = fs::remove_dir_all(self.out.path());
-        let mut child = kiln()
-            .arg("--root")
-            .arg(self.root.path())
-            .args(["build", "--progress", "plain", "-o"])
-            .arg(format!("type=local,dest={}", self.out.path().display()))
-            .args(extra)
-            .arg(context)
-            .env("TMPDIR", self.tmp.path())
-            .current_dir(self.tmp.path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // A failing kiln may not read it all.
-        let _ = child.stdin.take().unwrap().write_all(stdin);
-        let out = child.wait_with_output().unwrap();
+        let out = output_with_stdin(
+            kiln()
+                .arg("--root")
+                .arg(self.root.path())
+                .args(["build", "--progress", "plain", "-o"])
+                .arg(format!("type=local,dest={}", self.out.path().display()))
+                .args(extra)
+                .arg(context)
+                .env("TMPDIR", self.tmp.path())
+                .current_dir(self.tmp.path()),
+            stdin,
+        );
         let left: Vec<_> = fs::read_dir(self.tmp.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())

@@ -255,7 +255,9 @@ impl Worker {
         let mut views = Vec::new();
         let mut mounts = Vec::new();
         let mut secrets = Vec::new();
-        let mut ssh_mounts = Vec::new();
+        let mut ssh_sockets = Vec::new();
+        // In the state directory, not /tmp: a killed kiln's leftovers are found there.
+        let scratch = self.config.snapshots.scratch("exec-")?;
         for mount in op.mounts.iter().filter(|m| !std::ptr::eq(*m, root_mount)) {
             match &mount.kind {
                 MountKind::Layer | MountKind::Bind => {
@@ -334,7 +336,22 @@ impl Worker {
                     uid,
                     gid,
                 } => match self.config.ssh.check(id) {
-                    Ok(()) => ssh_mounts.push((mount.target.clone(), id, (*mode, *uid, *gid))),
+                    Ok(()) => {
+                        let socket = StepSocket::bind(
+                            &scratch
+                                .path()
+                                .join(format!("ssh-{}.sock", ssh_sockets.len())),
+                            id,
+                            *mode,
+                            *uid,
+                            *gid,
+                        )?;
+                        mounts.push(SandboxMount::Socket {
+                            target: mount.target.clone(),
+                            source: socket.path().to_path_buf(),
+                        });
+                        ssh_sockets.push(socket);
+                    }
                     // An optional agent the build was not given is left out, as BuildKit.
                     Err(_) if !*required => {}
                     Err(err) => return Err(err),
@@ -344,26 +361,6 @@ impl Worker {
         // A handler registered without the `F` flag needs its interpreter in the sandbox
         // (its mount stub is kept out of the layer as the others are).
         mounts.extend(emulator.as_ref().and_then(emulation::Emulator::mount));
-        // In the state directory, not /tmp: a killed kiln's leftovers are found there.
-        let scratch = self.config.snapshots.scratch("exec-")?;
-        let ssh_sockets = ssh_mounts
-            .iter()
-            .enumerate()
-            .map(|(n, (target, id, (mode, uid, gid)))| {
-                let socket = StepSocket::bind(
-                    &scratch.path().join(format!("ssh-{n}.sock")),
-                    id,
-                    *mode,
-                    *uid,
-                    *gid,
-                )?;
-                mounts.push(SandboxMount::Socket {
-                    target: target.clone(),
-                    source: socket.path().to_path_buf(),
-                });
-                Ok(socket)
-            })
-            .collect::<Result<Vec<_>>>()?;
         let extra_env = step.meta.map(|m| m.proxy_env.clone()).unwrap_or_default();
         let request = ExecRequest {
             op,
