@@ -34,6 +34,7 @@ for_each_runtime!(
     the_cache_persists_and_follows_exactly_what_copy_selects,
     failures_point_at_the_cause_and_leave_the_store_usable,
     run_steps_are_sandboxed_like_docker,
+    run_steps_live_under_kilns_cgroups,
     local_and_tar_outputs_hold_the_root_filesystem,
     ctrl_c_stops_a_running_step_and_cleans_up,
     a_build_killed_at_any_moment_reruns_to_a_correct_image,
@@ -373,6 +374,74 @@ fn run_steps_are_sandboxed_like_docker(runtime: Runtime) {
         .collect();
     assert_eq!(interfaces.len(), 1, "only loopback: {interfaces:?}");
     assert!(interfaces[0].starts_with("lo:"), "{interfaces:?}");
+}
+
+/// This process's cgroup v1 hierarchies: controllers (`cpu,cpuacct`) and path, from a
+/// `/proc/PID/cgroup` text.
+fn v1_cgroups(text: &str) -> Vec<(String, PathBuf)> {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.splitn(3, ':');
+            let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+            (!controllers.is_empty() && !controllers.starts_with("name="))
+                .then(|| (controllers.to_owned(), PathBuf::from(path)))
+        })
+        .collect()
+}
+
+fn run_steps_live_under_kilns_cgroups(runtime: Runtime) {
+    // kiln runs in a memory cgroup of its own, as under a CI job's or a unit's limit;
+    // every cgroup of its step must lie below kiln's, so that such a limit binds it.
+    let own = v1_cgroups(&fs::read_to_string("/proc/self/cgroup").unwrap());
+    let (_, memory) = own
+        .iter()
+        .find(|(controllers, _)| controllers.split(',').any(|c| c == "memory"))
+        .expect("the cgroup check needs a cgroup v1 memory hierarchy");
+    let confined = memory.join(format!("kiln-test-{}-{runtime:?}", std::process::id()));
+    let confined_dir = Path::new("/sys/fs/cgroup/memory").join(confined.strip_prefix("/").unwrap());
+    fs::create_dir(&confined_dir).unwrap();
+    let setup = Setup::new(runtime, "FROM busybox:1\nRUN cat /proc/self/cgroup\n");
+    let kiln = setup.command();
+    let out = Command::new("sh")
+        .args(["-c", "echo $$ > \"$0/cgroup.procs\" && exec \"$@\""])
+        .arg(&confined_dir)
+        .arg(kiln.get_program())
+        .args(kiln.get_args())
+        .args(["--progress", "plain"])
+        .arg(setup.context.path())
+        .output()
+        .unwrap();
+    let progress = String::from_utf8_lossy(&out.stderr);
+    // Empty once kiln is gone: the step's cgroups were removed. The embedded runtime made
+    // the same path in the other hierarchies on the way to its step's.
+    fs::remove_dir(&confined_dir).unwrap();
+    for (controllers, _) in &own {
+        let made = Path::new("/sys/fs/cgroup")
+            .join(controllers)
+            .join(confined.strip_prefix("/").unwrap());
+        if made.exists() {
+            fs::remove_dir(&made).unwrap();
+        }
+    }
+    assert!(out.status.success(), "{progress}");
+    let step_lines: String = progress
+        .lines()
+        .filter_map(|l| l.splitn(3, ' ').nth(2))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let step = v1_cgroups(&step_lines);
+    assert!(!step.is_empty(), "the step printed no cgroup:\n{progress}");
+    for (controllers, path) in step {
+        let kilns = if controllers.split(',').any(|c| c == "memory") {
+            &confined
+        } else {
+            &own.iter().find(|(c, _)| *c == controllers).unwrap().1
+        };
+        assert!(
+            path.starts_with(kilns) && path != *kilns,
+            "{controllers}: the step's {path:?} is not below kiln's {kilns:?}"
+        );
+    }
 }
 
 /// The device number of a block device under `/dev` that this (root) process can open.

@@ -23,6 +23,7 @@ const CREATE_ATTEMPTS: usize = 3;
 /// Creates container `id` from `bundle`, runs it in the foreground with this process's
 /// stdio, deletes it, and returns its exit code (128 + signal when killed), as `runc run`.
 pub fn run(state: &Path, bundle: &Path, id: &str) -> Result<i32> {
+    super::cgroup::nest_under_own(bundle, id)?;
     let mut container = create(state, bundle, id)?;
     let outcome = container
         .start()

@@ -1,5 +1,6 @@
 //! RUN: a process in an OCI runtime bundle over a mounted snapshot.
 
+mod cgroup;
 pub mod embedded;
 mod network;
 mod runtime;
