@@ -398,3 +398,40 @@ fn hard_links_and_fifos_match_buildkit() {
             .is_fifo()
     );
 }
+
+/// The diff_id of a layer without entries (1,024 zero bytes).
+const EMPTY_LAYER_DIFF_ID: &str =
+    "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef";
+
+/// What a RUN step leaves: BuildKit removes the mount points of the step's own mounts
+/// (`/etc/hosts`, `/etc/resolv.conf`, its binds; executor/stubs.go) but not those runc
+/// makes for `/proc`, `/dev` and `/sys`. A layer holds only what its tar holds, so an
+/// empty layer made by a step (with `/etc` copied up for the hosts mount point) is still
+/// empty where a later image shares it.
+#[test]
+fn run_steps_leave_the_mount_points_buildkit_leaves() {
+    let mut build = Build::new("FROM busybox:1\nRUN true\nRUN true\n");
+    let image = build.build();
+    for dir in ["dev", "proc", "sys"] {
+        assert_eq!(image.stat(dir), (0o755, 0, 0), "{dir}");
+        assert_eq!(fs::read_dir(image.path(dir)).unwrap().count(), 0, "{dir}");
+    }
+    for stub in ["etc/hosts", "etc/resolv.conf"] {
+        assert!(!image.path(stub).exists(), "{stub}");
+    }
+    // The second step changed nothing: an empty layer (an empty tar's diff_id).
+    let config = image.config();
+    let diff_ids = config["rootfs"]["diff_ids"].as_array().unwrap();
+    assert_eq!(diff_ids.last().unwrap(), EMPTY_LAYER_DIFF_ID);
+
+    build.file("Dockerfile", b"FROM scratch\nCOPY empty/ /\n");
+    fs::create_dir(build.context.path().join("empty")).unwrap();
+    build.out = tempfile::tempdir().unwrap();
+    let image = build.build();
+    assert_eq!(
+        image.config()["rootfs"]["diff_ids"],
+        serde_json::json!([EMPTY_LAYER_DIFF_ID])
+    );
+    let exported: Vec<_> = fs::read_dir(&image.rootfs).unwrap().collect();
+    assert!(exported.is_empty(), "{exported:?}");
+}

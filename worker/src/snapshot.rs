@@ -14,7 +14,7 @@ use rustix::mount::{
     fsconfig_set_string, fsmount, fsopen, move_mount, unmount,
 };
 
-use crate::layer::{LayerBlob, WriteOptions, apply_layer, store_layer};
+use crate::layer::{LayerBlob, WriteOptions, apply_layer, prune_copy_ups, store_layer};
 
 /// Puts an overlay whiteout for `rel` into `upper`, above `lower`. Its parent directories
 /// are made in `upper` with the owner, mode and mtime they have in `lower`, since the
@@ -271,6 +271,7 @@ impl ActiveSnapshot {
         let layer = store_layer(&self.upper, &self.lowers, content, options)?;
         let dir = self.snapshotter.layer_dir(&layer);
         if !dir.exists() {
+            prune_copy_ups(&self.upper, &self.lowers)?;
             self.snapshotter.install(&self.upper, &dir)?;
         }
         let mut layers = base.layers.clone();

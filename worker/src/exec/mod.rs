@@ -139,11 +139,8 @@ pub fn run(
             _ => None,
         })
         .collect::<Vec<_>>();
-    let mut stubs = spec.mounts().clone().unwrap_or_default();
-    for (target, source) in &sockets {
-        stubs.push(spec::bind(target, &source.to_string_lossy(), false)?);
-    }
-    let created = MountPoints::create(request.rootfs, &stubs)?;
+    make_runtime_mount_points(request.rootfs)?;
+    let created = MountPoints::create(request.rootfs, &mounts)?;
     fs::write(
         bundle.join("config.json"),
         serde_json::to_vec_pretty(&spec)?,
@@ -217,9 +214,24 @@ impl Drop for SocketBinds {
     }
 }
 
-/// Mount points that did not exist in the root filesystem and were created
-/// for this run, deepest last (BuildKit calls them mount stubs), and the times of the
-/// existing directories they were created in.
+/// The mount points of the runtime's own filesystems (`/proc`, `/dev`, `/sys`), made as
+/// runc makes them (root's, 0755) where the image lacks them. They stay in the step's
+/// layer, as in BuildKit, whose stub clean-up only covers the step's own mounts.
+fn make_runtime_mount_points(rootfs: &Path) -> Result<()> {
+    for dir in ["/proc", "/dev", "/sys"] {
+        let host = resolve_in_root(rootfs, dir, true)?;
+        if fs::symlink_metadata(&host).is_err() {
+            fs::create_dir(&host)?;
+            fs::set_permissions(&host, fs::Permissions::from_mode(0o755))?;
+        }
+    }
+    Ok(())
+}
+
+/// Mount points of the step's own mounts (`/etc/hosts`, `/etc/resolv.conf` and the
+/// step's bind, cache, tmpfs, secret and SSH mounts) that did not exist in the root
+/// filesystem and were created for this run, deepest last (BuildKit calls them mount
+/// stubs), and the times of the existing directories they were created in.
 struct MountPoints {
     created: Vec<PathBuf>,
     parents: Vec<(PathBuf, FileTime, FileTime)>,
@@ -228,17 +240,19 @@ struct MountPoints {
 impl MountPoints {
     /// Creates each mount target (a file for file binds, else a directory)
     /// inside the root filesystem, recording what was new.
-    fn create(rootfs: &Path, mounts: &[oci_spec::runtime::Mount]) -> Result<Self> {
+    fn create(rootfs: &Path, mounts: &[SandboxMount]) -> Result<Self> {
         let mut created = Vec::new();
         let mut parents = Vec::new();
         for mount in mounts {
             // Files and sockets (SSH agents) are bound onto a file.
-            let is_file = mount.typ().as_deref() == Some("bind")
-                && mount
-                    .source()
-                    .as_ref()
-                    .is_some_and(|s| s.exists() && !s.is_dir());
-            let host = resolve_in_root(rootfs, &mount.destination().to_string_lossy(), true)?;
+            let (target, is_file) = match mount {
+                SandboxMount::Bind { target, source, .. } => {
+                    (target, source.exists() && !source.is_dir())
+                }
+                SandboxMount::Socket { target, .. } => (target, true),
+                SandboxMount::Tmpfs { target, .. } => (target, false),
+            };
+            let host = resolve_in_root(rootfs, target, true)?;
             let mut missing = Vec::new();
             let mut cursor = host.as_path();
             while !cursor.exists() && cursor != rootfs {

@@ -164,11 +164,21 @@ fn runs_as_the_user_in_the_working_directory() {
         .unwrap();
     let meta = fs::metadata(view.rootfs().join("work/dir/mine")).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (1000, 1000));
-    // Mount points created for the run are not part of the layer.
-    for path in ["etc/hosts", "etc/resolv.conf", "proc", "dev", "sys"] {
+    // Mount points of the step's own mounts are not part of the layer; those of the
+    // runtime's filesystems are, as BuildKit leaves them.
+    for path in ["etc/hosts", "etc/resolv.conf"] {
         assert!(
             !view.rootfs().join(path).exists(),
             "{path} leaked into the layer"
+        );
+    }
+    for path in ["proc", "dev", "sys"] {
+        let meta = fs::symlink_metadata(view.rootfs().join(path)).unwrap();
+        assert!(meta.is_dir(), "{path}");
+        assert_eq!(
+            (meta.mode() & 0o7777, meta.uid(), meta.gid()),
+            (0o755, 0, 0),
+            "{path}"
         );
     }
 }
@@ -265,7 +275,10 @@ fn foreign_platforms_run_under_qemu() {
     let (output, result) = run_op_with(&fixture, &op, emulator.mount().into_iter().collect());
     let snapshot = result.unwrap_or_else(|e| panic!("{e:#}: {output}"));
     assert_eq!(output, "aarch64\n");
-    assert_eq!(top_layer_entries(&fixture, &snapshot), ["made"]);
+    assert_eq!(
+        top_layer_entries(&fixture, &snapshot),
+        ["dev/", "made", "proc/", "sys/"]
+    );
 
     // As a handler without F: the host's interpreter is bound at the handler's path and
     // its mount stubs stay out of the layer.
@@ -283,5 +296,8 @@ fn foreign_platforms_run_under_qemu() {
     let (output, result) = run_op_with(&fixture, &op, vec![mount.clone()]);
     let snapshot = result.unwrap_or_else(|e| panic!("{e:#}: {output}"));
     assert_eq!(output, "aarch64\ninterpreter-bound\n");
-    assert_eq!(top_layer_entries(&fixture, &snapshot), ["made"]);
+    assert_eq!(
+        top_layer_entries(&fixture, &snapshot),
+        ["dev/", "made", "proc/", "sys/"]
+    );
 }

@@ -15,7 +15,8 @@ mod write;
 pub use apply::{ApplyStats, apply_layer, extract_archive, is_tar_archive};
 pub use compress::{LayerCompression, ZSTD_LAYER_MEDIA_TYPE, recompress_all};
 pub use write::{
-    LayerBlob, TAR_LAYER_MEDIA_TYPE, WriteOptions, store_layer, write_layer, write_trees,
+    LayerBlob, TAR_LAYER_MEDIA_TYPE, WriteOptions, prune_copy_ups, store_layer, write_layer,
+    write_trees,
 };
 
 /// Prefix of an OCI whiteout entry's file name.

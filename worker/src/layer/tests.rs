@@ -432,3 +432,41 @@ fn directories_only_copied_up_are_left_out() {
     write_layer(upper.path(), &[], &mut tar, WriteOptions::default()).unwrap();
     assert_eq!(entry_names(&tar), ["etc/", "etc/new", "var/"]);
 }
+
+#[test]
+fn empty_copy_ups_are_pruned_so_the_directory_holds_what_the_tar_holds() {
+    let lower = tempfile::tempdir().unwrap();
+    let upper = tempfile::tempdir().unwrap();
+    let old = filetime::FileTime::from_unix_time(1_000_000, 0);
+    // Copied up and emptied again (a mount point's parent): etc/, usr/ and usr/lib/;
+    // etc/ssl/ changed (its mtime); var/ holds a new file.
+    for root in [lower.path(), upper.path()] {
+        for dir in ["etc/ssl", "usr/lib", "var"] {
+            fs::create_dir_all(root.join(dir)).unwrap();
+        }
+    }
+    fs::write(upper.path().join("var/new"), "x").unwrap();
+    for root in [lower.path(), upper.path()] {
+        for dir in ["etc", "etc/ssl", "usr", "usr/lib", "var"] {
+            filetime::set_file_mtime(root.join(dir), old).unwrap();
+        }
+    }
+    filetime::set_file_mtime(lower.path().join("etc/ssl"), filetime::FileTime::zero()).unwrap();
+    let lowers = [lower.path().to_path_buf()];
+    let mut tar = Vec::new();
+    write_layer(upper.path(), &lowers, &mut tar, WriteOptions::default()).unwrap();
+    assert_eq!(entry_names(&tar), ["etc/ssl/", "var/new"]);
+
+    prune_copy_ups(upper.path(), &lowers).unwrap();
+    assert_eq!(
+        describe(upper.path())
+            .iter()
+            .map(|line| line.split_whitespace().next().unwrap())
+            .collect::<Vec<_>>(),
+        ["etc", "etc/ssl", "var", "var/new"]
+    );
+    // What stays keeps its times, so it is still left out of a tar written again.
+    let mut again = Vec::new();
+    write_layer(upper.path(), &lowers, &mut again, WriteOptions::default()).unwrap();
+    assert_eq!(again, tar);
+}

@@ -171,7 +171,7 @@ impl<'a, W: Write> LayerTarWriter<'a, W> {
         if kind.is_dir() {
             let dir_path = format!("{archive_path}/");
             let opaque = is_opaque(path)?;
-            if opaque || !self.same_dir_below(archive_path, meta, &xattrs)? {
+            if opaque || !same_dir_below(self.lowers, archive_path, meta, &xattrs)? {
                 self.append(
                     self.header(meta, EntryType::Directory),
                     &dir_path,
@@ -228,33 +228,6 @@ impl<'a, W: Write> LayerTarWriter<'a, W> {
         header.set_device_major(rustix::fs::major(meta.rdev()))?;
         header.set_device_minor(rustix::fs::minor(meta.rdev()))?;
         self.append(header, archive_path, None, &xattrs, io::empty())
-    }
-
-    /// Whether the layers below show a directory at `rel` with exactly `meta`'s mode, owner
-    /// and mtime and these xattrs (so the upper one is a mere copy-up).
-    fn same_dir_below(
-        &self,
-        rel: &str,
-        meta: &Metadata,
-        xattrs: &[(String, Vec<u8>)],
-    ) -> Result<bool> {
-        for lower in self.lowers {
-            let path = lower.join(rel);
-            match fs::symlink_metadata(&path) {
-                Ok(below) => {
-                    return Ok(below.is_dir()
-                        && below.mode() == meta.mode()
-                        && below.uid() == meta.uid()
-                        && below.gid() == meta.gid()
-                        && below.mtime() == meta.mtime()
-                        && below.mtime_nsec() == meta.mtime_nsec()
-                        && read_xattrs(&path)? == xattrs);
-                }
-                Err(_) if hides_below(lower, rel)? => return Ok(false),
-                Err(_) => {}
-            }
-        }
-        Ok(false)
     }
 
     /// A header carrying `meta`'s mode, owner and (clamped) mtime.
@@ -314,6 +287,86 @@ impl<'a, W: Write> LayerTarWriter<'a, W> {
         self.builder.append(&header, data)?;
         Ok(())
     }
+}
+
+/// Whether the layers below (`lowers`, top first) show a directory at `rel` with exactly
+/// `meta`'s mode, owner and mtime and these xattrs (so the upper one is a mere copy-up).
+fn same_dir_below(
+    lowers: &[PathBuf],
+    rel: &str,
+    meta: &Metadata,
+    xattrs: &[(String, Vec<u8>)],
+) -> Result<bool> {
+    for lower in lowers {
+        let path = lower.join(rel);
+        match fs::symlink_metadata(&path) {
+            Ok(below) => {
+                return Ok(below.is_dir()
+                    && below.mode() == meta.mode()
+                    && below.uid() == meta.uid()
+                    && below.gid() == meta.gid()
+                    && below.mtime() == meta.mtime()
+                    && below.mtime_nsec() == meta.mtime_nsec()
+                    && read_xattrs(&path)? == xattrs);
+            }
+            Err(_) if hides_below(lower, rel)? => return Ok(false),
+            Err(_) => {}
+        }
+    }
+    Ok(false)
+}
+
+/// Removes from `upper` each directory that overlayfs only copied up (see
+/// [`same_dir_below`]) and that holds nothing once the same is done below it, e.g. `/etc`
+/// after a step's `/etc/hosts` mount point is gone. [`write_layer`] leaves such directories
+/// out of the tar; the upper directory becomes the layer's unpacked form, which other
+/// images with the same layer share, so it must hold what the tar holds and no more.
+pub fn prune_copy_ups(upper: &Path, lowers: &[PathBuf]) -> Result<()> {
+    // Every directory below `upper` with how many entries it holds, parents first.
+    let mut dirs: Vec<(String, usize)> = Vec::new();
+    let mut pending = vec![String::new()];
+    while let Some(rel) = pending.pop() {
+        let dir = upper.join(&rel);
+        let mut entries = 0;
+        for entry in fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))? {
+            let entry = entry?;
+            entries += 1;
+            if entry.file_type()?.is_dir() {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                pending.push(if rel.is_empty() {
+                    name.into_owned()
+                } else {
+                    format!("{rel}/{name}")
+                });
+            }
+        }
+        dirs.push((rel, entries));
+    }
+    // Children before parents: a directory goes when it is a copy-up and all it held went.
+    let mut removed: HashMap<String, usize> = HashMap::new();
+    for (rel, entries) in dirs.iter().rev() {
+        if rel.is_empty() || removed.get(rel).copied().unwrap_or(0) != *entries {
+            continue;
+        }
+        let path = upper.join(rel);
+        let meta = fs::symlink_metadata(&path)?;
+        if is_opaque(&path)? || !same_dir_below(lowers, rel, &meta, &read_xattrs(&path)?)? {
+            continue;
+        }
+        let parent = path.parent().unwrap_or(upper);
+        let parent_meta = fs::symlink_metadata(parent)?;
+        fs::remove_dir(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+        // The parent keeps its times, as the layer shows them.
+        filetime::set_file_times(
+            parent,
+            filetime::FileTime::from_last_access_time(&parent_meta),
+            filetime::FileTime::from_last_modification_time(&parent_meta),
+        )?;
+        let parent_rel = rel.rsplit_once('/').map_or("", |(p, _)| p);
+        *removed.entry(parent_rel.to_string()).or_default() += 1;
+    }
+    Ok(())
 }
 
 /// Copies `value` into a fixed-size header field, truncating; returns
