@@ -80,6 +80,21 @@ impl Build {
     }
 }
 
+impl Build {
+    /// Builds, expecting failure; returns what kiln printed.
+    fn build_err(&self) -> String {
+        let out = run(
+            kiln()
+                .arg("--root")
+                .arg(self.root.path())
+                .arg("build")
+                .arg(self.context.path()),
+            false,
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+}
+
 /// A built image: its local export and its OCI layout.
 struct Image {
     rootfs: PathBuf,
@@ -434,4 +449,45 @@ fn run_steps_leave_the_mount_points_buildkit_leaves() {
     );
     let exported: Vec<_> = fs::read_dir(&image.rootfs).unwrap().collect();
     assert!(exported.is_empty(), "{exported:?}");
+}
+
+/// Copying a directory merges it with what is there, as fsutil's copy does: the
+/// destination itself is resolved through symlinks, but below it a directory meets only
+/// a directory (not a file, not a symlink to one) and a file never replaces a directory.
+#[test]
+fn copies_meet_existing_paths_as_buildkit() {
+    let base = "FROM busybox:1\n\
+                RUN mkdir -p /real /x/dir && ln -s real /lnk && echo old > /x/file && \\\n\
+                \x20   ln -s /etc/passwd /x/link\n";
+    let build = Build::new(&format!("{base}COPY tree/ /lnk/\nCOPY tree/ /x/\n"));
+    build.file("tree/file", b"new\n");
+    build.file("tree/link", b"no link\n");
+    let image = build.build();
+    assert_eq!(image.read("real/file"), "new\n");
+    assert_eq!(image.read("x/file"), "new\n");
+    // A file replaces a symlink rather than writing through it.
+    assert!(!image.path("x/link").is_symlink());
+    assert_eq!(image.read("x/link"), "no link\n");
+    assert!(image.read("etc/passwd").starts_with("root:"));
+
+    let build = Build::new(&format!("{base}COPY tree/ /\n"));
+    build.file("tree/lnk/file", b"x");
+    let err = build.build_err();
+    assert!(err.contains("cannot copy to non-directory: /lnk"), "{err}");
+
+    let build = Build::new(&format!("{base}COPY tree/ /\n"));
+    build.file("tree/x/file/inner", b"x");
+    let err = build.build_err();
+    assert!(
+        err.contains("cannot copy to non-directory: /x/file"),
+        "{err}"
+    );
+
+    let build = Build::new(&format!("{base}COPY tree/ /\n"));
+    build.file("tree/x/dir", b"x");
+    let err = build.build_err();
+    assert!(
+        err.contains("cannot replace to directory /x/dir with file"),
+        "{err}"
+    );
 }

@@ -95,32 +95,36 @@ pub fn copy(
             extract_into(item, action, root, scratch, cancel)?;
             continue;
         }
+        // As fsutil's copy: a copied directory's own destination is resolved through
+        // symlinks, what it holds is not (a symlink there is not a directory).
+        let follow = kind.is_dir() && item.is_source;
         let known = present
             .get(parent)
             .and_then(Option::as_ref)
             .map(|host| host.join(name))
             .filter(|candidate| {
-                !kind.is_dir() || !fs::symlink_metadata(candidate).is_ok_and(|m| m.is_symlink())
+                !follow || !fs::symlink_metadata(candidate).is_ok_and(|m| m.is_symlink())
             });
         let target = match known {
             Some(target) => target,
-            None => resolve_in_root(root, &item.dest, kind.is_dir())?,
+            None => resolve_in_root(root, &item.dest, follow)?,
         };
         files.remove(&target);
         let context = || format!("cannot copy {} to {}", item.rel, item.dest);
+        let existing = fs::symlink_metadata(&target).ok();
         if kind.is_dir() {
             present.insert(&item.dest, Some(target.clone()));
-            match fs::symlink_metadata(&target) {
-                Ok(existing) if existing.is_dir() => {}
-                Ok(_) => {
-                    remove(&target)?;
-                    fs::create_dir(&target).with_context(context)?;
-                }
-                Err(_) => fs::create_dir(&target).with_context(context)?,
+            match existing {
+                Some(existing) if existing.is_dir() => {}
+                Some(_) => bail!("cannot copy to non-directory: {}", item.dest),
+                None => fs::create_dir(&target).with_context(context)?,
             }
             finish_entry(&target, item, ids_of(item), action)?;
             dir_times.push((target, FileTime::from_last_modification_time(&item.meta)));
             continue;
+        }
+        if existing.is_some_and(|m| m.is_dir()) {
+            bail!("cannot replace to directory {} with file", item.dest);
         }
         present.remove(item.dest.as_str());
         remove(&target)?;
