@@ -9,7 +9,7 @@ use super::args::{set, valued};
 use super::history::{commit, healthcheck, plain_list, quoted_list};
 use super::{Lowerer, StageResult, looks_like_image_reference, stage_display_name};
 use crate::error::{Error, Location, Result};
-use crate::instructions::{CommandLine, Instruction, InstructionKind, Stage};
+use crate::instructions::{CommandLine, Dockerfile, Instruction, InstructionKind, Stage};
 use crate::parser::parse;
 use crate::shell::Lexer;
 
@@ -152,11 +152,43 @@ fn uppercase_keyword(original: &str) -> String {
     }
 }
 
+/// Whether step names carry their stage's name. dockerfile2llb drops it when it tracks a
+/// single build state, and it tracks one per stage plus one per source that names no
+/// stage: each RUN mount without `from=` (or with one that is not a stage's name) and
+/// each `COPY --from` of an image.
+fn labels_stages(dockerfile: &Dockerfile) -> bool {
+    let is_stage = |name: &str| {
+        dockerfile
+            .stages
+            .iter()
+            .any(|s| s.name.as_deref() == Some(name.to_lowercase().as_str()))
+    };
+    dockerfile.stages.len() > 1
+        || dockerfile
+            .stages
+            .iter()
+            .flat_map(|stage| &stage.instructions)
+            .any(|instruction| match &instruction.kind {
+                InstructionKind::Run(run) => run.mounts.iter().any(|mount| {
+                    let from = mount.split(',').find_map(|field| {
+                        let (key, value) = field.split_once('=')?;
+                        key.trim().eq_ignore_ascii_case("from").then_some(value)
+                    });
+                    !from.is_some_and(is_stage)
+                }),
+                InstructionKind::Copy(copy) => copy
+                    .from
+                    .as_deref()
+                    .is_some_and(|from| from.parse::<usize>().is_err() && !is_stage(from)),
+                _ => false,
+            })
+}
+
 /// Lowers stage `index` (its base first).
 pub(super) fn lower_stage(lowerer: &mut Lowerer<'_>, index: usize) -> Result<StageResult> {
     let stage: &Stage = &lowerer.dockerfile.stages[index];
     let location = stage.location;
-    let label = if lowerer.dockerfile.stages.len() > 1 {
+    let label = if labels_stages(lowerer.dockerfile) {
         format!("{} ", stage_display_name(stage.name.as_deref(), index))
     } else {
         String::new()

@@ -649,6 +649,20 @@ fn step_labels_count_as_buildkit_counts() {
     );
 }
 
+#[test]
+fn one_stage_steps_are_named_with_the_stage_when_buildkit_tracks_another_state() {
+    let plain = lower_src("FROM busybox\nCOPY a /b\nRUN true\n");
+    assert_steps_named(&plain, &["[3/3] RUN true"]);
+    for line in [
+        "RUN --mount=type=cache,target=/c true",
+        "RUN --mount=type=bind,FROM=other,target=/c true",
+        "COPY --from=alpine /a /b",
+    ] {
+        let l = lower_src(&format!("FROM busybox\n{line}\nRUN last\n"));
+        assert_steps_named(&l, &["[stage-0 3/3] RUN last"]);
+    }
+}
+
 /// Asserts that every name in `expected` is a step of `l`.
 fn assert_steps_named(l: &Lowered, expected: &[&str]) {
     let descriptions: Vec<String> = l
