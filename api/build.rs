@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "control.proto",
         "filesync.proto",
+        "gateway.proto",
         "health.proto",
         "ops.proto",
         "secrets.proto",

@@ -20,6 +20,9 @@ pub mod generated {
         pub mod buildkit {
             pub mod v1 {
                 tonic::include_proto!("moby.buildkit.v1");
+                pub mod frontend {
+                    tonic::include_proto!("moby.buildkit.v1.frontend");
+                }
                 pub mod types {
                     tonic::include_proto!("moby.buildkit.v1.types");
                 }
@@ -66,6 +69,8 @@ pub use generated::grpc::health::v1 as health;
 pub use generated::moby::buildkit::secrets::v1 as secrets;
 /// `moby.buildkit.v1`: the Control service.
 pub use generated::moby::buildkit::v1 as control;
+/// `moby.buildkit.v1.frontend`: the gateway API a client's build function calls.
+pub use generated::moby::buildkit::v1::frontend as gateway;
 /// `moby.buildkit.v1.types`: worker records.
 pub use generated::moby::buildkit::v1::types;
 /// `moby.filesync.v1`: file sync, file send and auth.
@@ -73,6 +78,10 @@ pub use generated::moby::filesync::v1 as filesync;
 /// `moby.sshforward.v1`: SSH agents a client's session lends the daemon's steps.
 pub use generated::moby::sshforward::v1 as sshforward;
 
+/// The metadata naming the build an LLBBridge call belongs to (BuildKit's `buildid`).
+pub const BUILD_ID_METADATA: &str = "buildkit-controlapi-buildid";
+/// The frontend kiln serves: BuildKit's Dockerfile frontend.
+pub const DOCKERFILE_FRONTEND: &str = "dockerfile.v0";
 /// The metadata naming the agent a `ForwardAgent` stream is for (BuildKit's `KeySSHID`).
 pub const SSH_ID_METADATA: &str = "buildkit.ssh.id";
 /// `pb`: the LLB types the Control API refers to.

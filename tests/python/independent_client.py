@@ -4,7 +4,10 @@ gRPC as BuildKit's clients do.
 
 It calls ListWorkers, Info and DiskUsage, then runs a Solve of the Dockerfile in CONTEXT
 whose session it serves itself: an HTTP/2 server (hyper-h2) inside the Control.Session
-stream, answering FileSync.DiffCopy with fsutil packets.
+stream, answering FileSync.DiffCopy with fsutil packets. It builds the Dockerfile twice:
+once naming the frontend in Control.Solve, once as buildctl and buildx do, through a
+build function: a Control.Solve without frontend, and the gateway's (LLBBridge) Ping,
+Solve and Return carrying the build's ID.
 
     python independent_client.py SOCKET PROTO_DIR CONTEXT
 
@@ -182,11 +185,48 @@ def main():
         Exporters=[control_pb2.Exporter(Type="image", Attrs={"name": "independent:1"})],
     ))
     watcher.join(timeout=30)
-    outgoing.put(None)
     seen["digest"] = solved.ExporterResponse.get("containerimage.digest", "")
+    seen["gateway_digest"] = build_through_gateway(channel, control, control_pb2, session_id)
+    outgoing.put(None)
     seen["steps"] = sorted(set(names))
     seen["calls"] = server.calls
     print(json.dumps(seen))
+
+
+def build_through_gateway(channel, control, control_pb2, session_id):
+    """Builds as a build function: Control.Solve names no frontend; the LLBBridge calls
+    (with the build's ID) ask for it and return its result. Returns the image digest."""
+    import gateway_pb2
+    import gateway_pb2_grpc
+
+    ref = uuid.uuid4().hex
+    bridge = gateway_pb2_grpc.LLBBridgeStub(channel)
+    build_id = [("buildkit-controlapi-buildid", ref)]
+    answer = {}
+
+    def control_solve():
+        answer["response"] = control.Solve(
+            control_pb2.SolveRequest(
+                Ref=ref,
+                Session=session_id,
+                Exporters=[control_pb2.Exporter(Type="image", Attrs={"name": "independent:2"})],
+            ))
+
+    solving = threading.Thread(target=control_solve)
+    solving.start()
+    pong = bridge.Ping(gateway_pb2.PingRequest(), metadata=build_id)
+    caps = {c.ID for c in pong.FrontendAPICaps if c.Enabled}
+    if "return" not in caps:
+        raise SystemExit(f"the gateway does not offer Return: {sorted(caps)}")
+    solved = bridge.Solve(gateway_pb2.SolveRequest(
+        Frontend="dockerfile.v0",
+        FrontendOpt={"build-arg:GREETING": "hello from python"},
+        allowResultReturn=True,
+        allowResultArrayRef=True,
+    ), metadata=build_id)
+    bridge.Return(gateway_pb2.ReturnRequest(result=solved.result), metadata=build_id)
+    solving.join(timeout=60)
+    return answer["response"].ExporterResponse.get("containerimage.digest", "")
 
 
 if __name__ == "__main__":

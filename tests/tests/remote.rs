@@ -532,7 +532,8 @@ fn python_with_grpc() -> PathBuf {
 
 /// A client written with Python's grpcio and hyper-h2 from kiln's .proto files, sharing
 /// no code with kiln, lists workers, asks for info and disk use, and runs a build whose
-/// session (an HTTP/2 server inside the tunnel) it serves itself.
+/// session (an HTTP/2 server inside the tunnel) it serves itself, naming the frontend in
+/// its Solve and again through a build function (the gateway API), as buildctl does.
 #[test]
 fn an_independent_grpcio_client_speaks_to_the_daemon() {
     let daemon = Daemon::start(&busybox_archives(), &[]);
@@ -571,6 +572,8 @@ fn an_independent_grpcio_client_speaks_to_the_daemon() {
         seen["digest"].as_str().unwrap().starts_with("sha256:"),
         "{seen}"
     );
+    // The same build through a build function: the same image.
+    assert_eq!(seen["gateway_digest"], seen["digest"], "{seen}");
     let steps = seen["steps"].to_string();
     assert!(steps.contains("RUN echo"), "{seen}");
     assert!(

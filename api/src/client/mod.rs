@@ -1,7 +1,9 @@
 //! The client of a remote builder (`kiln build --builder`): it opens a session that
-//! serves its files, asks for a solve with BuildKit's Dockerfile frontend, and turns the
-//! status stream back into the engine's progress events, so that a remote build shows and
-//! fails as a local one does. It speaks to `kiln serve` and to buildkitd alike.
+//! serves its files, starts a build and, as buildx and `buildctl build` do, drives it with
+//! a build function (BuildKit's gateway API) that asks for the Dockerfile frontend and
+//! returns its result; it turns the status stream back into the engine's progress events,
+//! so that a remote build shows and fails as a local one does. It speaks to `kiln serve`
+//! and to buildkitd alike.
 
 mod attachables;
 mod status;
@@ -26,7 +28,13 @@ pub use crate::control::{CacheOptions, CacheOptionsEntry};
 use crate::control::{
     DiskUsageRequest, Exporter, PruneRequest, SolveRequest, StatusRequest, UsageRecord,
 };
+use crate::gateway::llb_bridge_client::LlbBridgeClient;
+use crate::gateway::{
+    CacheOptionsEntry as GatewayCacheEntry, PingRequest, ReturnRequest,
+    SolveRequest as GatewaySolveRequest, Status as GatewayStatus,
+};
 use crate::session::{self, SessionHeaders, bridge};
+use crate::{BUILD_ID_METADATA, DOCKERFILE_FRONTEND};
 
 /// How the client proves itself to a builder over TCP, and checks the builder.
 #[derive(Debug, Clone, Default)]
@@ -158,7 +166,7 @@ pub async fn build(
     events: &(dyn Fn(BuildEvent) + Sync),
 ) -> Result<RemoteResult> {
     let channel = connect(address, tls).await?;
-    let mut control = ControlClient::new(channel).max_decoding_message_size(64 << 20);
+    let mut control = ControlClient::new(channel.clone()).max_decoding_message_size(64 << 20);
     let session_id = random_id(16)?;
     let reference = random_id(16)?;
     let dockerfile_dir = build
@@ -201,10 +209,26 @@ pub async fn build(
         .into_owned();
     attrs.insert("filename".into(), filename);
     let exporters: Vec<Exporter> = build.exporters.iter().map(|(e, _)| e.clone()).collect();
+    let frontend_request = GatewaySolveRequest {
+        frontend: DOCKERFILE_FRONTEND.into(),
+        frontend_opt: attrs.clone(),
+        allow_result_return: true,
+        allow_result_array_ref: true,
+        cache_imports: build
+            .cache
+            .imports
+            .iter()
+            .map(|entry| GatewayCacheEntry {
+                r#type: entry.r#type.clone(),
+                attrs: entry.attrs.clone(),
+            })
+            .collect(),
+        ..GatewaySolveRequest::default()
+    };
+    // No frontend: the build function below asks for it.
     let request = SolveRequest {
         r#ref: reference.clone(),
         session: session_id,
-        frontend: "dockerfile.v0".into(),
         frontend_attrs: attrs,
         exporter_deprecated: exporters
             .first()
@@ -237,14 +261,55 @@ pub async fn build(
         anyhow::Ok(())
     };
     let solve = control.solve(request);
-    let (solved, shown) = tokio::join!(solve, statuses);
+    let build_function = run_build_function(
+        LlbBridgeClient::new(channel).max_decoding_message_size(64 << 20),
+        &reference,
+        frontend_request,
+    );
+    let (solved, shown, function) = tokio::join!(solve, statuses, build_function);
     session.abort();
     let response = solved.map_err(|status| failure(address, &status))?;
+    // The build's own error (above) says more than the build function's report of it.
+    function.map_err(|status| failure(address, &status))?;
     // A status stream that broke does not fail a build that succeeded.
     let _ = shown;
     Ok(RemoteResult {
         exporter_response: response.into_inner().exporter_response,
     })
+}
+
+/// The build function of build `id`, as buildx's: asks the builder for the Dockerfile
+/// frontend with `frontend_request` and returns its result, or its error, with `Return`.
+async fn run_build_function(
+    mut bridge: LlbBridgeClient<Channel>,
+    id: &str,
+    frontend_request: GatewaySolveRequest,
+) -> Result<(), tonic::Status> {
+    bridge.ping(with_build_id(PingRequest {}, id)).await?;
+    let returned = match bridge.solve(with_build_id(frontend_request, id)).await {
+        Ok(solved) => ReturnRequest {
+            result: solved.into_inner().result,
+            error: None,
+        },
+        Err(status) => ReturnRequest {
+            result: None,
+            error: Some(GatewayStatus {
+                code: status.code() as i32,
+                message: status.message().to_string(),
+            }),
+        },
+    };
+    bridge.r#return(with_build_id(returned, id)).await?;
+    Ok(())
+}
+
+/// A gateway call of build `id`.
+fn with_build_id<T>(message: T, id: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Ok(value) = AsciiMetadataValue::try_from(id) {
+        request.metadata_mut().insert(BUILD_ID_METADATA, value);
+    }
+    request
 }
 
 /// Opens the session: the tunnel call, and the services served through it, on a task

@@ -2,6 +2,7 @@
 //! loopback TCP.
 
 mod files;
+mod gateway;
 mod sessions;
 mod solve;
 mod ssh;
@@ -27,6 +28,7 @@ use crate::control::{
     ListWorkersRequest, ListWorkersResponse, PruneRequest, SolveRequest, SolveResponse,
     StatusRequest, StatusResponse, UsageRecord,
 };
+use crate::gateway::llb_bridge_server::LlbBridgeServer;
 use crate::pb::Platform as PbPlatform;
 use crate::session::{SessionHeaders, bridge};
 use crate::types::{BuildkitVersion, WorkerRecord};
@@ -54,6 +56,8 @@ pub struct Daemon {
     sync_locks: Arc<Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>>,
     /// Cancel flags of running builds, by their `Ref`.
     running: Mutex<HashMap<String, Arc<AtomicBool>>>,
+    /// Builds a client's build function drives through the gateway API.
+    gateways: gateway::GatewayBuilds,
 }
 
 impl Daemon {
@@ -66,6 +70,7 @@ impl Daemon {
             statuses: Statuses::default(),
             sync_locks: Arc::default(),
             running: Mutex::default(),
+            gateways: gateway::GatewayBuilds::default(),
         }
     }
 
@@ -169,7 +174,13 @@ impl Control for Service {
         };
         let log = self.0.statuses.log(&reference);
         log.start();
-        let result = solve::solve(Arc::clone(&self.0), request, cancel).await;
+        // Without a frontend or a definition, the client's build function drives the
+        // build through the gateway API.
+        let result = if request.frontend.is_empty() && request.definition.is_none() {
+            self.0.gateways.run(request, cancel).await
+        } else {
+            solve::solve(Arc::clone(&self.0), request, cancel).await
+        };
         log.finish();
         let daemon = Arc::clone(&self.0);
         tokio::spawn(async move {
@@ -408,11 +419,15 @@ pub async fn serve(daemon: Arc<Daemon>, options: ListenOptions) -> Result<()> {
     for address in &options.addresses {
         let service = ControlServer::from_arc(Arc::new(Service(Arc::clone(&daemon))))
             .max_decoding_message_size(64 << 20);
+        let bridge = LlbBridgeServer::new(gateway::GatewayService(Arc::clone(&daemon)))
+            .max_decoding_message_size(64 << 20);
         let mut stop = stop.clone();
         let shutdown = async move {
             let _ = stop.wait_for(|stopped| *stopped).await;
         };
-        let router = crate::session::server().add_service(service.clone());
+        let router = crate::session::server()
+            .add_service(service.clone())
+            .add_service(bridge.clone());
         let server = match address {
             Address::Unix(path) => {
                 let listener = bind_unix(path, options.group)?;
@@ -430,7 +445,8 @@ pub async fn serve(daemon: Arc<Daemon>, options: ListenOptions) -> Result<()> {
                     Some(tls) => crate::session::server()
                         .tls_config(tls.server()?)
                         .context("bad TLS configuration")?
-                        .add_service(service.clone()),
+                        .add_service(service.clone())
+                        .add_service(bridge.clone()),
                     None => router,
                 };
                 eprintln!(

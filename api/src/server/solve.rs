@@ -20,10 +20,8 @@ use super::Daemon;
 use super::files::{SessionCredentials, SessionSecrets, SessionSources, SessionTarget, sync_dir};
 use super::sessions::Session;
 use super::ssh::SessionSshAgents;
+use crate::DOCKERFILE_FRONTEND;
 use crate::control::{CacheOptionsEntry, Exporter, SolveRequest};
-
-/// The frontend kiln serves: BuildKit's Dockerfile frontend.
-pub const DOCKERFILE_FRONTEND: &str = "dockerfile.v0";
 
 /// Why a solve failed, for the client.
 pub enum SolveError {
