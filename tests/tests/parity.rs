@@ -491,3 +491,22 @@ fn copies_meet_existing_paths_as_buildkit() {
         "{err}"
     );
 }
+
+/// Symlinks in the build context resolve inside it, as BuildKit resolves them in its copy
+/// of the context: an absolute target starts at the context's root and `..` stops there,
+/// so a link to a host file finds nothing rather than the host's file.
+#[test]
+fn context_symlinks_resolve_inside_the_context() {
+    let build = Build::new("FROM busybox:1\nCOPY absolute climbing /links/\n");
+    build.file("dir/f", b"inside\n");
+    std::os::unix::fs::symlink("/dir/f", build.context.path().join("absolute")).unwrap();
+    std::os::unix::fs::symlink("../../dir/f", build.context.path().join("climbing")).unwrap();
+    let image = build.build();
+    assert_eq!(image.read("links/absolute"), "inside\n");
+    assert_eq!(image.read("links/climbing"), "inside\n");
+
+    let build = Build::new("FROM busybox:1\nCOPY host /host\n");
+    std::os::unix::fs::symlink("/etc/os-release", build.context.path().join("host")).unwrap();
+    let err = build.build_err();
+    assert!(err.contains("\"/host\": not found"), "{err}");
+}

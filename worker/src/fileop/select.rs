@@ -227,25 +227,11 @@ fn in_context(tree: &SourceTree<'_>, rel: &str) -> Result<bool> {
     }
 }
 
-/// The host path of `rel` in the tree. In the context a symlink that leaves
-/// the context is an error; in other trees symlinks resolve inside them.
+/// The host path of `rel` in the tree. Symlinks resolve inside the tree, the build
+/// context included, as BuildKit resolves them in its copy of the context: an absolute
+/// target is taken from the tree's root and `..` stops there, so nothing outside is read.
 fn resolve_source(tree: &SourceTree<'_>, rel: &str, follow_last: bool) -> Result<PathBuf> {
-    let resolved = resolve_in_root(tree.root, rel, follow_last)?;
-    if tree.is_context && follow_last {
-        let lexical = tree.root.join(rel);
-        if resolved != lexical {
-            // Resolution went through a symlink: it must stay inside without
-            // the in-root clamping, i.e. point at a real path of the context.
-            let real =
-                fs::canonicalize(&lexical).with_context(|| format!("\"/{rel}\": not found"))?;
-            let root = fs::canonicalize(tree.root)?;
-            if !real.starts_with(&root) {
-                bail!("\"/{rel}\" is a symlink that points outside the build context");
-            }
-            return Ok(real);
-        }
-    }
-    Ok(resolved)
+    resolve_in_root(tree.root, rel, follow_last)
 }
 
 /// The paths under `root` (relative, parents first) that `ignore` takes away: an ignored
