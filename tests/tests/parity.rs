@@ -510,3 +510,17 @@ fn context_symlinks_resolve_inside_the_context() {
     let err = build.build_err();
     assert!(err.contains("\"/host\": not found"), "{err}");
 }
+
+/// A RUN step whose user is missing fails in BuildKit's words.
+#[test]
+fn a_missing_run_user_fails_as_in_buildkit() {
+    let build = Build::new("FROM busybox:1\nUSER nobody\nWORKDIR /home/nobody\nRUN true\n");
+    let err = build.build_err();
+    assert!(
+        err.contains(
+            "process \"/bin/sh -c true\" did not complete successfully: unable to find user \
+             nobody: no matching entries in passwd file"
+        ),
+        "{err}"
+    );
+}

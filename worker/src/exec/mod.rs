@@ -83,7 +83,13 @@ pub fn run(
     cancel: &AtomicBool,
 ) -> Result<()> {
     let op = request.op;
-    let user = exec_user(request.rootfs, &op.user)?;
+    // As BuildKit reports it: the process that could not start, then why.
+    let user = exec_user(request.rootfs, &op.user).map_err(|err| {
+        anyhow::anyhow!(
+            "process \"{}\" did not complete successfully: {err:#}",
+            op.args.join(" ")
+        )
+    })?;
     let cwd = if op.cwd.is_empty() {
         "/"
     } else {
