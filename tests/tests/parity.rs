@@ -524,3 +524,24 @@ fn a_missing_run_user_fails_as_in_buildkit() {
         "{err}"
     );
 }
+
+/// A step without `HOME` gets the one runc gives (BuildKit's runtime): its uid's home in
+/// `/etc/passwd`, or `/`.
+#[test]
+fn run_steps_get_home_as_runc_gives_it() {
+    let build = Build::new(
+        "FROM busybox:1\n\
+         RUN mkdir -m 777 /out && echo 'u:x:1002:1002::/home/u:/bin/sh' >> /etc/passwd\n\
+         USER 1002:1002\n\
+         RUN echo \"$HOME\" > /out/named\n\
+         USER 4242:4243\n\
+         RUN echo \"$HOME\" > /out/unknown\n\
+         USER root\n\
+         ENV HOME=/set\n\
+         RUN echo \"$HOME\" > /out/set\n",
+    );
+    let image = build.build();
+    assert_eq!(image.read("out/named"), "/home/u\n");
+    assert_eq!(image.read("out/unknown"), "/\n");
+    assert_eq!(image.read("out/set"), "/set\n");
+}

@@ -78,6 +78,9 @@ pub struct ExecUser {
     /// The process's groups: the primary group first, then those of `/etc/group` that list
     /// the user (as containerd's `ensureAdditionalGids` makes them).
     pub additional_gids: Vec<u32>,
+    /// The home directory of the uid's `/etc/passwd` entry, or `/` without one: runc's
+    /// `HOME` for a process that has none.
+    pub home: String,
 }
 
 /// Resolves a RUN step's `USER` value as BuildKit's executor does (`oci.GetUser`, then
@@ -100,9 +103,15 @@ pub fn exec_user(root: &Path, spec: &str) -> Result<ExecUser> {
     if !additional_gids.contains(&ids.gid) {
         additional_gids.insert(0, ids.gid);
     }
+    let home = read_table(root, "/etc/passwd")
+        .into_iter()
+        .find(|fields| id_field(fields, 2) == Some(ids.uid))
+        .and_then(|mut fields| fields.get_mut(5).map(std::mem::take))
+        .unwrap_or_else(|| "/".to_string());
     Ok(ExecUser {
         ids,
         additional_gids,
+        home,
     })
 }
 

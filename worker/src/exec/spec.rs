@@ -61,6 +61,10 @@ pub fn build(
     if !env.iter().any(|e| e.starts_with("PATH=")) {
         env.insert(0, format!("PATH={DEFAULT_PATH}"));
     }
+    // As runc sets it (both runtimes then agree): the user's home, or `/`.
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push(format!("HOME={}", user.home));
+    }
     let capabilities: HashSet<Capability> = match op.security {
         SecurityMode::Sandbox => DEFAULT_CAPABILITIES.into_iter().collect(),
         SecurityMode::Insecure => all_capabilities(),

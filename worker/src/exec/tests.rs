@@ -221,7 +221,8 @@ fn unknown_users_fail_before_running() {
     let (_, result) = run_op(&fixture, &op);
     assert_eq!(
         result.unwrap_err().to_string(),
-        "unable to find user nobody: no matching entries in passwd file"
+        "process \"/bin/sh -c true\" did not complete successfully: unable to find user \
+         nobody: no matching entries in passwd file"
     );
 }
 
