@@ -341,6 +341,7 @@ fn image_for<'a>(
     built: &[Built],
     output: &Output,
     tags: &'a [String],
+    created: &str,
 ) -> Result<output::ImageBlobs<'a>> {
     let images = built
         .iter()
@@ -357,6 +358,11 @@ fn image_for<'a>(
         media_type,
         platforms: images.into_iter().map(|(_, blobs)| blobs).collect(),
         tags,
+        platform: match built {
+            [single] => Some(single.platform.clone()),
+            _ => None,
+        },
+        created: Some(created.to_string()),
     })
 }
 
@@ -683,22 +689,34 @@ pub fn build(
     // The manifest users see the digest of: the one pushed or written to an archive when
     // there is one (what `skopeo inspect` shows), else the stored one.
     let mut manifest = stored;
+    let exported_at = kiln_image::format_rfc3339(
+        request
+            .source_date_epoch
+            .unwrap_or_else(kiln_cache::unix_seconds_now),
+    );
     for out in &request.outputs {
-        let written = image_for(&content, &memo, &built, out, &request.tags).and_then(|image| {
-            output::write_output(out, &content, &outputs_view, &roots, &image)?;
-            if out.kind == output::OutputKind::Image {
-                store_or_push(state, &content, &images, &registry, out, &image, notice)?;
-            }
-            if out.push
-                || matches!(
-                    out.kind,
-                    output::OutputKind::Oci | output::OutputKind::Docker
-                )
-            {
-                manifest = image.manifest;
-            }
-            Ok(())
-        });
+        // An archive is named by `-t`, else by its own `name=` (buildx puts `-t` there).
+        let tags = if request.tags.is_empty() && out.kind != output::OutputKind::Image {
+            &out.names
+        } else {
+            &request.tags
+        };
+        let written =
+            image_for(&content, &memo, &built, out, tags, &exported_at).and_then(|image| {
+                output::write_output(out, &content, &outputs_view, &roots, &image)?;
+                if out.kind == output::OutputKind::Image {
+                    store_or_push(state, &content, &images, &registry, out, &image, notice)?;
+                }
+                if out.push
+                    || matches!(
+                        out.kind,
+                        output::OutputKind::Oci | output::OutputKind::Docker
+                    )
+                {
+                    manifest = image.manifest;
+                }
+                Ok(())
+            });
         written.with_context(|| format!("cannot write output {}", out.describe()))?;
     }
     if request.push {

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use kiln_cache::{ContentStore, Digest};
 use kiln_image::Reference;
 use kiln_patterns::PatternMatcher;
-use kiln_solver::CopyAction;
+use kiln_solver::{CopyAction, Platform};
 use kiln_worker::fileop::{self, SourceTree};
 use kiln_worker::layer::{LayerCompression, WriteOptions, write_layer, write_trees};
 use kiln_worker::snapshot::{ActiveSnapshot, Snapshot, Snapshotter};
@@ -241,6 +241,12 @@ pub struct ImageBlobs<'a> {
     pub platforms: Vec<PlatformBlobs>,
     /// Names to record in the archive.
     pub tags: &'a [String],
+    /// The platform of a single-platform image, recorded in the archive's index as
+    /// BuildKit records it; `None` for an index.
+    pub platform: Option<Platform>,
+    /// When it was exported (RFC 3339), for the index's `org.opencontainers.image.created`
+    /// annotation, as BuildKit's archive exporters write it.
+    pub created: Option<String>,
 }
 
 /// The blobs of one platform's image.
@@ -450,11 +456,23 @@ fn write_archive(
             "digest": image.manifest.0.to_string(),
             "size": image.manifest.1,
         });
+        if let Some(platform) = &image.platform {
+            value["platform"] = serde_json::json!(platform);
+        }
+        let mut annotations = serde_json::Map::new();
+        if let Some(created) = &image.created {
+            annotations.insert(
+                "org.opencontainers.image.created".into(),
+                created.clone().into(),
+            );
+        }
         if let Some(name) = name {
-            value["annotations"] = serde_json::json!({
-                "io.containerd.image.name": name.to_string(),
-                "org.opencontainers.image.ref.name": name.tag.as_deref().unwrap_or("latest"),
-            });
+            annotations.insert("io.containerd.image.name".into(), name.to_string().into());
+            let tag = name.tag.as_deref().unwrap_or("latest");
+            annotations.insert("org.opencontainers.image.ref.name".into(), tag.into());
+        }
+        if !annotations.is_empty() {
+            value["annotations"] = annotations.into();
         }
         value
     };

@@ -545,3 +545,54 @@ fn run_steps_get_home_as_runc_gives_it() {
     assert_eq!(image.read("out/unknown"), "/\n");
     assert_eq!(image.read("out/set"), "/set\n");
 }
+
+/// An OCI archive's index names its image as BuildKit's exporter does: the output's own
+/// `name=` (one entry per name), the image's platform, and when it was exported
+/// (`SOURCE_DATE_EPOCH` when given).
+#[test]
+fn oci_archives_index_their_image_as_buildkit() {
+    let build = Build::new("FROM busybox:1\nRUN echo hi > /hi\n");
+    let archive = build.out.path().join("named.tar");
+    run(
+        kiln()
+            .arg("--root")
+            .arg(build.root.path())
+            .args(["build", "--build-arg", "SOURCE_DATE_EPOCH=1000", "-o"])
+            .arg(format!(
+                "type=oci,dest={},name=app:1,name=other:2",
+                archive.display()
+            ))
+            .arg(build.context.path()),
+        true,
+    );
+    let listing = run(
+        Command::new("tar")
+            .arg("-xOf")
+            .arg(&archive)
+            .arg("index.json"),
+        true,
+    );
+    let index: serde_json::Value = serde_json::from_slice(&listing.stdout).unwrap();
+    let manifests = index["manifests"].as_array().unwrap();
+    assert_eq!(manifests.len(), 2, "{index}");
+    for (descriptor, (name, tag)) in manifests.iter().zip([
+        ("docker.io/library/app:1", "1"),
+        ("docker.io/library/other:2", "2"),
+    ]) {
+        let host_arch = std::env::consts::ARCH
+            .replace("x86_64", "amd64")
+            .replace("aarch64", "arm64");
+        assert_eq!(
+            descriptor["platform"],
+            serde_json::json!({"architecture": host_arch, "os": "linux"})
+        );
+        assert_eq!(
+            descriptor["annotations"],
+            serde_json::json!({
+                "io.containerd.image.name": name,
+                "org.opencontainers.image.ref.name": tag,
+                "org.opencontainers.image.created": "1970-01-01T00:16:40Z",
+            })
+        );
+    }
+}

@@ -56,6 +56,8 @@ pub fn run(state: &StateDir, args: SaveArgs) -> Result<(), Failure> {
                 layers: s.image.layers.iter().map(|(digest, _)| *digest).collect(),
             }],
             tags: &s.tags,
+            platform: None,
+            created: None,
         })
         .collect();
     let write = |out: &mut dyn Write| write_docker_archive(out, local.content(), &blobs);
