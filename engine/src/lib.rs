@@ -105,6 +105,21 @@ impl BuildResult {
         self.config_digest.unwrap_or(self.manifest_digest)
     }
 
+    /// The descriptor of what [`manifest_digest`](Self::manifest_digest) names, as
+    /// BuildKit reports it (`containerimage.descriptor`): with the platform of a
+    /// single-platform image.
+    pub fn descriptor(&self) -> serde_json::Value {
+        let mut descriptor = serde_json::json!({
+            "mediaType": self.media_type(),
+            "digest": self.manifest_digest.to_string(),
+            "size": self.manifest_size,
+        });
+        if let (Some(_), [platform]) = (self.config_digest, self.platforms.as_slice()) {
+            descriptor["platform"] = serde_json::json!(platform);
+        }
+        descriptor
+    }
+
     /// The media type of what [`manifest_digest`](Self::manifest_digest) names.
     pub fn media_type(&self) -> &'static str {
         if self.config_digest.is_some() {

@@ -74,12 +74,15 @@ fn a_remote_build_is_the_local_build_with_outputs_on_the_client() {
     let out = tempfile::tempdir().unwrap();
     let fs_out = out.path().join("fs");
     let archive = out.path().join("app.tar");
+    let metadata = out.path().join("metadata.json");
     let epoch = "SOURCE_DATE_EPOCH=1700000000";
     let remote = ok(&daemon.build(
         context.path(),
         &[
             "--build-arg",
             epoch,
+            "--metadata-file",
+            metadata.to_str().unwrap(),
             "-t",
             "app:1",
             "-o",
@@ -124,6 +127,26 @@ fn a_remote_build_is_the_local_build_with_outputs_on_the_client() {
     );
     let inspected: serde_json::Value = serde_json::from_slice(&inspected.stdout).unwrap();
     assert_eq!(inspected["Layers"].as_array().unwrap().len(), 6);
+    // The builder's descriptor of the archive's manifest reaches the metadata file.
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&fs::read(&metadata).unwrap()).unwrap();
+    let index = run(
+        Command::new("tar")
+            .arg("-xOf")
+            .arg(&archive)
+            .arg("index.json"),
+        true,
+    );
+    let index: serde_json::Value = serde_json::from_slice(&index.stdout).unwrap();
+    let descriptor = &metadata["containerimage.descriptor"];
+    assert_eq!(
+        descriptor["digest"], index["manifests"][0]["digest"],
+        "{metadata}"
+    );
+    assert_eq!(
+        descriptor["size"], index["manifests"][0]["size"],
+        "{metadata}"
+    );
     let synced: Vec<PathBuf> = kiln_tests::walk(&daemon.root.path().join("sessions"));
     assert!(
         synced.iter().any(|p| p.ends_with("src/a.txt")),

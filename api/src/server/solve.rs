@@ -391,10 +391,17 @@ pub async fn solve(
 
 /// What BuildKit answers a solve with: the image's digests and names.
 fn exporter_response(done: &BuildResult, exporters: &[Exporter]) -> HashMap<String, String> {
-    let mut response = HashMap::from([(
-        "containerimage.digest".to_string(),
-        done.manifest_digest.to_string(),
-    )]);
+    let mut response = HashMap::from([
+        (
+            "containerimage.digest".to_string(),
+            done.manifest_digest.to_string(),
+        ),
+        // Base64 JSON, as BuildKit sends it (clients decode it into their metadata file).
+        (
+            "containerimage.descriptor".to_string(),
+            kiln_registry::client::base64_encode(done.descriptor().to_string().as_bytes()),
+        ),
+    ]);
     if let Some(config) = done.config_digest {
         response.insert(
             "containerimage.config.digest".to_string(),

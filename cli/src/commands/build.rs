@@ -692,16 +692,11 @@ fn metadata(done: &BuildResult, tags: &[String]) -> Result<serde_json::Value, Fa
         .collect::<Result<Vec<_>, _>>()?;
     let mut metadata = serde_json::json!({
         "containerimage.digest": done.manifest_digest.to_string(),
-        "containerimage.descriptor": {
-            "mediaType": done.media_type(),
-            "digest": done.manifest_digest.to_string(),
-            "size": done.manifest_size,
-        },
+        "containerimage.descriptor": done.descriptor(),
     });
-    // One image: its config and platform; an index has neither (as buildx writes it).
-    if let (Some(config), [platform]) = (done.config_digest, done.platforms.as_slice()) {
+    // One image: its config; an index has none (as buildx writes it).
+    if let Some(config) = done.config_digest {
         metadata["containerimage.config.digest"] = config.to_string().into();
-        metadata["containerimage.descriptor"]["platform"] = serde_json::json!(platform);
     }
     if !names.is_empty() {
         metadata["image.name"] = names.join(",").into();

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use base64::Engine as _;
 use clap::Args;
 use kiln_api::client::{self, ClientTls, OutputTarget, RemoteBuild};
 use kiln_api::control::Exporter;
@@ -124,9 +125,12 @@ pub fn build(builder: &str, job: &Job<'_>) -> Result<BuildResult, String> {
         // A multi-platform build's result is an index, without a config.
         config_digest: digest("containerimage.config.digest").ok(),
         manifest_digest: digest("containerimage.digest")?,
+        // The descriptor comes as base64 JSON (BuildKit's and kiln serve's answer).
         manifest_size: response
-            .get("containerimage.descriptor.size")
-            .and_then(|s| s.parse().ok())
+            .get("containerimage.descriptor")
+            .and_then(|d| base64::engine::general_purpose::STANDARD.decode(d).ok())
+            .and_then(|json| serde_json::from_slice::<serde_json::Value>(&json).ok())
+            .and_then(|descriptor| descriptor["size"].as_u64())
             .unwrap_or(0),
         platforms: if platforms.is_empty() {
             vec![job.options.target_platform.clone()]
