@@ -596,3 +596,17 @@ fn oci_archives_index_their_image_as_buildkit() {
         );
     }
 }
+
+/// `COPY --parents` with nothing after the pivot (`./`, `dir/./`) fails as in BuildKit
+/// v0.32, whose include pattern is then empty and matches nothing.
+#[test]
+fn copy_parents_without_a_pattern_fails_as_in_buildkit() {
+    for (source, missing) in [("./", "\"/\": not found"), ("./x/./", "\"/x\": not found")] {
+        let build = Build::new(&format!(
+            "FROM busybox:1\nCOPY --parents {source} /parents/\n"
+        ));
+        build.file("x/a.txt", b"a");
+        let err = build.build_err();
+        assert!(err.contains(missing), "{source}: {err}");
+    }
+}

@@ -77,6 +77,12 @@ pub fn select(
     action: &CopyAction,
     dest_root: Option<&Path>,
 ) -> Result<Vec<Item>> {
+    if action.parents && action.include_patterns.iter().any(String::is_empty) {
+        // As BuildKit v0.32: `COPY --parents ./ dst` and `COPY --parents dir/./ dst` ask
+        // for the pattern "" below the pivot, which matches nothing, and the path they
+        // require is then not found.
+        bail!("\"{}\": not found", clean(&format!("/{}", action.src)));
+    }
     let sources = matching_sources(tree, action)?;
     // The destination with its symlinks resolved, as BuildKit's copy resolves it: COPY onto
     // a symlink writes where the link points.
