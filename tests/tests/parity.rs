@@ -610,3 +610,26 @@ fn copy_parents_without_a_pattern_fails_as_in_buildkit() {
         assert!(err.contains(missing), "{source}: {err}");
     }
 }
+
+/// ADD of an archive meets existing paths as containerd's tar apply (BuildKit's unpack)
+/// does, not as COPY: an entry replaces a path of another kind.
+#[test]
+fn added_archives_replace_what_is_there() {
+    let build = Build::new(
+        "FROM busybox:1\nRUN mkdir -p /fileone/inner /dirone && echo old > /plain\nADD a.tar /\n",
+    );
+    let mut archive = tar::Builder::new(Vec::new());
+    for (path, data) in [
+        ("fileone", &b"file now\n"[..]),
+        ("plain/inside", b"dir now\n"),
+    ] {
+        let mut header = tar::Header::new_ustar();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        archive.append_data(&mut header, path, data).unwrap();
+    }
+    build.file("a.tar", &archive.into_inner().unwrap());
+    let image = build.build();
+    assert_eq!(image.read("fileone"), "file now\n");
+    assert_eq!(image.read("plain/inside"), "dir now\n");
+}

@@ -46,6 +46,31 @@ pub fn copy(
     scratch: &Path,
     cancel: &AtomicBool,
 ) -> Result<CopiedDigests> {
+    copy_tree(tree, action, root, upper, scratch, cancel, Existing::Merge)
+}
+
+/// What a copy does with a path already at an entry's destination.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Existing {
+    /// As fsutil's copy (COPY): a directory merges with a directory (the copy's own
+    /// destination resolved through symlinks, what it holds not), anything else is an
+    /// error; a file replaces a file or symlink but not a directory.
+    Merge,
+    /// As containerd's tar apply (ADD of an archive): an entry replaces what is there,
+    /// except that a directory merges with a directory, through symlinks.
+    Replace,
+}
+
+/// [`copy`], with `existing` saying how entries meet what is already there.
+fn copy_tree(
+    tree: &SourceTree<'_>,
+    action: &CopyAction,
+    root: &Path,
+    upper: Option<&UpperWriter<'_>>,
+    scratch: &Path,
+    cancel: &AtomicBool,
+    existing_paths: Existing,
+) -> Result<CopiedDigests> {
     let items = select(tree, action, Some(root))?;
     if items.is_empty() && action.allow_wildcard && has_wildcards(&action.src) {
         // A wildcard that matches nothing copies nothing and makes no destination.
@@ -97,7 +122,7 @@ pub fn copy(
         }
         // As fsutil's copy: a copied directory's own destination is resolved through
         // symlinks, what it holds is not (a symlink there is not a directory).
-        let follow = kind.is_dir() && item.is_source;
+        let follow = kind.is_dir() && (item.is_source || existing_paths == Existing::Replace);
         let known = present
             .get(parent)
             .and_then(Option::as_ref)
@@ -116,14 +141,20 @@ pub fn copy(
             present.insert(&item.dest, Some(target.clone()));
             match existing {
                 Some(existing) if existing.is_dir() => {}
-                Some(_) => bail!("cannot copy to non-directory: {}", item.dest),
+                Some(_) if existing_paths == Existing::Merge => {
+                    bail!("cannot copy to non-directory: {}", item.dest)
+                }
+                Some(_) => {
+                    remove(&target)?;
+                    fs::create_dir(&target).with_context(context)?;
+                }
                 None => fs::create_dir(&target).with_context(context)?,
             }
             finish_entry(&target, item, ids_of(item), action)?;
             dir_times.push((target, FileTime::from_last_modification_time(&item.meta)));
             continue;
         }
-        if existing.is_some_and(|m| m.is_dir()) {
+        if existing_paths == Existing::Merge && existing.is_some_and(|m| m.is_dir()) {
             bail!("cannot replace to directory {} with file", item.dest);
         }
         present.remove(item.dest.as_str());
@@ -271,7 +302,16 @@ fn extract_into(
         is_context: false,
         layers: &[],
     };
-    copy(&tree, &contents, root, None, scratch, cancel).map(drop)
+    copy_tree(
+        &tree,
+        &contents,
+        root,
+        None,
+        scratch,
+        cancel,
+        Existing::Replace,
+    )
+    .map(drop)
 }
 
 /// Fails once the build is cancelled.
