@@ -209,11 +209,19 @@ fn an_inline_cache_travels_in_the_pushed_image() {
     let image_name = format!("{}/app:inline", registry.host);
     let app = context("one\n");
     let first = state_with(&base);
-    let (_, image) = build(
+    // As CI scripts ask for it with buildx: the build argument means `--cache-to type=inline`.
+    let (first_progress, image) = build(
         first.path(),
         app.path(),
-        &["--cache-to", "type=inline", "-t", &image_name, "--push"],
+        &[
+            "--build-arg",
+            "BUILDKIT_INLINE_CACHE=1",
+            "-t",
+            &image_name,
+            "--push",
+        ],
     );
+    assert!(!first_progress.contains("not consumed"), "{first_progress}");
     let config = run(
         Command::new("skopeo")
             .args(["inspect", "--config", "--raw", "--tls-verify=false"])

@@ -20,8 +20,9 @@ use super::{Dockerfile, Failure, parse_build_args};
 use crate::progress::{Progress, ProgressMode};
 use kiln_api::client::{CacheOptions, CacheOptionsEntry};
 use kiln_engine::{
-    BuildError, BuildRequest, BuildResult, CacheFrom, CacheTo, Destination, Entitlement,
-    LocalDirectories, LocalSecrets, LocalSshAgents, Output, SecretSource, SshSpec, build,
+    BuildError, BuildRequest, BuildResult, CacheFrom, CacheLocation, CacheTo, Destination,
+    Entitlement, LocalDirectories, LocalSecrets, LocalSshAgents, Output, SecretSource, SshSpec,
+    build,
 };
 
 /// Arguments of `kiln build`.
@@ -328,7 +329,22 @@ impl BuildArgs {
         }
     }
 
-    /// Whether an archive goes to standard output (`-o -`, `dest=-`).
+    /// The `--cache-to`s, with `type=inline` when `--build-arg BUILDKIT_INLINE_CACHE=1`
+    /// asks for it as buildx reads it (Go's boolean words).
+    fn cache_to(&self) -> Vec<CacheTo> {
+        let mut cache_to = self.cache_to.clone();
+        let inline_asked = self.build_args.iter().any(|arg| {
+            arg.split_once('=').is_some_and(|(key, value)| {
+                key == "BUILDKIT_INLINE_CACHE"
+                    && matches!(value, "1" | "t" | "T" | "true" | "TRUE" | "True")
+            })
+        });
+        if inline_asked && !cache_to.iter().any(|c| c.location == CacheLocation::Inline) {
+            cache_to.extend(CacheTo::from_parts("inline", &Default::default()));
+        }
+        cache_to
+    }
+
     /// `--cache-to` and `--cache-from` as BuildKit's cache options, for a remote build.
     pub(super) fn cache_options(&self) -> CacheOptions {
         let entry = |(kind, attrs): (String, std::collections::BTreeMap<String, String>)| {
@@ -338,7 +354,7 @@ impl BuildArgs {
             }
         };
         CacheOptions {
-            exports: self.cache_to.iter().map(|c| entry(c.parts())).collect(),
+            exports: self.cache_to().iter().map(|c| entry(c.parts())).collect(),
             imports: self.cache_from.iter().map(|c| entry(c.parts())).collect(),
         }
     }
@@ -528,7 +544,7 @@ pub fn run(
         registry: registry.clone(),
         entitlements: args.allow.iter().copied().collect(),
         platforms,
-        cache_to: args.cache_to.clone(),
+        cache_to: args.cache_to(),
         cache_from: args.cache_from.clone(),
     };
     let printer = Progress::stderr(args.progress_mode());

@@ -219,7 +219,14 @@ fn lower_here(
     let unused: Vec<&String> = options
         .build_args
         .keys()
-        .filter(|k| !lowerer.used_args.contains(*k) && !PROXY_ARGS.contains(&k.as_str()))
+        // Proxy variables, SOURCE_DATE_EPOCH and BuildKit's own `BUILDKIT_*` arguments
+        // are read by the builder, declared or not.
+        .filter(|k| {
+            !lowerer.used_args.contains(*k)
+                && !PROXY_ARGS.contains(&k.as_str())
+                && k.as_str() != "SOURCE_DATE_EPOCH"
+                && !k.starts_with("BUILDKIT_")
+        })
         .collect();
     if !unused.is_empty() {
         let names: Vec<&str> = unused.iter().map(|s| s.as_str()).collect();

@@ -211,6 +211,9 @@ RUN echo $TAG $TARGETARCH
         ("TAG".to_string(), "2.0".to_string()),
         ("UNUSED".to_string(), "1".to_string()),
         ("http_proxy".to_string(), "http://proxy:3128".to_string()),
+        // Read by the builder: never "not consumed".
+        ("SOURCE_DATE_EPOCH".to_string(), "0".to_string()),
+        ("BUILDKIT_INLINE_CACHE".to_string(), "1".to_string()),
     ]);
     let l2 = try_lower_with(src, &o, &EmptyConfigs).unwrap();
     let run2 = &execs(&l2)[0];
