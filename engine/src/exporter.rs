@@ -197,15 +197,16 @@ pub fn fetch_missing_blobs(content: &ContentStore, digest: Digest, media_type: &
 }
 
 /// What a build's manifests make: the one manifest of a single platform, or an index
-/// of all of them stored with this format's media types; returns its digest and size,
-/// and its media type.
+/// of all of them (of one, too, for a `multi_platform` result) stored with this format's
+/// media types; returns its digest and size, and its media type.
 pub fn store_top(
     content: &ContentStore,
     manifests: &[((Digest, u64), &Platform)],
     format: ManifestFormat,
+    multi_platform: bool,
 ) -> Result<((Digest, u64), &'static str)> {
     match manifests {
-        [(manifest, _)] => Ok((*manifest, format.manifest())),
+        [(manifest, _)] if !multi_platform => Ok((*manifest, format.manifest())),
         several => Ok((store_index(content, several, format)?, format.index())),
     }
 }

@@ -357,6 +357,7 @@ fn image_for<'a>(
     output: &Output,
     tags: &'a [String],
     created: &str,
+    multi_platform: bool,
 ) -> Result<output::ImageBlobs<'a>> {
     let images = built
         .iter()
@@ -367,14 +368,15 @@ fn image_for<'a>(
         .zip(built)
         .map(|((manifest, _), b)| (*manifest, &b.platform))
         .collect();
-    let (manifest, media_type) = exporter::store_top(content, &entries, output.format)?;
+    let (manifest, media_type) =
+        exporter::store_top(content, &entries, output.format, multi_platform)?;
     Ok(output::ImageBlobs {
         manifest,
         media_type,
         platforms: images.into_iter().map(|(_, blobs)| blobs).collect(),
         tags,
         platform: match built {
-            [single] => Some(single.platform.clone()),
+            [single] if !multi_platform => Some(single.platform.clone()),
             _ => None,
         },
         created: Some(created.to_string()),
@@ -548,7 +550,11 @@ pub fn build(
     } else {
         request.platforms.clone()
     };
-    let multi_platform = platforms.len() > 1;
+    let multi_platform = platforms.len() > 1
+        || request
+            .options
+            .multi_platform_requested()
+            .map_err(BuildError::Frontend)?;
     if multi_platform
         && request
             .outputs
@@ -673,7 +679,8 @@ pub fn build(
             (manifest, &b.platform)
         })
         .collect();
-    let (stored, stored_type) = exporter::store_top(&content, &entries, ManifestFormat::Oci)?;
+    let (stored, stored_type) =
+        exporter::store_top(&content, &entries, ManifestFormat::Oci, multi_platform)?;
     build_cache::export_all(
         &content,
         &images,
@@ -716,22 +723,30 @@ pub fn build(
         } else {
             &request.tags
         };
-        let written =
-            image_for(&content, &memo, &built, out, tags, &exported_at).and_then(|image| {
-                output::write_output(out, &content, &outputs_view, &roots, &image)?;
-                if out.kind == output::OutputKind::Image {
-                    store_or_push(state, &content, &images, &registry, out, &image, notice)?;
-                }
-                if out.push
-                    || matches!(
-                        out.kind,
-                        output::OutputKind::Oci | output::OutputKind::Docker
-                    )
-                {
-                    manifest = image.manifest;
-                }
-                Ok(())
-            });
+        let written = image_for(
+            &content,
+            &memo,
+            &built,
+            out,
+            tags,
+            &exported_at,
+            multi_platform,
+        )
+        .and_then(|image| {
+            output::write_output(out, &content, &outputs_view, &roots, &image)?;
+            if out.kind == output::OutputKind::Image {
+                store_or_push(state, &content, &images, &registry, out, &image, notice)?;
+            }
+            if out.push
+                || matches!(
+                    out.kind,
+                    output::OutputKind::Oci | output::OutputKind::Docker
+                )
+            {
+                manifest = image.manifest;
+            }
+            Ok(())
+        });
         written.with_context(|| format!("cannot write output {}", out.describe()))?;
     }
     if request.push {

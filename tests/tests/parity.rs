@@ -644,3 +644,48 @@ fn added_archives_replace_what_is_there() {
     assert_eq!(image.read("fileone"), "file now\n");
     assert_eq!(image.read("plain/inside"), "dir now\n");
 }
+
+/// `--build-arg BUILDKIT_MULTI_PLATFORM=1` makes a one-platform build's result a
+/// multi-platform one, as BuildKit's frontend reads it: an index, a folder per platform.
+#[test]
+fn buildkit_multi_platform_makes_an_index_of_one_platform() {
+    let build = Build::new("FROM busybox:1\nRUN echo hi > /hi\n");
+    let archive = build.out.path().join("index.tar");
+    let local = build.out.path().join("local");
+    let out = run(
+        kiln()
+            .arg("--root")
+            .arg(build.root.path())
+            .args(["build", "--progress", "plain"])
+            .args(["--build-arg", "BUILDKIT_MULTI_PLATFORM=1", "-o"])
+            .arg(format!("type=oci,dest={}", archive.display()))
+            .arg("-o")
+            .arg(format!("type=local,dest={}", local.display()))
+            .arg(build.context.path()),
+        true,
+    );
+    let arch = std::env::consts::ARCH
+        .replace("x86_64", "amd64")
+        .replace("aarch64", "arm64");
+    let progress = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        progress.contains(&format!("[linux/{arch} 2/2] RUN echo hi > /hi")),
+        "{progress}"
+    );
+    let index = run(
+        Command::new("tar")
+            .arg("-xOf")
+            .arg(&archive)
+            .arg("index.json"),
+        true,
+    );
+    let index: serde_json::Value = serde_json::from_slice(&index.stdout).unwrap();
+    assert_eq!(
+        index["manifests"][0]["mediaType"],
+        "application/vnd.oci.image.index.v1+json"
+    );
+    assert_eq!(
+        fs::read_to_string(local.join(format!("linux_{arch}/hi"))).unwrap(),
+        "hi\n"
+    );
+}

@@ -98,6 +98,26 @@ impl Default for BuildOptions {
     }
 }
 
+impl BuildOptions {
+    /// Whether `--build-arg BUILDKIT_MULTI_PLATFORM=…` asks for a multi-platform result
+    /// (an index, platform folders, platform-named steps) even for one platform, as
+    /// BuildKit's Dockerfile frontend reads it (Go's boolean words).
+    pub fn multi_platform_requested(&self) -> Result<bool> {
+        match self
+            .build_args
+            .get("BUILDKIT_MULTI_PLATFORM")
+            .map(String::as_str)
+        {
+            None | Some("") => Ok(false),
+            Some("1" | "t" | "T" | "true" | "TRUE" | "True") => Ok(true),
+            Some("0" | "f" | "F" | "false" | "FALSE" | "False") => Ok(false),
+            Some(other) => Err(Error::new(format!(
+                "invalid boolean value for BUILDKIT_MULTI_PLATFORM: {other}"
+            ))),
+        }
+    }
+}
+
 /// Looks up base images' configs while lowering (`FROM` needs a base's Env, WorkingDir, User,
 /// Shell and ONBUILD triggers to lower what follows).
 pub trait ImageResolver: Sync {
@@ -167,7 +187,8 @@ pub struct PlatformsLowered {
 
 /// Lowers `dockerfile` for each of `platforms` (`options.target_platform` alone when
 /// empty); with several (or `options.multi_platform`, one builder's part of a
-/// multi-platform build), step names start with their platform, as BuildKit's.
+/// multi-platform build, or `BUILDKIT_MULTI_PLATFORM=1`), step names start with their
+/// platform, as BuildKit's.
 pub fn lower_platforms(
     dockerfile: &Dockerfile,
     options: &BuildOptions,
@@ -181,10 +202,11 @@ pub fn lower_platforms(
     let mut parts = Vec::with_capacity(platforms.len());
     let mut images = Vec::with_capacity(platforms.len());
     let mut warnings: Vec<String> = Vec::new();
+    let multi_platform = platforms.len() > 1 || options.multi_platform_requested()?;
     for platform in platforms {
         let mut options = options.clone();
         options.target_platform = platform.clone();
-        options.multi_platform |= platforms.len() > 1;
+        options.multi_platform |= multi_platform;
         let lowered = lower(dockerfile, &options, resolver)?;
         parts.push(lowered.definition);
         images.push((platform.clone(), lowered.image));
