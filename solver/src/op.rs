@@ -87,6 +87,10 @@ pub struct ExecOp {
     /// Lines added to the sandbox's `/etc/hosts` (`--add-host`), in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extra_hosts: Vec<ExtraHost>,
+    /// The sandbox's hostname (`BUILDKIT_SANDBOX_HOSTNAME`); `None` is the default,
+    /// `buildkitsandbox`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
 }
 
 /// Docker's `--ulimit` names (docker/go-units), each `RLIMIT_` + its upper case.
@@ -586,6 +590,7 @@ mod tests {
             platform: Platform::host(),
             ulimits: Vec::new(),
             extra_hosts: Vec::new(),
+            hostname: None,
         };
         let json = serde_json::to_value(&op).unwrap();
         assert!(json.get("ulimits").is_none() && json.get("extra_hosts").is_none());

@@ -689,3 +689,39 @@ fn buildkit_multi_platform_makes_an_index_of_one_platform() {
         "hi\n"
     );
 }
+
+/// `--build-arg BUILDKIT_SANDBOX_HOSTNAME=NAME` names every RUN step's sandbox, its
+/// hostname and its `/etc/hosts` line, as in BuildKit; the name is part of the cache key.
+#[test]
+fn buildkit_sandbox_hostname_names_the_sandbox() {
+    let build = Build::new("FROM busybox:1\nRUN hostname > /h && cat /etc/hosts > /hosts\n");
+    let build_with = |name: &str| {
+        run(
+            kiln()
+                .arg("--root")
+                .arg(build.root.path())
+                .args(["build", "--build-arg"])
+                .arg(format!("BUILDKIT_SANDBOX_HOSTNAME={name}"))
+                .arg("-o")
+                .arg(format!(
+                    "type=local,dest={}",
+                    build.out.path().join(name).display()
+                ))
+                .arg(build.context.path()),
+            true,
+        );
+        build.out.path().join(name)
+    };
+    for name in ["first", "second"] {
+        let out = build_with(name);
+        assert_eq!(
+            fs::read_to_string(out.join("h")).unwrap(),
+            format!("{name}\n")
+        );
+        assert!(
+            fs::read_to_string(out.join("hosts"))
+                .unwrap()
+                .starts_with(&format!("127.0.0.1\tlocalhost {name}\n"))
+        );
+    }
+}

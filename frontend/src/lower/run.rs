@@ -320,6 +320,13 @@ pub(super) fn lower_run(
         platform: st.platform.clone(),
         ulimits: run_options.ulimits.clone(),
         extra_hosts: run_options.extra_hosts.clone(),
+        // As BuildKit's frontend reads it: every RUN of the build gets this hostname.
+        hostname: lowerer
+            .options
+            .build_args
+            .get("BUILDKIT_SANDBOX_HOSTNAME")
+            .filter(|name| !name.is_empty())
+            .cloned(),
     });
     let mut meta = st.meta(instruction);
     meta.proxy_env = lowerer.proxy_env();

@@ -22,7 +22,8 @@ pub use network::NetworkPool;
 pub use runtime::{EMBEDDED_RUNTIME_COMMAND, ExternalRuntime, OciRuntime};
 use std::os::unix::fs::PermissionsExt as _;
 
-/// The hostname RUN steps see (BuildKit's, which scripts sometimes expect).
+/// The hostname RUN steps see unless the build names another (BuildKit's, which scripts
+/// sometimes expect).
 pub const SANDBOX_HOSTNAME: &str = "buildkitsandbox";
 
 /// A filesystem mounted into the sandbox besides the root.
@@ -111,9 +112,9 @@ pub fn run(
         Some(MemoryDir::mount(&bundle)?)
     };
     let hosts = bundle.join("hosts");
-    let mut hosts_text = format!(
-        "127.0.0.1\tlocalhost {SANDBOX_HOSTNAME}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-    );
+    let hostname = op.hostname.as_deref().unwrap_or(SANDBOX_HOSTNAME);
+    let mut hosts_text =
+        format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n");
     // `--add-host` entries after the defaults, as BuildKit writes them.
     for extra in &op.extra_hosts {
         hosts_text.push_str(&format!("{}\t{}\n", extra.ip, extra.host));

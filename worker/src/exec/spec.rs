@@ -188,7 +188,11 @@ pub fn build(
     }
     let mut spec = Spec::default();
     spec.set_process(Some(process))
-        .set_hostname(Some(SANDBOX_HOSTNAME.to_string()))
+        .set_hostname(Some(
+            op.hostname
+                .clone()
+                .unwrap_or_else(|| SANDBOX_HOSTNAME.to_string()),
+        ))
         .set_root(Some(
             RootBuilder::default()
                 .path(request.rootfs)

@@ -92,6 +92,7 @@ fn exec_op(script: &str) -> ExecOp {
         platform: Platform::host(),
         ulimits: Vec::new(),
         extra_hosts: Vec::new(),
+        hostname: None,
     }
 }
 
