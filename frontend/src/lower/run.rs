@@ -190,8 +190,15 @@ pub(super) fn lower_run(
             MountType::Bind => (target.expect("checked by parse_mount"), MountKind::Bind),
             MountType::Cache => {
                 let target = target.expect("checked by parse_mount");
+                let id = id.clone().unwrap_or_else(|| target.clone());
+                // `BUILDKIT_CACHE_MOUNT_NS` puts the build's cache mounts in a namespace
+                // of their own, as BuildKit's frontend reads it.
+                let id = match lowerer.options.build_args.get("BUILDKIT_CACHE_MOUNT_NS") {
+                    Some(namespace) if !namespace.is_empty() => format!("{namespace}/{id}"),
+                    _ => id,
+                };
                 let kind = MountKind::Cache {
-                    id: id.clone().unwrap_or_else(|| target.clone()),
+                    id,
                     sharing: spec.sharing,
                     uid: spec.uid.unwrap_or(0),
                     gid: spec.gid.unwrap_or(0),

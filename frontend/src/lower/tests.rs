@@ -892,3 +892,24 @@ fn each_cache_key_input_changes_the_key_and_nothing_else_does() {
         assert_eq!(root(&src), key, "{what} must not change the key");
     }
 }
+
+#[test]
+fn buildkit_cache_mount_ns_namespaces_cache_mounts() {
+    let src =
+        "FROM busybox\nRUN --mount=type=cache,target=/c --mount=type=cache,id=go,target=/g true\n";
+    let ids = |l: &Lowered| -> Vec<String> {
+        execs(l)[0]
+            .mounts
+            .iter()
+            .filter_map(|m| match &m.kind {
+                MountKind::Cache { id, .. } => Some(id.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(ids(&lower_src(src)), ["/c", "go"]);
+    let mut o = options();
+    o.build_args = BTreeMap::from([("BUILDKIT_CACHE_MOUNT_NS".to_string(), "team".to_string())]);
+    let l = try_lower_with(src, &o, &EmptyConfigs).unwrap();
+    assert_eq!(ids(&l), ["team//c", "team/go"]);
+}
