@@ -191,6 +191,25 @@ pub fn untar(archive: &Path, dest: &Path) {
     );
 }
 
+/// The `index.json` of the OCI (or `docker save`) archive `archive`, read by the system `tar`.
+pub fn archive_index(archive: &Path) -> serde_json::Value {
+    let out = run(
+        Command::new("tar")
+            .arg("-xOf")
+            .arg(archive)
+            .arg("index.json"),
+        true,
+    );
+    serde_json::from_slice(&out.stdout).expect("index.json is JSON")
+}
+
+/// This machine's architecture in OCI's words (`amd64`, `arm64`).
+pub fn host_arch() -> String {
+    std::env::consts::ARCH
+        .replace("x86_64", "amd64")
+        .replace("aarch64", "arm64")
+}
+
 /// A fresh state directory with the busybox test image (`busybox:1`) loaded.
 pub fn state_with_busybox() -> tempfile::TempDir {
     let archives = busybox_archives();

@@ -565,26 +565,16 @@ fn oci_archives_index_their_image_as_buildkit() {
             .arg(build.context.path()),
         true,
     );
-    let listing = run(
-        Command::new("tar")
-            .arg("-xOf")
-            .arg(&archive)
-            .arg("index.json"),
-        true,
-    );
-    let index: serde_json::Value = serde_json::from_slice(&listing.stdout).unwrap();
+    let index = kiln_tests::archive_index(&archive);
     let manifests = index["manifests"].as_array().unwrap();
     assert_eq!(manifests.len(), 2, "{index}");
     for (descriptor, (name, tag)) in manifests.iter().zip([
         ("docker.io/library/app:1", "1"),
         ("docker.io/library/other:2", "2"),
     ]) {
-        let host_arch = std::env::consts::ARCH
-            .replace("x86_64", "amd64")
-            .replace("aarch64", "arm64");
         assert_eq!(
             descriptor["platform"],
-            serde_json::json!({"architecture": host_arch, "os": "linux"})
+            serde_json::json!({"architecture": kiln_tests::host_arch(), "os": "linux"})
         );
         assert_eq!(
             descriptor["annotations"],
@@ -664,22 +654,13 @@ fn buildkit_multi_platform_makes_an_index_of_one_platform() {
             .arg(build.context.path()),
         true,
     );
-    let arch = std::env::consts::ARCH
-        .replace("x86_64", "amd64")
-        .replace("aarch64", "arm64");
+    let arch = kiln_tests::host_arch();
     let progress = String::from_utf8_lossy(&out.stderr);
     assert!(
         progress.contains(&format!("[linux/{arch} 2/2] RUN echo hi > /hi")),
         "{progress}"
     );
-    let index = run(
-        Command::new("tar")
-            .arg("-xOf")
-            .arg(&archive)
-            .arg("index.json"),
-        true,
-    );
-    let index: serde_json::Value = serde_json::from_slice(&index.stdout).unwrap();
+    let index = kiln_tests::archive_index(&archive);
     assert_eq!(
         index["manifests"][0]["mediaType"],
         "application/vnd.oci.image.index.v1+json"

@@ -130,14 +130,7 @@ fn a_remote_build_is_the_local_build_with_outputs_on_the_client() {
     // The builder's descriptor of the archive's manifest reaches the metadata file.
     let metadata: serde_json::Value =
         serde_json::from_slice(&fs::read(&metadata).unwrap()).unwrap();
-    let index = run(
-        Command::new("tar")
-            .arg("-xOf")
-            .arg(&archive)
-            .arg("index.json"),
-        true,
-    );
-    let index: serde_json::Value = serde_json::from_slice(&index.stdout).unwrap();
+    let index = kiln_tests::archive_index(&archive);
     let descriptor = &metadata["containerimage.descriptor"];
     assert_eq!(
         descriptor["digest"], index["manifests"][0]["digest"],
@@ -573,12 +566,7 @@ fn an_independent_grpcio_client_speaks_to_the_daemon() {
         true,
     );
     let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let host = format!(
-        "linux/{}",
-        std::env::consts::ARCH
-            .replace("x86_64", "amd64")
-            .replace("aarch64", "arm64")
-    );
+    let host = format!("linux/{}", kiln_tests::host_arch());
     assert_eq!(seen["platforms"][0], host.as_str(), "{seen}");
     // QEMU (installed by scripts/test) makes arm64 runnable: the worker says so.
     assert!(
