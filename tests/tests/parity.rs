@@ -706,3 +706,42 @@ fn buildkit_sandbox_hostname_names_the_sandbox() {
         );
     }
 }
+
+/// Sources as fsutil copies them: a directory's destination is made even when it is
+/// empty; each match of a wildcard is copied on its own, so hard links between matches
+/// are not kept (within one directory they are); and through a symlink, the ignore rules
+/// of where it leads apply, as in BuildKit's copy of the context.
+#[test]
+fn copies_treat_sources_as_fsutil_does() {
+    let build = Build::new(
+        "FROM busybox:1 AS s0\nRUN mkdir /e\nFROM busybox:1\n\
+         COPY --from=s0 /e /empty-stage\nCOPY empty /empty-context\n\
+         COPY a* /matches/\nCOPY linked/ /together/\nCOPY dlink/ /through/\n",
+    );
+    fs::create_dir(build.context.path().join("empty")).unwrap();
+    build.file("a.txt", b"a\n");
+    std::fs::hard_link(
+        build.context.path().join("a.txt"),
+        build.context.path().join("a-hard"),
+    )
+    .unwrap();
+    build.file("linked/one", b"1\n");
+    std::fs::hard_link(
+        build.context.path().join("linked/one"),
+        build.context.path().join("linked/two"),
+    )
+    .unwrap();
+    build.file("src/sub/kept", b"k\n");
+    build.file("src/sub/deep/ignored", b"i\n");
+    build.file(".dockerignore", b"src/sub/deep\n");
+    std::os::unix::fs::symlink("src/sub", build.context.path().join("dlink")).unwrap();
+    let image = build.build();
+    for dir in ["empty-stage", "empty-context"] {
+        assert_eq!(image.stat(dir), (0o755, 0, 0), "{dir}");
+    }
+    let inode = |rel: &str| fs::symlink_metadata(image.path(rel)).unwrap().ino();
+    assert_ne!(inode("matches/a.txt"), inode("matches/a-hard"));
+    assert_eq!(inode("together/one"), inode("together/two"));
+    assert_eq!(image.read("through/kept"), "k\n");
+    assert!(!image.path("through/deep").exists());
+}

@@ -26,7 +26,7 @@ use crate::parallel::map_on_every_core;
 use crate::rootfs::{Ids, chown_ids, resolve_in_root};
 pub use chmod::apply_chmod;
 pub use direct::UpperWriter;
-pub use select::{Item, SourceTree, ignored_paths, select};
+pub use select::{Item, Selection, SourceTree, ignored_paths, select};
 
 /// Copies what `action` selects from `tree` into the root filesystem at
 /// `root`: contents, modes, mtimes, xattrs, symlinks and hard links, with
@@ -71,8 +71,15 @@ fn copy_tree(
     cancel: &AtomicBool,
     existing_paths: Existing,
 ) -> Result<CopiedDigests> {
-    let items = select(tree, action, Some(root))?;
-    if items.is_empty() && action.allow_wildcard && has_wildcards(&action.src) {
+    let Selection {
+        items,
+        content_dests,
+    } = select(tree, action, Some(root))?;
+    if items.is_empty()
+        && content_dests.is_empty()
+        && action.allow_wildcard
+        && has_wildcards(&action.src)
+    {
         // A wildcard that matches nothing copies nothing and makes no destination.
         return Ok(CopiedDigests::new());
     }
@@ -81,6 +88,9 @@ fn copy_tree(
     let dir_mode = created_dir_mode(action.chmod.as_deref());
     if action.dest.ends_with('/') {
         mkdir_all(root, &action.dest, dir_mode, parent_owner)?;
+    }
+    for dest in &content_dests {
+        mkdir_all(root, dest, dir_mode, parent_owner)?;
     }
     let ids_of = |item: &Item| {
         owner.unwrap_or(if tree.is_context {
@@ -94,7 +104,7 @@ fn copy_tree(
     };
     // Regular files to copy, by target (a later item for the same target wins).
     let mut files: HashMap<PathBuf, &Item> = HashMap::new();
-    let mut first_links: HashMap<(u64, u64), PathBuf> = HashMap::new();
+    let mut first_links: HashMap<(usize, (u64, u64)), PathBuf> = HashMap::new();
     let mut further_links: Vec<(PathBuf, PathBuf, &Item)> = Vec::new();
     let mut dir_times = Vec::new();
     // Destination directories known to exist, with their host paths when this copy made
@@ -164,7 +174,7 @@ fn copy_tree(
             finish_entry(&target, item, ids_of(item), action)?;
         } else if kind.is_file() {
             if item.meta.nlink() > 1 {
-                let inode = tree.link_key(item);
+                let inode = (item.source, tree.link_key(item));
                 if let Some(first) = first_links.get(&inode) {
                     further_links.push((first.clone(), target, item));
                     continue;
@@ -360,7 +370,7 @@ pub fn checksum_of_copy(
     digests: &ChecksumCache,
 ) -> Result<String> {
     let mut hasher = Sha256::new();
-    for item in select(tree, action, None)? {
+    for item in select(tree, action, None)?.items {
         let kind = item.meta.file_type();
         hasher.update(item.rel.as_bytes());
         hasher.update([0]);

@@ -65,9 +65,23 @@ pub struct Item {
     /// Named by the source path itself, not found inside a directory it names (only such
     /// files are archives that ADD extracts).
     pub is_source: bool,
+    /// Which of the copy's sources (a wildcard's matches, in order) it comes from: hard
+    /// links are kept among one source's files only, as fsutil copies each match on its
+    /// own.
+    pub source: usize,
 }
 
-/// The entries `action` copies from `tree`, parents before children.
+/// What a copy takes from its source.
+#[derive(Debug, Default)]
+pub struct Selection {
+    /// The entries it copies, parents before children.
+    pub items: Vec<Item>,
+    /// Destinations that directories' contents go to: made (as `mkdir -p`) even when a
+    /// directory is empty, as fsutil's copy makes them.
+    pub content_dests: Vec<String>,
+}
+
+/// What `action` copies from `tree`.
 ///
 /// `dest_root` is the destination filesystem, consulted for whether a
 /// destination without a trailing `/` is an existing directory (then a file
@@ -76,7 +90,7 @@ pub fn select(
     tree: &SourceTree<'_>,
     action: &CopyAction,
     dest_root: Option<&Path>,
-) -> Result<Vec<Item>> {
+) -> Result<Selection> {
     if action.parents && action.include_patterns.iter().any(String::is_empty) {
         // As BuildKit v0.32: `COPY --parents ./ dst` and `COPY --parents dir/./ dst` ask
         // for the pattern "" below the pivot, which matches nothing, and the path they
@@ -105,16 +119,29 @@ pub fn select(
     let excludes = PatternMatcher::new(&action.exclude_patterns)?;
     let includes = PatternMatcher::new(&action.include_patterns)?;
     let mut items = Vec::new();
-    for rel in sources {
+    let mut content_dests = Vec::new();
+    for (source, rel) in sources.into_iter().enumerate() {
         let host = resolve_source(tree, &rel, action.follow_symlinks)?;
+        // Through a symlink, what the source is is where the link leads: its ignore rules
+        // apply there, as in BuildKit's copy of the context, which lacks what is ignored.
+        let real = host
+            .strip_prefix(tree.root)
+            .map_or_else(|_| rel.clone(), |p| p.to_string_lossy().into_owned());
+        if real != rel && !in_context(tree, &real)? {
+            bail!("\"/{rel}\": not found");
+        }
         let meta = fs::symlink_metadata(&host).with_context(|| format!("\"/{rel}\": not found"))?;
         let walker = Walker {
             tree,
             excludes: &excludes,
             includes: &includes,
-            top: &rel,
+            top: &real,
+            source,
         };
         if meta.is_dir() && action.dir_contents_only {
+            if !content_dests.contains(&dest_base) {
+                content_dests.push(dest_base.clone());
+            }
             walker.walk(&host, &dest_base, "", &mut items)?;
             dest_is_dir = true;
             continue;
@@ -133,12 +160,16 @@ pub fn select(
             meta,
             rel: rel.clone(),
             is_source: true,
+            source,
         });
         if is_dir {
             walker.walk(&host, &dest, "", &mut items)?;
         }
     }
-    Ok(items)
+    Ok(Selection {
+        items,
+        content_dests,
+    })
 }
 
 /// The source paths `action.src` names: itself, or what its wildcards
@@ -293,6 +324,8 @@ struct Walker<'a> {
     includes: &'a PatternMatcher,
     /// The copied source path, relative to the tree's root.
     top: &'a str,
+    /// Its index among the copy's sources.
+    source: usize,
 }
 
 impl Walker<'_> {
@@ -329,6 +362,7 @@ impl Walker<'_> {
                     meta,
                     rel,
                     is_source: false,
+                    source: self.source,
                 });
                 if descend {
                     self.walk(&child, &dest_child, &sub, items)?;
@@ -346,6 +380,7 @@ impl Walker<'_> {
                     meta,
                     rel,
                     is_source: false,
+                    source: self.source,
                 });
             }
         }
