@@ -299,7 +299,21 @@ pub(super) fn lower_stage(lowerer: &mut Lowerer<'_>, index: usize) -> Result<Sta
     if !image.config.env.iter().any(|e| e.starts_with("PATH=")) {
         image.config.env.push(format!("PATH={DEFAULT_PATH}"));
     }
-    let env = env.unwrap_or_else(|| image_env(&image));
+    // A stage on a stage carries the parent's ARG values in its environment, but as in
+    // BuildKit (which adds the image config's Env again as a stage starts) the config's
+    // values win where both name a variable.
+    let env = match env {
+        Some(mut carried) => {
+            for (key, value) in image_env(&image) {
+                match carried.iter_mut().find(|(k, _)| *k == key) {
+                    Some(existing) => existing.1 = value,
+                    None => carried.push((key, value)),
+                }
+            }
+            carried
+        }
+        None => image_env(&image),
+    };
     let options = lowerer.options;
     let ignore_cache = options.no_cache
         || stage.name.as_ref().is_some_and(|n| {
@@ -707,9 +721,12 @@ pub(super) fn join_path(base: &str, p: &str) -> String {
 }
 
 /// BuildKit's `NormalizeWorkdir`: a relative path joins the current directory and is
-/// cleaned; an absolute one is kept as written (`/app/` keeps its slash in the config).
+/// cleaned; an absolute one is kept as written (`/app/` keeps its slash in the config);
+/// an empty one (a variable without a value) keeps the current directory as it is.
 fn workdir_path(current: &str, p: &str) -> String {
-    if p.starts_with('/') {
+    if p.is_empty() {
+        if current.is_empty() { "/" } else { current }.to_string()
+    } else if p.starts_with('/') {
         p.to_string()
     } else {
         join_path(current, p)

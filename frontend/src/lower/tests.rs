@@ -633,6 +633,17 @@ fn config_and_history_as_buildkit_writes_them() {
     let l = lower_src("FROM scratch\nWORKDIR /app/\nRUN true\n");
     assert_eq!(l.image.config.working_dir, "/app/");
     assert_eq!(execs(&l)[0].cwd, "/app/");
+
+    // A WORKDIR that expands to nothing keeps the directory as it is, slash and all.
+    let l = lower_src("FROM scratch\nWORKDIR /app/\nWORKDIR $UNSET\nRUN true\n");
+    assert_eq!(l.image.config.working_dir, "/app/");
+    let workdirs = l
+        .image
+        .history
+        .iter()
+        .filter(|h| h.created_by == "WORKDIR /app/")
+        .count();
+    assert_eq!(workdirs, 2);
 }
 
 #[test]
@@ -912,4 +923,23 @@ fn buildkit_cache_mount_ns_namespaces_cache_mounts() {
     o.build_args = BTreeMap::from([("BUILDKIT_CACHE_MOUNT_NS".to_string(), "team".to_string())]);
     let l = try_lower_with(src, &o, &EmptyConfigs).unwrap();
     assert_eq!(ids(&l), ["team//c", "team/go"]);
+}
+
+#[test]
+fn a_stage_on_a_stage_takes_the_config_env_over_carried_args() {
+    // As BuildKit, which adds the config's Env again as the stage starts: X is the ENV
+    // value, "-2", not the ARG value "argv" the parent stage also carried.
+    let l =
+        lower_src("FROM busybox AS s0\nENV X=$X-2\nARG X=argv\nFROM s0\nARG X=$X\nRUN echo $X\n");
+    let history: Vec<&str> = l
+        .image
+        .history
+        .iter()
+        .map(|h| h.created_by.as_str())
+        .collect();
+    assert!(history.contains(&"ARG X=-2"), "{history:#?}");
+    assert!(
+        history.contains(&"RUN |1 X=-2 /bin/sh -c echo $X # buildkit"),
+        "{history:#?}"
+    );
 }
