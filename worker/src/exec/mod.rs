@@ -87,8 +87,8 @@ pub fn run(
     // As BuildKit reports it: the process that could not start, then why.
     let user = exec_user(request.rootfs, &op.user).map_err(|err| {
         anyhow::anyhow!(
-            "process \"{}\" did not complete successfully: {err:#}",
-            op.args.join(" ")
+            "process {} did not complete successfully: {err:#}",
+            go_quote(&op.args.join(" "))
         )
     })?;
     let cwd = if op.cwd.is_empty() {
@@ -159,11 +159,38 @@ pub fn run(
     let code = status?;
     if code != 0 {
         bail!(
-            "process \"{}\" did not complete successfully: exit code: {code}",
-            op.args.join(" ")
+            "process {} did not complete successfully: exit code: {code}",
+            go_quote(&op.args.join(" "))
         );
     }
     Ok(())
+}
+
+/// `text` as Go's `%q` writes it, as BuildKit's messages name a process: in double quotes,
+/// with `"` and `\` escaped and control characters as escapes (`\n`, `\x1b`).
+fn go_quote(text: &str) -> String {
+    let mut quoted = String::with_capacity(text.len() + 2);
+    quoted.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => quoted.push_str("\\\""),
+            '\\' => quoted.push_str("\\\\"),
+            '\n' => quoted.push_str("\\n"),
+            '\t' => quoted.push_str("\\t"),
+            '\r' => quoted.push_str("\\r"),
+            '\x07' => quoted.push_str("\\a"),
+            '\x08' => quoted.push_str("\\b"),
+            '\x0b' => quoted.push_str("\\v"),
+            '\x0c' => quoted.push_str("\\f"),
+            c if c.is_control() && u32::from(c) < 0x80 => {
+                quoted.push_str(&format!("\\x{:02x}", u32::from(c)));
+            }
+            c if c.is_control() => quoted.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => quoted.push(c),
+        }
+    }
+    quoted.push('"');
+    quoted
 }
 
 /// Writes the file secrets into `bundle/secrets` (a memory-only directory) and returns
