@@ -511,10 +511,15 @@ pub fn run(
         let builder = args.remote.builder.as_deref();
         let result = printer.show_while(|| match builder {
             Some(builder) if args.nodes.is_empty() => super::remote::build(builder, &job),
-            _ => super::remote::build_on_nodes(builder, &args.nodes, &job, registry),
+            _ => super::remote::build_on_nodes(builder, &args.nodes, &job, registry).map(Some),
         });
         return match result {
-            Ok(done) => finish(&args, &done, docker.as_ref()),
+            Ok(Some(done)) => finish(&args, &done, docker.as_ref()),
+            // Only files came back (local or tar outputs): there is no image to name.
+            Ok(None) => match &args.metadata_file {
+                Some(path) => write_file(path, b"{}"),
+                None => Ok(()),
+            },
             Err(message) => Err(Failure::raw(format!("ERROR: failed to solve: {message}\n"))),
         };
     }

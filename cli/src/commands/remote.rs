@@ -96,8 +96,9 @@ pub struct Job<'a> {
 }
 
 /// Runs the build of the context directory `context` on `builder`; the error is the
-/// builder's message.
-pub fn build(builder: &str, job: &Job<'_>) -> Result<BuildResult, String> {
+/// builder's message. `None` when the builder made no image (only `local` or `tar`
+/// outputs: buildkitd and kiln serve then answer no digest).
+pub fn build(builder: &str, job: &Job<'_>) -> Result<Option<BuildResult>, String> {
     let platforms = job.args.platforms()?;
     let mut exporters: Vec<(Exporter, Option<OutputTarget>)> =
         job.args.outputs.iter().map(exporter_of).collect();
@@ -115,13 +116,16 @@ pub fn build(builder: &str, job: &Job<'_>) -> Result<BuildResult, String> {
         ));
     }
     let response = run_on(builder, job, &platforms, false, exporters)?;
+    if !response.contains_key("containerimage.digest") {
+        return Ok(None);
+    }
     let digest = |key: &str| {
         response
             .get(key)
             .and_then(|d| d.parse().ok())
             .ok_or_else(|| format!("the builder's answer has no {key}"))
     };
-    Ok(BuildResult {
+    Ok(Some(BuildResult {
         // A multi-platform build's result is an index, without a config.
         config_digest: digest("containerimage.config.digest").ok(),
         manifest_digest: digest("containerimage.digest")?,
@@ -138,7 +142,7 @@ pub fn build(builder: &str, job: &Job<'_>) -> Result<BuildResult, String> {
             platforms
         },
         warnings: Vec::new(),
-    })
+    }))
 }
 
 /// Runs `job` for `platforms` on `builder` with `exporters` (`multi_platform`: one
