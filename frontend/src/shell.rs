@@ -15,6 +15,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::BuildHasher;
 
+use kiln_solver::go_quote;
 use unicode_properties::{GeneralCategory, GeneralCategoryGroup, UnicodeGeneralCategory};
 
 mod pattern;
@@ -621,63 +622,4 @@ pub(crate) fn is_digit(ch: char) -> bool {
         return ch.is_ascii_digit();
     }
     ch.general_category() == GeneralCategory::DecimalNumber
-}
-
-/// Go's `unicode.IsPrint`: letters, marks, numbers, punctuation, symbols and ASCII space.
-fn is_print(ch: char) -> bool {
-    if ch.is_ascii() {
-        return (' '..='~').contains(&ch);
-    }
-    matches!(
-        ch.general_category_group(),
-        GeneralCategoryGroup::Letter
-            | GeneralCategoryGroup::Mark
-            | GeneralCategoryGroup::Number
-            | GeneralCategoryGroup::Punctuation
-            | GeneralCategoryGroup::Symbol
-    )
-}
-
-/// Go's `strconv.Quote` (what `%q` prints for a string), used in error messages.
-pub(crate) fn go_quote(s: &str) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let hex = |v: u32| char::from(HEX[(v & 0xF) as usize]);
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for ch in s.chars() {
-        match ch {
-            '"' | '\\' => {
-                out.push('\\');
-                out.push(ch);
-            }
-            _ if is_print(ch) => out.push(ch),
-            '\u{7}' => out.push_str("\\a"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{b}' => out.push_str("\\v"),
-            _ => {
-                let v = u32::from(ch);
-                if v < 0x20 || v == 0x7f {
-                    out.push_str("\\x");
-                    out.push(hex(v >> 4));
-                    out.push(hex(v));
-                } else if v < 0x10000 {
-                    out.push_str("\\u");
-                    for shift in [12, 8, 4, 0] {
-                        out.push(hex(v >> shift));
-                    }
-                } else {
-                    out.push_str("\\U");
-                    for shift in [28, 24, 20, 16, 12, 8, 4, 0] {
-                        out.push(hex(v >> shift));
-                    }
-                }
-            }
-        }
-    }
-    out.push('"');
-    out
 }

@@ -7,6 +7,7 @@
 mod dag;
 mod op;
 mod platform;
+mod quote;
 mod scheduler;
 
 pub use dag::{DagError, Definition, DefinitionBuilder, Vertex, VertexMeta};
@@ -16,6 +17,7 @@ pub use op::{
     SymlinkAction, ULIMIT_NAMES, Ulimit,
 };
 pub use platform::{Platform, PlatformError};
+pub use quote::go_quote;
 pub use scheduler::{
     CacheIndex, Executor, LogStream, ProgressEvent, ProgressKind, SolveError, SolveOptions, Solved,
     StepContext, solve, solve_all,

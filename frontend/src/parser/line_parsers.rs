@@ -232,7 +232,7 @@ fn parse_name_val(rest: &str, keyword: &str, escape: char) -> Result<Vec<String>
         let Some((key, value)) = word.split_once('=') else {
             return Err(Error::new(format!(
                 "Syntax error - can't find = in {}. Must be of the form: name=value",
-                super::dump::go_quote(&word)
+                super::go_quote(&word)
             )));
         };
         args.extend([key.to_string(), value.to_string(), "=".to_string()]);

@@ -12,8 +12,8 @@ mod heredoc;
 mod line_parsers;
 
 pub use ast::{Directives, Document, Heredoc, Node};
-pub use dump::go_quote;
 pub use heredoc::{heredocs_from_line, parse_heredoc};
+pub use kiln_solver::go_quote;
 
 use crate::error::{Error, Location, Result};
 

@@ -13,7 +13,7 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result, bail};
 use filetime::FileTime;
-use kiln_solver::ExecOp;
+use kiln_solver::{ExecOp, go_quote};
 
 use crate::rootfs::{exec_user, resolve_in_root};
 use crate::secrets::{MemoryDir, StepSecret};
@@ -164,33 +164,6 @@ pub fn run(
         );
     }
     Ok(())
-}
-
-/// `text` as Go's `%q` writes it, as BuildKit's messages name a process: in double quotes,
-/// with `"` and `\` escaped and control characters as escapes (`\n`, `\x1b`).
-fn go_quote(text: &str) -> String {
-    let mut quoted = String::with_capacity(text.len() + 2);
-    quoted.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => quoted.push_str("\\\""),
-            '\\' => quoted.push_str("\\\\"),
-            '\n' => quoted.push_str("\\n"),
-            '\t' => quoted.push_str("\\t"),
-            '\r' => quoted.push_str("\\r"),
-            '\x07' => quoted.push_str("\\a"),
-            '\x08' => quoted.push_str("\\b"),
-            '\x0b' => quoted.push_str("\\v"),
-            '\x0c' => quoted.push_str("\\f"),
-            c if c.is_control() && u32::from(c) < 0x80 => {
-                quoted.push_str(&format!("\\x{:02x}", u32::from(c)));
-            }
-            c if c.is_control() => quoted.push_str(&format!("\\u{:04x}", u32::from(c))),
-            c => quoted.push(c),
-        }
-    }
-    quoted.push('"');
-    quoted
 }
 
 /// Writes the file secrets into `bundle/secrets` (a memory-only directory) and returns

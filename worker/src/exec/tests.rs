@@ -303,13 +303,3 @@ fn foreign_platforms_run_under_qemu() {
         ["dev/", "made", "proc/", "sys/"]
     );
 }
-
-#[test]
-fn processes_are_named_as_go_quotes_them() {
-    assert_eq!(go_quote("echo hi"), "\"echo hi\"");
-    assert_eq!(
-        go_quote("echo \"$X\" \\\n\tdone\x1b\x07"),
-        "\"echo \\\"$X\\\" \\\\\\n\\tdone\\x1b\\a\""
-    );
-    assert_eq!(go_quote("ünïcode"), "\"ünïcode\"");
-}
