@@ -42,6 +42,15 @@ fn vertices(l: &Lowered) -> Vec<&Vertex> {
         .collect()
 }
 
+/// The image's history, `created_by` of each entry.
+fn history(l: &Lowered) -> Vec<&str> {
+    l.image
+        .history
+        .iter()
+        .map(|h| h.created_by.as_str())
+        .collect()
+}
+
 fn execs(l: &Lowered) -> Vec<ExecOp> {
     vertices(l)
         .into_iter()
@@ -195,12 +204,7 @@ RUN echo $TAG $TARGETARCH
             "E=x-1.0"
         ]
     );
-    let history: Vec<&str> = l
-        .image
-        .history
-        .iter()
-        .map(|h| h.created_by.as_str())
-        .collect();
+    let history = history(&l);
     assert_eq!(
         history.last().unwrap(),
         &"RUN |3 TAG=1.0 TARGETARCH=arm64 LOCAL=x-1.0 /bin/sh -c echo $TAG $TARGETARCH # buildkit"
@@ -600,12 +604,7 @@ fn config_and_history_as_buildkit_writes_them() {
         c.entrypoint.as_deref(),
         Some(&["/bin/sh".to_string(), "-c".into(), "exec app".into()][..])
     );
-    let history: Vec<&str> = l
-        .image
-        .history
-        .iter()
-        .map(|h| h.created_by.as_str())
-        .collect();
+    let history = history(&l);
     assert_eq!(
         history[6..],
         [
@@ -931,12 +930,7 @@ fn a_stage_on_a_stage_takes_the_config_env_over_carried_args() {
     // value, "-2", not the ARG value "argv" the parent stage also carried.
     let l =
         lower_src("FROM busybox AS s0\nENV X=$X-2\nARG X=argv\nFROM s0\nARG X=$X\nRUN echo $X\n");
-    let history: Vec<&str> = l
-        .image
-        .history
-        .iter()
-        .map(|h| h.created_by.as_str())
-        .collect();
+    let history = history(&l);
     assert!(history.contains(&"ARG X=-2"), "{history:#?}");
     assert!(
         history.contains(&"RUN |1 X=-2 /bin/sh -c echo $X # buildkit"),
