@@ -311,6 +311,8 @@ struct Lowerer<'a> {
     /// The build context source vertex, once something reads it.
     context: Option<Digest>,
     warnings: Vec<String>,
+    /// Step names carry their stage's name (see [`stage::labels_stages`]).
+    labels_stages: bool,
 }
 
 /// Where `COPY --from` or `RUN --mount=from=` reads.
@@ -337,6 +339,7 @@ impl<'a> Lowerer<'a> {
             used_args: Default::default(),
             context: None,
             warnings: Vec::new(),
+            labels_stages: stage::labels_stages(dockerfile),
         };
         lowerer.global_args = lowerer.evaluate_meta_args()?;
         Ok(lowerer)

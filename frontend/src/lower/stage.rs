@@ -156,7 +156,7 @@ fn uppercase_keyword(original: &str) -> String {
 /// single build state, and it tracks one per stage plus one per source that names no
 /// stage: each RUN mount without `from=` (or with one that is not a stage's name) and
 /// each `COPY --from` of an image.
-fn labels_stages(dockerfile: &Dockerfile) -> bool {
+pub(super) fn labels_stages(dockerfile: &Dockerfile) -> bool {
     let is_stage = |name: &str| {
         dockerfile
             .stages
@@ -188,7 +188,7 @@ fn labels_stages(dockerfile: &Dockerfile) -> bool {
 pub(super) fn lower_stage(lowerer: &mut Lowerer<'_>, index: usize) -> Result<StageResult> {
     let stage: &Stage = &lowerer.dockerfile.stages[index];
     let location = stage.location;
-    let label = if labels_stages(lowerer.dockerfile) {
+    let label = if lowerer.labels_stages {
         format!("{} ", stage_display_name(stage.name.as_deref(), index))
     } else {
         String::new()
