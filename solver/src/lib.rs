@@ -7,8 +7,8 @@
 mod dag;
 mod op;
 mod platform;
-mod quote;
 mod scheduler;
+mod strconv;
 
 pub use dag::{DagError, Definition, DefinitionBuilder, Vertex, VertexMeta};
 pub use op::{
@@ -17,8 +17,8 @@ pub use op::{
     SymlinkAction, ULIMIT_NAMES, Ulimit,
 };
 pub use platform::{Platform, PlatformError};
-pub use quote::go_quote;
 pub use scheduler::{
     CacheIndex, Executor, LogStream, ProgressEvent, ProgressKind, SolveError, SolveOptions, Solved,
     StepContext, solve, solve_all,
 };
+pub use strconv::{go_quote, parse_go_bool};

@@ -12,7 +12,7 @@ use kiln_cache::StateDir;
 use kiln_frontend::lower::{BuildOptions, NamedContext, RunOptions, parse_size};
 use kiln_image::{LayoutSource, Reference};
 use kiln_registry::RegistryOptions;
-use kiln_solver::{ExtraHost, NetworkMode, Platform, Ulimit};
+use kiln_solver::{ExtraHost, NetworkMode, Platform, Ulimit, parse_go_bool};
 
 use super::context::BuildContext;
 use super::docker_load::DockerLoad;
@@ -335,8 +335,7 @@ impl BuildArgs {
         let mut cache_to = self.cache_to.clone();
         let inline_asked = self.build_args.iter().any(|arg| {
             arg.split_once('=').is_some_and(|(key, value)| {
-                key == "BUILDKIT_INLINE_CACHE"
-                    && matches!(value, "1" | "t" | "T" | "true" | "TRUE" | "True")
+                key == "BUILDKIT_INLINE_CACHE" && parse_go_bool(value) == Some(true)
             })
         });
         if inline_asked && !cache_to.iter().any(|c| c.location == CacheLocation::Inline) {
@@ -398,8 +397,7 @@ impl BuildArgs {
 /// Whether a `--provenance`/`--sbom` value turns the attestation off: a false boolean as Go
 /// reads it, or `disabled=true`.
 fn disables_attestation(value: &str) -> bool {
-    matches!(value, "0" | "f" | "F" | "false" | "FALSE" | "False")
-        || value.split(',').any(|field| field == "disabled=true")
+    parse_go_bool(value) == Some(false) || value.split(',').any(|field| field == "disabled=true")
 }
 
 /// The `--build-context`s of a build.

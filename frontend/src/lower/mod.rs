@@ -109,11 +109,11 @@ impl BuildOptions {
             .map(String::as_str)
         {
             None | Some("") => Ok(false),
-            Some("1" | "t" | "T" | "true" | "TRUE" | "True") => Ok(true),
-            Some("0" | "f" | "F" | "false" | "FALSE" | "False") => Ok(false),
-            Some(other) => Err(Error::new(format!(
-                "invalid boolean value for BUILDKIT_MULTI_PLATFORM: {other}"
-            ))),
+            Some(value) => kiln_solver::parse_go_bool(value).ok_or_else(|| {
+                Error::new(format!(
+                    "invalid boolean value for BUILDKIT_MULTI_PLATFORM: {value}"
+                ))
+            }),
         }
     }
 }

@@ -1,5 +1,5 @@
-//! Go's `strconv.Quote`, which BuildKit's messages and dumps use (`%q`) to name words,
-//! flags and processes.
+//! Go's `strconv` forms that BuildKit's messages and options use: `Quote` (`%q`), which
+//! names words, flags and processes, and `ParseBool`, which reads boolean options.
 
 use unicode_properties::{GeneralCategoryGroup, UnicodeGeneralCategory};
 
@@ -48,9 +48,32 @@ fn is_go_printable(c: char) -> bool {
     )
 }
 
+/// Go's `strconv.ParseBool`: `1`, `t`, `T`, `true`, `TRUE`, `True` and their false
+/// counterparts; `None` for anything else.
+pub fn parse_go_bool(value: &str) -> Option<bool> {
+    match value {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::go_quote;
+    use super::{go_quote, parse_go_bool};
+
+    #[test]
+    fn reads_booleans_like_go() {
+        for word in ["1", "t", "T", "true", "TRUE", "True"] {
+            assert_eq!(parse_go_bool(word), Some(true), "{word}");
+        }
+        for word in ["0", "f", "F", "false", "FALSE", "False"] {
+            assert_eq!(parse_go_bool(word), Some(false), "{word}");
+        }
+        for word in ["", "yes", "tRUE", " true"] {
+            assert_eq!(parse_go_bool(word), None, "{word}");
+        }
+    }
 
     #[test]
     fn quotes_like_go() {
