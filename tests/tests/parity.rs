@@ -19,6 +19,13 @@ struct Build {
 }
 
 impl Build {
+    /// `kiln --root STATE`, ready for a subcommand.
+    fn kiln(&self) -> Command {
+        let mut command = kiln();
+        command.arg("--root").arg(self.root.path());
+        command
+    }
+
     fn new(dockerfile: &str) -> Self {
         let root = state_with_busybox();
         let context = tempfile::tempdir().unwrap();
@@ -43,9 +50,7 @@ impl Build {
         let archive = self.out.path().join("image.tar");
         let metadata = self.out.path().join("metadata.json");
         run(
-            kiln()
-                .arg("--root")
-                .arg(self.root.path())
+            self.kiln()
                 .arg("build")
                 .arg("-o")
                 .arg(format!("type=local,dest={}", rootfs.display()))
@@ -83,14 +88,7 @@ impl Build {
 impl Build {
     /// Builds, expecting failure; returns what kiln printed.
     fn build_err(&self) -> String {
-        let out = run(
-            kiln()
-                .arg("--root")
-                .arg(self.root.path())
-                .arg("build")
-                .arg(self.context.path()),
-            false,
-        );
+        let out = run(self.kiln().arg("build").arg(self.context.path()), false);
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 }
@@ -554,9 +552,8 @@ fn oci_archives_index_their_image_as_buildkit() {
     let build = Build::new("FROM busybox:1\nRUN echo hi > /hi\n");
     let archive = build.out.path().join("named.tar");
     run(
-        kiln()
-            .arg("--root")
-            .arg(build.root.path())
+        build
+            .kiln()
             .args(["build", "--build-arg", "SOURCE_DATE_EPOCH=1000", "-o"])
             .arg(format!(
                 "type=oci,dest={},name=app:1,name=other:2",
@@ -643,9 +640,8 @@ fn buildkit_multi_platform_makes_an_index_of_one_platform() {
     let archive = build.out.path().join("index.tar");
     let local = build.out.path().join("local");
     let out = run(
-        kiln()
-            .arg("--root")
-            .arg(build.root.path())
+        build
+            .kiln()
             .args(["build", "--progress", "plain"])
             .args(["--build-arg", "BUILDKIT_MULTI_PLATFORM=1", "-o"])
             .arg(format!("type=oci,dest={}", archive.display()))
@@ -678,9 +674,8 @@ fn buildkit_sandbox_hostname_names_the_sandbox() {
     let build = Build::new("FROM busybox:1\nRUN hostname > /h && cat /etc/hosts > /hosts\n");
     let build_with = |name: &str| {
         run(
-            kiln()
-                .arg("--root")
-                .arg(build.root.path())
+            build
+                .kiln()
                 .args(["build", "--build-arg"])
                 .arg(format!("BUILDKIT_SANDBOX_HOSTNAME={name}"))
                 .arg("-o")
